@@ -1,0 +1,37 @@
+# eatlab: `make run` installs and runs the main job on its offline default; `make test` installs and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench train-spacy clean
+
+install: $(STAMP)
+
+# torch first (the CPU wheel), then everything else constrained to it so nothing pulls a CUDA build
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/eatlab
+
+test: install
+	$(BIN)/ruff check eatlab tests
+	$(BIN)/ruff format --check eatlab tests
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check eatlab tests && $(BIN)/ruff format --check eatlab tests
+
+format:
+	$(BIN)/ruff check --fix eatlab tests && $(BIN)/ruff format eatlab tests
+
+bench: install
+	$(BIN)/eatlab-bench
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,78 @@
+"""The one small interface every LLM backend implements: conversations in, replies out.
+
+Stages never call a backend directly; they go through `eatlab.llm.client.LLMClient`, which adds the response
+cache and the per-stage counters for metrics.json.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings of one call; all of them enter the cache key."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def key_dict(self) -> dict:
+        """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy."""
+        d = asdict(self)
+        if not self.do_sample:
+            for k in ("temperature", "top_p", "top_k", "seed"):
+                d.pop(k)
+        return d
+
+    @property
+    def cacheable(self) -> bool:
+        """Sampled answers are only reproducible (and so only cached) with a fixed seed."""
+        return not self.do_sample or self.seed is not None
+
+
+@dataclass
+class Reply:
+    """One model answer with its cost and, where the backend gives them, per-step entropies (nats)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    entropies: list[float] | None = None
+    entropy_approx: bool = False  # True when computed from top-k log-probabilities only
+    finish_reason: str | None = None  # "stop", "length", ...
+    cached: bool = False
+    error: str | None = None  # set when the request failed after retries; text is then ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def mean_entropy(self) -> float | None:
+        if not self.entropies:
+            return None
+        return sum(self.entropies) / len(self.entropies)
+
+
+class LLMBackend(abc.ABC):
+    """A chat model behind one method. Implementations load weights lazily, on the first `generate`."""
+
+    kind: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def model_key(self) -> str:
+        """Identity of the weights for the cache: model id plus revision or local-weights hash, plus adapter hash."""
+
+    @abc.abstractmethod
+    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+        """Answer every conversation's last user turn; one Reply per conversation, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (HTTP pools, GPU memory)."""
