@@ -1,0 +1,126 @@
+"""`eatlab`: the main job. Runs EAT (or a baseline `method=`) on one language and scores it.
+
+    eatlab language=ja model=qwen2.5-7b prompt_rounds=r3 extractor=spacy data.limit=100
+    eatlab -m language=zh,ja prompt_rounds=r1,r3,r5          # a sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from eatlab.cli.common import current_run_dir, guarded
+from eatlab.paths import CONF_DIR
+
+log = logging.getLogger("eatlab")
+
+SMOKE_WARNING = (
+    "model={model}: a tiny random SMOKE model. It checks that the pipeline runs; its answers and scores mean nothing."
+)
+
+
+def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Run the configured method end to end and return metrics.json's content (also written to the run dir)."""
+    import pytorch_lightning as pl
+
+    from eatlab.data.languages import get_language
+    from eatlab.data.loader import select_from_config
+    from eatlab.eat.evaluate import build_metrics, evaluate_results
+    from eatlab.eat.lightning import EATEvaluationModule, sentence_loader
+    from eatlab.eat.methods import build_pipeline
+    from eatlab.eat.report import print_summary
+    from eatlab.llm.factory import build_client
+    from eatlab.provenance import write_provenance
+    from eatlab.tracking.loggers import build_loggers
+    from eatlab.tracking.record import record_run
+    from eatlab.utils.io import atomic_write_json
+
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir or current_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    language = get_language(cfg.language.code)
+    if cfg.model.get("smoke"):
+        log.warning(SMOKE_WARNING.format(model=cfg.model.id))
+    selection = select_from_config(cfg)
+    client = build_client(cfg)
+    pipeline = build_pipeline(cfg, client, language, run_dir)
+    prov = write_provenance(
+        run_dir,
+        cfg,
+        {
+            "data": selection.provenance(),
+            "prompts": pipeline.prompts.provenance(),
+            "model_key": client.model_key if hasattr(client, "model_key") else None,
+            "extractor": {"name": cfg.extractor.name},
+        },
+    )
+
+    def finish(results):
+        t0 = time.perf_counter()
+        ev = evaluate_results(results, language.code, run_dir, seed=int(cfg.seed))
+        pipeline.timer.seconds["evaluation"] += time.perf_counter() - t0
+        pipeline.timer.seconds["total"] = time.perf_counter() - t_start
+        extra = {
+            "run": {
+                "method": cfg.method.name,
+                "language": language.code,
+                "model": cfg.model.id,
+                "smoke_model": bool(cfg.model.get("smoke", False)),
+                "prompts": pipeline.prompts.name,
+                "prompt_rounds": {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)},
+                "extractor": cfg.extractor.name,
+                "finetune": cfg.finetune.name,
+                "split": cfg.data.split,
+                "seed": int(cfg.seed),
+                "git_commit": prov["git"]["commit"],
+            },
+            "data": selection.provenance(),
+            "counts": dict(pipeline.counts),
+        }
+        metrics = build_metrics(ev["scores"], ev["failures"], client.counters_dict(), dict(pipeline.timer.seconds), extra)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        return metrics
+
+    module = EATEvaluationModule(pipeline, finish)
+    loggers = build_loggers(cfg, run_dir, job_type=cfg.method.name)
+    trainer = pl.Trainer(
+        accelerator=cfg.eval.accelerator,
+        devices=cfg.eval.devices,
+        strategy=cfg.eval.strategy,
+        logger=loggers,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        default_root_dir=str(run_dir),
+    )
+    try:
+        trainer.test(module, dataloaders=sentence_loader(selection.sentences, int(cfg.eval.batch_size)), verbose=False)
+        metrics = module.summary
+        if metrics is None:  # not rank 0
+            return {}
+        record_run(cfg, run_dir, metrics, loggers, module.results)
+        print_summary(metrics, run_dir)
+        return metrics
+    finally:
+        client.close()
+        for lg in loggers:
+            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@guarded
+def _main(cfg: DictConfig) -> dict | None:
+    OmegaConf.resolve(cfg)
+    return run_eat(cfg)
+
+
+def main() -> None:
+    _main()

@@ -1,0 +1,71 @@
+"""Drive many multi-round conversations at once: round k of every conversation goes in one LLM-layer call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from eatlab.eat.prompts import Direction, fill
+from eatlab.llm.base import Conversation, GenerationSettings, Reply
+
+
+@dataclass
+class ConversationResult:
+    """One finished conversation: every message, the replies in order, and the last reply (the result)."""
+
+    messages: Conversation
+    replies: list[Reply] = field(default_factory=list)
+
+    @property
+    def answer(self) -> str:
+        return self.replies[-1].text if self.replies else ""
+
+    @property
+    def failed(self) -> str | None:
+        """The error of the first failed round, if any (a failed round ends the conversation)."""
+        return next((r.error for r in self.replies if r.error), None)
+
+
+def round_settings(base: dict, round_budget: int) -> GenerationSettings:
+    """GenerationSettings of one round: the `generation` config, with the round's token budget unless fixed."""
+    budget = base.get("max_new_tokens") or round_budget
+    return GenerationSettings(
+        max_new_tokens=int(budget),
+        do_sample=bool(base.get("do_sample", False)),
+        temperature=float(base.get("temperature", 1.0)),
+        top_p=float(base.get("top_p", 1.0)),
+        top_k=int(base.get("top_k", 0)),
+        repetition_penalty=float(base.get("repetition_penalty", 1.0)),
+        seed=base.get("seed"),
+    )
+
+
+def run_conversations(
+    client,
+    starts: Sequence[Conversation],
+    direction: Direction,
+    values: Sequence[dict[str, str]],
+    generation: dict,
+    stage: str,
+) -> list[ConversationResult]:
+    """Run every conversation through the direction's rounds, batching round k across conversations.
+
+    Each reply is stripped of surrounding white space before it is appended (as the reference transcripts
+    were recorded). A conversation whose round fails stops there; its result carries the error.
+    """
+    results = [ConversationResult(list(s)) for s in starts]
+    for rnd in direction.rounds:
+        active = [i for i, r in enumerate(results) if r.failed is None]
+        if not active:
+            break
+        for i in active:
+            results[i].messages.append({"role": "user", "content": fill(rnd.text, values[i])})
+        replies = client.chat(
+            [results[i].messages for i in active], round_settings(generation, rnd.max_new_tokens), stage=stage
+        )
+        for i, rep in zip(active, replies):
+            rep.text = (rep.text or "").strip()
+            results[i].replies.append(rep)
+            if rep.error is None:
+                results[i].messages.append({"role": "assistant", "content": rep.text})
+    return results

@@ -1,0 +1,73 @@
+"""Score a finished run: both scorers, failure attribution, predictions.conll and metrics.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from eatlab.data.bio import tags_to_spans
+from eatlab.data.conll import write_conll
+from eatlab.eat.artifacts import JsonlArtifact
+from eatlab.eat.attribution import attribute_sentence, summarize
+from eatlab.eat.pipeline import SentenceResult
+from eatlab.eval.scores import score
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path, seed: int = 0) -> dict:
+    """Scores and failure attribution of all sentences; writes predictions.conll and attribution.jsonl."""
+    run_dir = Path(run_dir)
+    sentences = [r.sentence for r in results]
+    preds = [r.pred_tags for r in results]
+    write_conll(run_dir / "predictions.conll", sentences, preds)
+    scores = score([s.tags for s in sentences], preds, [s.tokens for s in sentences], language, seed=seed)
+    gold_all, pred_all, dropped = [], [], Counter()
+    examples = JsonlArtifact(run_dir / "artifacts" / "attribution.jsonl")
+    records = []
+    for r in results:
+        gold = tags_to_spans(r.sentence.tags, "conlleval")
+        pred = tags_to_spans(r.pred_tags, "conlleval")
+        g_cls, p_cls = attribute_sentence(gold, pred, r.english, r.entities, r.n_unrecovered)
+        gold_all += g_cls
+        pred_all += p_cls
+        dropped.update(a["reason"] for a in r.alignments if a["span"] is None)
+        toks = r.sentence.tokens
+        joiner = "" if r.sentence.char_tokenized else " "
+        records.append(
+            {
+                "sentence_id": r.sentence.id,
+                "text": r.sentence.text,
+                "english": r.english,
+                "english_entities": [list(e) for e in r.entities],
+                "gold": [[joiner.join(toks[s.start : s.end]), s.type, c] for s, c in zip(gold, g_cls)],
+                "predicted": [[joiner.join(toks[s.start : s.end]), s.type, c] for s, c in zip(pred, p_cls)],
+                "dropped": [[a["phrase"], a["answer"], a["reason"]] for a in r.alignments if a["span"] is None],
+            }
+        )
+    examples.write(records)
+    failures = summarize(gold_all, pred_all)
+    failures["dropped_entities"] = dict(sorted(dropped.items()))
+    return {"scores": scores, "failures": failures}
+
+
+def build_metrics(scores: dict, failures: dict, counters: dict, stage_seconds: dict, extra: dict) -> dict:
+    """The versioned metrics.json: a superset of `eatlab-score --json` plus cost and failure attribution."""
+    stages = {k: dict(v) for k, v in counters.items()}
+    for stage, secs in stage_seconds.items():
+        stages.setdefault(stage, {})["seconds"] = round(secs, 4)
+    totals = Counter()
+    for v in counters.values():
+        for k in ("llm_calls", "llm_cache_hits", "prompt_tokens", "completion_tokens"):
+            totals[k] += int(v.get(k, 0))
+    return {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        **scores,
+        "llm_calls": totals["llm_calls"],
+        "llm_cache_hits": totals["llm_cache_hits"],
+        "tokens": {"prompt": totals["prompt_tokens"], "completion": totals["completion_tokens"]},
+        "seconds": {k: round(v, 4) for k, v in stage_seconds.items()},
+        "stages": stages,
+        "failures": failures,
+        **extra,
+    }

