@@ -46,3 +46,33 @@ def _offline_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """Compose the real config tree with overrides, shrunk for tests: outputs, cache and run dir under tmp.
+
+    Usage: `cfg = compose(["language=zh", "data.limit=4"])`. W&B is off unless the test asks for it.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from eatlab.paths import CONF_DIR
+
+    models_dir = os.environ.get("EATLAB_TEST_MODELS", str(REPO / "outputs" / "test-models"))
+
+    def _compose(overrides: list[str] | None = None, run_dir: Path | None = None):
+        base = [
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            f"paths.run_dir={run_dir or tmp_path / 'run'}",
+            f"paths.models_dir={models_dir}",
+            "tracking=none",
+            "data.limit=4",
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=base + list(overrides or []))
+        OmegaConf.resolve(cfg)
+        return cfg
+
+    return _compose

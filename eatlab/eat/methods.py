@@ -1,4 +1,4 @@
-"""Build the pipeline of the configured `method` (EAT; baselines plug in here)."""
+"""Build the pipeline of the configured `method`: EAT or a baseline on the same harness."""
 
 from __future__ import annotations
 
@@ -14,13 +14,24 @@ from eatlab.extractors.base import build_extractor
 def build_pipeline(cfg, client, language: Language, run_dir: Path):
     name = cfg.method.name
     if name == "eat":
-        return EATPipeline(
-            client,
-            load_prompt_set(cfg),
-            build_extractor(cfg, client),
-            language,
-            cfg.generation,
-            run_dir,
-            max_sentence_chars=cfg.get("max_sentence_chars", 1000),
-        )
-    raise ConfigError(f"method.name={name}: unknown method")
+        cls = EATPipeline
+    elif name == "translate_test":
+        from eatlab.baselines.translate_test import TranslateTestPipeline as cls
+    elif name == "direct_llm":
+        from eatlab.baselines.direct_llm import DirectLLMPipeline as cls
+    else:
+        raise ConfigError(f"method.name={name}: unknown method (eat, direct_llm, translate_test)")
+    pipe = cls(
+        client,
+        load_prompt_set(cfg),
+        build_extractor(cfg, client),
+        language,
+        cfg.generation,
+        run_dir,
+        max_sentence_chars=cfg.get("max_sentence_chars", 1000),
+    )
+    if name == "direct_llm":
+        pipe.rounds = int(cfg.method.get("rounds", 1))
+    if name == "translate_test":
+        pipe.min_score = float(cfg.method.get("min_score", 0.6))
+    return pipe

@@ -157,7 +157,9 @@ class EATPipeline:
                 self.counts["failed_backward"] += 1
                 rec_span, reason, matched = None, "request_failed", None
             else:
-                rec = recover_span(answer, r.sentence, typ, r.pred_spans, self.language.code)
+                rec = recover_span(
+                    answer, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
+                )
                 rec_span, reason, matched = rec.span, rec.reason, rec.matched_text
                 if rec_span is not None:
                     r.pred_spans.append(rec_span)

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except EatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `eatlab-score ... | head`: stop quietly
+        sys.stdout = None
+        return 1
     return 0
 
 

@@ -87,7 +87,9 @@ def reference_label_counts(
     counts = {lab: [0, 0, 0] for lab in REFERENCE_LABELS}
     for k, (g, p, toks) in enumerate(zip(gold_tags, pred_tags, tokens)):
         if not len(g) == len(p) == len(toks):
-            raise ValueError(f"sentence {k + 1}: {len(toks)} tokens, {len(g)} gold and {len(p)} predicted tags")
+            raise ValueError(
+                f"sentence {k + 1}: {len(toks)} tokens, {len(g)} gold and {len(p)} predicted tags"
+            )
         if not tags_to_spans(list(g), "reference"):
             continue  # the reference skips sentences without gold entities
         gold_units = reference_unit_labels(toks, g, char_tokenized)

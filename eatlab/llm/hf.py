@@ -1,0 +1,328 @@
+"""transformers backend: the model's own chat template, left-padded batched generation, exact per-step entropies.
+
+Why it is built this way:
+- Prompts are sorted by length (longest first) and cut into batches of at most `batch_size` rows whose padded
+  size (rows x (longest prompt + max_new_tokens)) stays within `token_budget`: little padding, bounded memory.
+  Replies come back in the caller's order.
+- Left padding with an attention mask; `generate` derives position ids from the mask, so a padded row sees the
+  same positions as when it runs alone. With the fp32 tiny model, batched and one-at-a-time greedy replies are
+  identical (tested).
+- Decoding knobs are applied by eatlab's own logits-processor chain, not taken from the model's
+  `generation_config.json` (Qwen2.5 ships sampling defaults there): a greedy GenerationSettings is greedy.
+- Entropy: at every generated step the exact entropy (nats) of the model's raw next-token distribution (softmax
+  of the logits, before repetition penalty, temperature, top-k or top-p) is recorded.
+- Sampling with a seed draws each row from its own torch.Generator seeded from (seed, conversation), so a sampled
+  reply depends on its conversation and seed only, not on which other conversations share its batch: that is what
+  makes seeded sampled answers cacheable.
+- Weights load lazily on the first `generate`: a run answered entirely from the cache never loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from eatlab.errors import ConfigError
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.identity import make_model_key
+from eatlab.utils.io import canonical_json
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}  # fmt: skip
+
+
+def _row_seed(seed: int, conversation: Conversation) -> int:
+    digest = hashlib.sha256(canonical_json([seed, conversation]).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class HFBackend(LLMBackend):
+    """A transformers causal LM (hub id or local folder), optionally with a peft adapter."""
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        model_path_or_id: str | Path,
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+        adapter_path: str | Path | None = None,
+        batch_size: int = 16,
+        token_budget: int = 65536,
+        dtype: str = "auto",
+        device: str = "auto",
+        compute_entropy: bool = True,
+        quantization: str | None = None,
+        hash_weights: bool = True,
+        trust_remote_code: bool = False,
+    ):
+        self.source = str(model_path_or_id)
+        self.local = Path(self.source).is_dir()
+        self.model_id = model_id or self.source
+        self.revision = revision
+        self.adapter_path = str(adapter_path) if adapter_path else None
+        if self.adapter_path and not Path(self.adapter_path).exists():
+            raise ConfigError(f"finetune.adapter_path={self.adapter_path}: no such folder")
+        if batch_size < 1 or token_budget < 1:
+            raise ConfigError("backend.batch_size / backend.token_budget: must be >= 1")
+        self.batch_size = int(batch_size)
+        self.token_budget = int(token_budget)
+        self.dtype = dtype
+        self.device = device
+        self.compute_entropy = compute_entropy
+        self.quantization = quantization
+        self.trust_remote_code = trust_remote_code
+        self._model_key = make_model_key(
+            self.model_id,
+            revision,
+            self.source if self.local else None,
+            self.adapter_path,
+            hash_weights=hash_weights,
+        )
+        self._model = None
+        self._tok = None
+        self._eos: set[int] = set()
+        self._pad = 0
+        self.load_seconds = 0.0
+
+    # -- identity and loading -------------------------------------------------------------------------------
+    @property
+    def model_key(self) -> str:
+        return self._model_key
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _resolve_device_dtype(self):
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        name = self.dtype
+        if name == "auto":
+            if device.startswith("cuda"):
+                name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            else:
+                name = "float32"  # half precision on CPU is slow and inexact
+        if name not in _DTYPES:
+            raise ConfigError(f"backend.dtype={self.dtype}: expected auto, float32, bfloat16 or float16")
+        return device, getattr(torch, _DTYPES[name])
+
+    def load(self) -> None:
+        """Load tokenizer and weights (called by the first `generate`)."""
+        if self._model is not None:
+            return
+        t0 = time.perf_counter()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device, dtype = self._resolve_device_dtype()
+        kwargs: dict = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+        try:
+            tok = AutoTokenizer.from_pretrained(self.source, **kwargs)
+            mkw = dict(kwargs, dtype=dtype)
+            if self.quantization:
+                from transformers import BitsAndBytesConfig
+
+                if self.quantization not in ("4bit", "8bit"):
+                    raise ConfigError(f"backend.quantization={self.quantization}: expected null, 4bit or 8bit")
+                mkw["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=self.quantization == "4bit",
+                    load_in_8bit=self.quantization == "8bit",
+                    bnb_4bit_compute_dtype=dtype,
+                    bnb_4bit_quant_type="nf4",
+                )
+                mkw["device_map"] = "auto"
+            elif device == "cuda" and torch.cuda.device_count() > 1:
+                mkw["device_map"] = "auto"
+            model = AutoModelForCausalLM.from_pretrained(self.source, **mkw)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"model: cannot load {self.source!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "offline, point model.path at a local folder"
+            ) from None
+        if "device_map" not in mkw:
+            model = model.to(device)
+        if self.adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter_path)
+        model.eval()
+        if not tok.chat_template:
+            raise ConfigError(f"model: {self.source!r} has no chat template (an -Instruct model is needed)")
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tok.eos_token_id is not None:
+            eos.append(tok.eos_token_id)
+        if not eos:
+            raise ConfigError(f"model: {self.source!r} defines no end-of-sequence token")
+        self._eos = set(eos)
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        self._tok, self._model = tok, model
+        self.load_seconds = time.perf_counter() - t0
+        log.info("loaded %s (%s) in %.1fs", self.source, self.model_key, self.load_seconds)
+
+    # -- generation ---------------------------------------------------------------------------------------------
+    def encode(self, conversation: Conversation) -> list[int]:
+        """Token ids of the conversation rendered with the model's chat template, ready for the reply."""
+        self.load()
+        text = self._tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def batches(self, lengths: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Indices grouped into batches: longest first, <= batch_size rows, padded size <= token_budget."""
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        out: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            width = (lengths[cur[0]] if cur else lengths[i]) + max_new_tokens
+            if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * width > self.token_budget):
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            out.append(cur)
+        return out
+
+    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+        if not conversations:
+            return []
+        self.load()
+        prompts = [self.encode(c) for c in conversations]
+        replies: list[Reply | None] = [None] * len(conversations)
+        for batch in self.batches([len(p) for p in prompts], settings.max_new_tokens):
+            outs = self._generate_batch([prompts[i] for i in batch], [conversations[i] for i in batch], settings)
+            for i, r in zip(batch, outs, strict=True):
+                replies[i] = r
+        return replies  # type: ignore[return-value]
+
+    def _processors(self, settings: GenerationSettings, conversations: list[Conversation], device):
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        procs = LogitsProcessorList()
+        recorder = _EntropyRecorder() if self.compute_entropy else None
+        if recorder is not None:
+            procs.append(recorder)  # first: sees the raw logits
+        if settings.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+        if settings.do_sample:
+            if settings.temperature <= 0:
+                raise ConfigError("generation.temperature: must be > 0 when sampling")
+            if settings.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k and settings.top_k > 0:
+                procs.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                procs.append(TopPLogitsWarper(settings.top_p))
+            gens = []
+            for conv in conversations:
+                g = torch.Generator(device=device)
+                if settings.seed is None:
+                    g.seed()
+                else:
+                    g.manual_seed(_row_seed(settings.seed, conv))
+                gens.append(g)
+            procs.append(_SeededSampler(gens))
+        return procs, recorder
+
+    def _generate_batch(self, prompts: list[list[int]], conversations: list[Conversation], settings) -> list[Reply]:
+        import torch
+        from transformers import GenerationConfig
+
+        model = self._model
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
+        procs, recorder = self._processors(settings, conversations, device)
+        # Every knob explicit: nothing is inherited from the model's generation_config.json.
+        gc = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,  # sampling, when asked, is done by _SeededSampler
+            num_beams=1,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            min_p=None,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(self._eos),
+            pad_token_id=self._pad,
+        )
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=gc,
+                logits_processor=procs,
+            )
+        gen = out[:, width:].cpu().tolist()
+        ent = torch.stack(recorder.steps, dim=1).cpu().tolist() if recorder and recorder.steps else None
+        replies = []
+        for r, toks in enumerate(gen):
+            n = len(toks)
+            stop = next((k for k, t in enumerate(toks) if t in self._eos), None)
+            if stop is not None:
+                n = stop + 1
+            text = self._tok.decode(toks[: stop if stop is not None else n], skip_special_tokens=True)
+            replies.append(
+                Reply(
+                    text=text,
+                    prompt_tokens=len(prompts[r]),
+                    completion_tokens=n,
+                    entropies=[float(x) for x in ent[r][:n]] if ent is not None else None,
+                    entropy_approx=False,
+                    finish_reason="stop" if stop is not None else "length",
+                )
+            )
+        return replies
+
+    def close(self) -> None:
+        self._model = None
+        self._tok = None
+
+
+class _EntropyRecorder:
+    """Logits processor that records the exact entropy of each row's raw next-token distribution, per step."""
+
+    def __init__(self):
+        self.steps: list = []
+
+    def __call__(self, input_ids, scores):
+        from eatlab.llm.entropy import entropy_from_logits
+
+        self.steps.append(entropy_from_logits(scores))
+        return scores
+
+
+class _SeededSampler:
+    """Draws each row's next token with that row's own generator and leaves only it possible (greedy then takes it)."""
+
+    def __init__(self, generators):
+        self.generators = generators
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float(), dim=-1)
+        out = torch.full_like(scores, -float("inf"))
+        for r, g in enumerate(self.generators):
+            tok = torch.multinomial(probs[r], 1, generator=g)
+            out[r, tok] = 0.0
+        return out
