@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: install
-	$(BIN)/eatlab
+	$(BIN)/eatlab data.limit=16
 
 test: install
 	$(BIN)/ruff check eatlab tests

@@ -7,14 +7,12 @@ the raw Rahimi release carry a language prefix (`zh:北京`), which is stripped.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from eatlab.data.bio import VALID_TAGS
 from eatlab.data.record import Sentence
 from eatlab.errors import DataError
 
-_PREFIX = re.compile(r"^[a-z]{2,3}:(?=.)")
 
 
 def read_conll(
@@ -36,6 +34,7 @@ def read_conll(
         from eatlab.data.languages import is_char_tokenized
 
         char_tokenized = is_char_tokenized(language)
+    prefix = f"{language}:"  # raw Rahimi tokens: `zh:北`; only the file's own language prefix is stripped
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -60,8 +59,8 @@ def read_conll(
                 if len(cols) < 2:
                     raise DataError(path, f"expected 'token<TAB>tag', got a single column: {line[:40]!r}", lineno)
                 token, tag = cols[0].strip(), cols[-1].strip()
-                if strip_prefix:
-                    token = _PREFIX.sub("", token, count=1)
+                if strip_prefix and token.startswith(prefix) and len(token) > len(prefix):
+                    token = token[len(prefix) :]
                 if tag not in VALID_TAGS:
                     raise DataError(path, f"unknown tag {tag!r} (expected O, B-/I-PER, ORG, LOC)", lineno)
                 tokens.append(token)

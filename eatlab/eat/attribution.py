@@ -24,7 +24,9 @@ from eatlab.data.bio import Span
 
 GOLD_CLASSES = ("found", "lost_in_translation", "missed_by_ner", "misaligned_backward")
 PRED_CLASSES = ("correct", "wrong_type", "wrong_boundary", "hallucinated")
-_NAME_RUN = re.compile(r"(?:\b[A-Z][\w'’.-]*|\b\d[\w.-]*)(?:\s+(?:of|the|de|von|van|al|el|[A-Z][\w'’.-]*|\d[\w.-]*))*")
+_NAME_RUN = re.compile(
+    r"(?:\b[A-Z][\w'’.-]*|\b\d[\w.-]*)(?:\s+(?:of|the|de|von|van|al|el|[A-Z][\w'’.-]*|\d[\w.-]*))*"
+)
 _SKIP_FIRST = {"The", "A", "An", "In", "It", "This", "He", "She", "They", "On", "At", "I"}
 
 
@@ -83,4 +85,7 @@ def attribute_sentence(
 
 def summarize(gold_classes: list[str], pred_classes: list[str]) -> dict:
     g, p = Counter(gold_classes), Counter(pred_classes)
-    return {"gold": {k: g.get(k, 0) for k in GOLD_CLASSES}, "predicted": {k: p.get(k, 0) for k in PRED_CLASSES}}
+    return {
+        "gold": {k: g.get(k, 0) for k in GOLD_CLASSES},
+        "predicted": {k: p.get(k, 0) for k in PRED_CLASSES},
+    }

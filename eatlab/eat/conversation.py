@@ -29,6 +29,9 @@ class ConversationResult:
 def round_settings(base: dict, round_budget: int) -> GenerationSettings:
     """GenerationSettings of one round: the `generation` config, with the round's token budget unless fixed."""
     budget = base.get("max_new_tokens") or round_budget
+    cap = base.get("max_new_tokens_cap")  # set by smoke models: their random answers only cost time
+    if cap:
+        budget = min(int(budget), int(cap))
     return GenerationSettings(
         max_new_tokens=int(budget),
         do_sample=bool(base.get("do_sample", False)),

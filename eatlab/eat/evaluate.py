@@ -42,7 +42,9 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
                 "english_entities": [list(e) for e in r.entities],
                 "gold": [[joiner.join(toks[s.start : s.end]), s.type, c] for s, c in zip(gold, g_cls)],
                 "predicted": [[joiner.join(toks[s.start : s.end]), s.type, c] for s, c in zip(pred, p_cls)],
-                "dropped": [[a["phrase"], a["answer"], a["reason"]] for a in r.alignments if a["span"] is None],
+                "dropped": [
+                    [a["phrase"], a["answer"], a["reason"]] for a in r.alignments if a["span"] is None
+                ],
             }
         )
     examples.write(records)
@@ -53,18 +55,18 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
 
 def build_metrics(scores: dict, failures: dict, counters: dict, stage_seconds: dict, extra: dict) -> dict:
     """The versioned metrics.json: a superset of `eatlab-score --json` plus cost and failure attribution."""
-    stages = {k: dict(v) for k, v in counters.items()}
+    counters = {k: dict(v) for k, v in counters.items()}
+    totals = counters.pop("total", None) or {}
+    stages = counters
     for stage, secs in stage_seconds.items():
         stages.setdefault(stage, {})["seconds"] = round(secs, 4)
-    totals = Counter()
-    for v in counters.values():
-        for k in ("llm_calls", "llm_cache_hits", "prompt_tokens", "completion_tokens"):
-            totals[k] += int(v.get(k, 0))
+    totals = Counter({k: int(totals.get(k, 0)) for k in ("llm_calls", "llm_cache_hits", "llm_errors", "prompt_tokens", "completion_tokens")})
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
         **scores,
         "llm_calls": totals["llm_calls"],
         "llm_cache_hits": totals["llm_cache_hits"],
+        "llm_errors": totals["llm_errors"],
         "tokens": {"prompt": totals["prompt_tokens"], "completion": totals["completion_tokens"]},
         "seconds": {k: round(v, 4) for k, v in stage_seconds.items()},
         "stages": stages,

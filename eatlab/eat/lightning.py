@@ -26,7 +26,9 @@ class SentenceDataset(Dataset):
 
 
 def sentence_loader(sentences: list[Sentence], batch_size: int) -> DataLoader:
-    return DataLoader(SentenceDataset(sentences), batch_size=max(1, batch_size), shuffle=False, collate_fn=list)
+    return DataLoader(
+        SentenceDataset(sentences), batch_size=max(1, batch_size), shuffle=False, collate_fn=list
+    )
 
 
 class EATEvaluationModule(pl.LightningModule):
@@ -38,7 +40,9 @@ class EATEvaluationModule(pl.LightningModule):
         self.finish = finish
         self.results: list[SentenceResult] = []
         self.summary: dict | None = None
-        self._anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # Lightning wants a device anchor
+        self._anchor = torch.nn.Parameter(
+            torch.zeros(1), requires_grad=False
+        )  # Lightning wants a device anchor
 
     def test_step(self, batch: list[Sentence], batch_idx: int) -> None:
         self.results.extend(self.pipeline.run(batch))
@@ -53,5 +57,9 @@ class EATEvaluationModule(pl.LightningModule):
             order = {r.sentence.id: i for i, r in enumerate(results)}
             results = sorted(results, key=lambda r: order[r.sentence.id])
             self.summary = self.finish(results)
-            flat = {k: float(v) for k, v in self.summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            flat = {
+                k: float(v)
+                for k, v in self.summary.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
             self.log_dict(flat, rank_zero_only=True)

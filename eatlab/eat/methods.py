@@ -11,6 +11,13 @@ from eatlab.errors import ConfigError
 from eatlab.extractors.base import build_extractor
 
 
+def generation_config(cfg) -> dict:
+    """The `generation` group plus the model's token cap (smoke models have one)."""
+    gen = dict(cfg.generation)
+    gen["max_new_tokens_cap"] = cfg.model.get("max_new_tokens_cap")
+    return gen
+
+
 def build_pipeline(cfg, client, language: Language, run_dir: Path):
     name = cfg.method.name
     if name == "eat":
@@ -26,7 +33,7 @@ def build_pipeline(cfg, client, language: Language, run_dir: Path):
         load_prompt_set(cfg),
         build_extractor(cfg, client),
         language,
-        cfg.generation,
+        generation_config(cfg),
         run_dir,
         max_sentence_chars=cfg.get("max_sentence_chars", 1000),
     )

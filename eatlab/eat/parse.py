@@ -81,7 +81,9 @@ _PAREN_REVERSED = re.compile(rf"\(\s*([^(),]+?)\s*,\s*({_LABEL})\s*\)")
 _BRACKET_TYPE_FIRST = re.compile(rf"^\[\s*({_LABEL})\s*\]\s*[:\-–—]?\s*(.+)$")
 _BRACKET_TYPE_LAST = re.compile(rf"^(.+?)\s*[\[(]\s*({_LABEL})\s*[\])]\s*[.,;]?$")
 _SEP = r"(?::|：|\s-\s|\s–\s|\s—\s|=>|->|=)"
-_LABEL_HEAD = re.compile(rf"(?:^|(?<=[\s,;]))[\"'`]?({_LABEL}(?:\s+(?:entity|entities|name|names))?)[\"'`]?\s*{_SEP}\s*", re.I)
+_LABEL_HEAD = re.compile(
+    rf"(?:^|(?<=[\s,;]))[\"'`]?({_LABEL}(?:\s+(?:entity|entities|name|names))?)[\"'`]?\s*{_SEP}\s*", re.I
+)
 _VALUE_LABEL = re.compile(rf"^(.+?)\s*{_SEP}\s*(\S+)\s*$")
 _TRAIL_PUNCT = ",;:，；：、"
 
@@ -153,7 +155,9 @@ def _split_label_value(body: str) -> list[tuple[str, str]]:
             end = heads[k + 1].start() if k + 1 < len(heads) else len(body)
             value = body[m.end() : end].strip().rstrip(",;")
             label = m.group(1)
-            plural = re.sub(r"\s+(?:entity|entities|name|names)$", "", label.strip().lower()) in _PLURAL_LABELS
+            plural = (
+                re.sub(r"\s+(?:entity|entities|name|names)$", "", label.strip().lower()) in _PLURAL_LABELS
+            )
             parts = re.split(r"\s*;\s*|\s*,\s+(?=\S)" if plural else r"\s*;\s*", value)
             out.extend((label, p) for p in parts)
         return out
@@ -182,7 +186,9 @@ def _parse_line(line: str) -> list[tuple[str, str]]:
         return pairs
     m = _BRACKET_TYPE_LAST.match(body)
     if m and _is_label(m.group(2)) and not _is_label(m.group(1)):
-        return [(m.group(2), m.group(1))]
+        # `"X" - this is a noun, labelled as [LOCATION]`: the entity is before the explanation
+        value = re.split(r"\s[-–—:]\s", m.group(1), maxsplit=1)[0]
+        return [(m.group(2), value)]
     return []
 
 
@@ -244,10 +250,19 @@ def _strip_wrapping(text: str) -> str:
             text = text[1:-1]
         if text and text[0] in _PAIRS and _PAIRS[text[0]] not in text[1:]:  # an unclosed opening quote
             text = text[1:]
-        if text and text[-1] in _PAIRS.values() and not any(o in text[:-1] for o, c in _PAIRS.items() if c == text[-1]):
+        if (
+            text
+            and text[-1] in _PAIRS.values()
+            and not any(o in text[:-1] for o, c in _PAIRS.items() if c == text[-1])
+        ):
             text = text[:-1]  # a closing quote that was never opened
         # `"Sentence."` with the period outside the quotes
-        if len(text) >= 3 and _PAIRS.get(text[0]) == text[-2] and text[-1] in ".。" and text[0] not in text[1:-2]:
+        if (
+            len(text) >= 3
+            and _PAIRS.get(text[0]) == text[-2]
+            and text[-1] in ".。"
+            and text[0] not in text[1:-2]
+        ):
             text = text[1:-2]
     return text
 
@@ -264,7 +279,7 @@ def clean_translation(text: str) -> str:
     original = text.strip()
     if not original:
         return ""
-    out = _CODE_FENCE.sub("", original).strip()
+    out = re.sub(r"\*\*|__", "", _CODE_FENCE.sub("", original)).strip()
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", out) if p.strip()]
     if len(paragraphs) > 1:
         # keep the first paragraph that is not a lead-in ending with ':' and drop the explanation after it

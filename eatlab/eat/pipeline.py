@@ -92,13 +92,17 @@ class EATPipeline:
                 self.counts["skipped_short"] += 1
         values = [self.prompts.values(self.language.name, sentence=r.source) for r in todo]
         starts = [self.prompts.start(self.prompts.forward, v) for v in values]
-        convs = run_conversations(self.client, starts, self.prompts.forward, values, self.generation, "forward")
+        convs = run_conversations(
+            self.client, starts, self.prompts.forward, values, self.generation, "forward"
+        )
         for r, c in zip(todo, convs):
             r.english = c.answer
             r.forward_error = c.failed
             if c.failed:
                 self.counts["failed_forward"] += 1
-        self.art_forward.write([self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results])
+        self.art_forward.write(
+            [self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results]
+        )
         self.timer.add("forward", t0)
 
     def _forward_record(self, r: SentenceResult, conv: ConversationResult | None) -> dict:
@@ -147,7 +151,9 @@ class EATPipeline:
         jobs = [(r, typ, phrase) for r in results for typ, phrase in r.entities]
         values = [self.prompts.values(self.language.name, sentence=r.source, phrase=p) for r, _, p in jobs]
         starts = [self.prompts.start(self.prompts.backward, v) for v in values]
-        convs = run_conversations(self.client, starts, self.prompts.backward, values, self.generation, "backward")
+        convs = run_conversations(
+            self.client, starts, self.prompts.backward, values, self.generation, "backward"
+        )
         self.timer.add("backward", t0)
         t0 = time.perf_counter()
         records = []
@@ -193,7 +199,9 @@ class EATPipeline:
             if truncated:
                 src = src[: self.max_sentence_chars]
                 self.counts["truncated_sentences"] += 1
-                log.warning("%s: sentence longer than %d characters, truncated", s.id, self.max_sentence_chars)
+                log.warning(
+                    "%s: sentence longer than %d characters, truncated", s.id, self.max_sentence_chars
+                )
             results.append(SentenceResult(s, src, truncated=truncated))
         self.forward(results)
         self.extract(results)

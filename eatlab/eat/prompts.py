@@ -81,8 +81,12 @@ class PromptSet:
                     f"{sorted(schedules)} rounds"
                 )
             rounds = [
-                Round(name, rounds_spec[name]["text"], int(rounds_spec[name]["max_new_tokens"]),
-                      rounds_spec[name].get("purpose", ""))
+                Round(
+                    name,
+                    rounds_spec[name]["text"],
+                    int(rounds_spec[name]["max_new_tokens"]),
+                    rounds_spec[name].get("purpose", ""),
+                )
                 for name in schedules[n_rounds]
             ]
         if budgets is not None:

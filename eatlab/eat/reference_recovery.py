@@ -119,7 +119,8 @@ class ReferenceResult:
 
     strings: list[str]  # per answer: the kept string ('' = dropped), after the prediction filter
     spans: list[Span]  # token spans after placement (sorted, non-overlapping)
-    placed: list[bool] = field(default_factory=list)  # per answer: whether its string labelled any unit at the end
+    # per answer: whether its string still labels some unit after placement
+    placed: list[bool] = field(default_factory=list)
 
     def tags(self, n_tokens: int) -> list[str]:
         return spans_to_tags(self.spans, n_tokens)

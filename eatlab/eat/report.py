@@ -20,7 +20,10 @@ def print_summary(metrics: dict, run_dir: Path, console: Console | None = None) 
     t.add_column("metric")
     t.add_column("value (%)", justify="right")
     lo, hi = metrics.get("entity_f1_ci95", [None, None])
-    t.add_row("entity P / R / F1", f"{_pct(metrics['entity_precision'])} / {_pct(metrics['entity_recall'])} / {_pct(metrics['entity_f1'])}")
+    t.add_row(
+        "entity P / R / F1",
+        f"{_pct(metrics['entity_precision'])} / {_pct(metrics['entity_recall'])} / {_pct(metrics['entity_f1'])}",
+    )
     t.add_row("entity F1 95% CI", f"[{_pct(lo)}, {_pct(hi)}]")
     for typ, v in metrics.get("per_type", {}).items():
         t.add_row(f"  {typ} F1 (support {v['support']})", _pct(v["f1"]))
@@ -35,7 +38,9 @@ def print_summary(metrics: dict, run_dir: Path, console: Console | None = None) 
     console.print("gold entities:     " + ", ".join(f"{k} {v}" for k, v in g.items()))
     console.print("predicted entities: " + ", ".join(f"{k} {v}" for k, v in p.items()))
     if f.get("dropped_entities"):
-        console.print("dropped in span recovery: " + ", ".join(f"{k} {v}" for k, v in f["dropped_entities"].items()))
+        console.print(
+            "dropped in span recovery: " + ", ".join(f"{k} {v}" for k, v in f["dropped_entities"].items())
+        )
     console.print(
         f"LLM calls {metrics.get('llm_calls')}, cache hits {metrics.get('llm_cache_hits')}, "
         f"tokens in/out {metrics['tokens']['prompt']}/{metrics['tokens']['completion']}, "

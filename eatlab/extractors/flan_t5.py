@@ -18,8 +18,16 @@ INSTRUCTION = (
 class FlanT5Extractor(Extractor):
     name = "flan_t5"
 
-    def __init__(self, checkpoint: str, batch_size: int = 32, max_new_tokens: int = 128, max_source_len: int = 256):
+    def __init__(
+        self,
+        checkpoint: str,
+        batch_size: int = 32,
+        max_new_tokens: int = 128,
+        max_source_len: int = 256,
+        device: str = "auto",
+    ):
         self.checkpoint = str(checkpoint)
+        self.device = device  # auto: the first CUDA GPU when there is one, else the CPU
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.max_source_len = int(max_source_len)
@@ -30,18 +38,35 @@ class FlanT5Extractor(Extractor):
     def from_config(cls, ecfg) -> FlanT5Extractor:
         if not ecfg.get("checkpoint"):
             raise ConfigError("extractor.checkpoint: set it to a trained Flan-T5 folder or a hub id")
-        return cls(ecfg.checkpoint, ecfg.get("batch_size", 32), ecfg.get("max_new_tokens", 128))
+        return cls(
+            ecfg.checkpoint,
+            ecfg.get("batch_size", 32),
+            ecfg.get("max_new_tokens", 128),
+            ecfg.get("max_source_len", 256),
+            ecfg.get("device", "auto"),
+        )
 
     def _load(self):
+        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         path = Path(self.checkpoint)
+        if not path.exists() and (
+            path.is_absolute() or self.checkpoint.startswith(".") or len(path.parts) > 2
+        ):
+            raise ConfigError(
+                f"extractor.checkpoint={self.checkpoint}: no such folder (train one with `eatlab-train-extractor`)"
+            )
         src = str(path) if path.exists() else self.checkpoint
         try:
             self._tok = AutoTokenizer.from_pretrained(src)
             self._model = AutoModelForSeq2SeqLM.from_pretrained(src).eval()
         except OSError as exc:
             raise ConfigError(f"extractor.checkpoint={self.checkpoint}: cannot load ({exc})") from None
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._model.to(device)
 
     def extract(self, sentences: list[str]) -> list[EntityList]:
         import torch
@@ -51,9 +76,14 @@ class FlanT5Extractor(Extractor):
         out: list[EntityList] = []
         for i in range(0, len(sentences), self.batch_size):
             batch = [INSTRUCTION + s for s in sentences[i : i + self.batch_size]]
-            enc = self._tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_len)
+            enc = self._tok(
+                batch, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_len
+            )
+            enc = enc.to(self._model.device)
             with torch.no_grad():
-                ids = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+                ids = self._model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+                )
             out.extend(parse_entity_list(t) for t in self._tok.batch_decode(ids, skip_special_tokens=True))
         return out
 

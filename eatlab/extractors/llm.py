@@ -14,7 +14,9 @@ class LLMExtractor(Extractor):
         from eatlab.eat.prompts import load_prompt_set
 
         self.client = client
-        self.generation = dict(cfg.generation)
+        from eatlab.eat.methods import generation_config
+
+        self.generation = generation_config(cfg)
         self.prompts = load_prompt_set(cfg)
         self.last_conversations: list[list[dict]] = []
 

@@ -83,6 +83,7 @@ class HFBackend(LLMBackend):
             self.source if self.local else None,
             self.adapter_path,
             hash_weights=hash_weights,
+            quantization=quantization,
         )
         self._model = None
         self._tok = None
@@ -257,11 +258,13 @@ class HFBackend(LLMBackend):
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,  # sampling, when asked, is done by _SeededSampler
             num_beams=1,
-            temperature=1.0,
+            temperature=1.0,  # the global defaults (inert when greedy); set so the model's own cannot leak in
             top_p=1.0,
-            top_k=0,
-            min_p=None,
+            top_k=50,
+            typical_p=1.0,
             repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_length=0,
             eos_token_id=sorted(self._eos),
             pad_token_id=self._pad,
         )

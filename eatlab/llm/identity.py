@@ -4,7 +4,12 @@ An answer may only be reused for the same weights, so the cache key carries a `m
 - hub weights: `<model id>` or `<model id>@<revision>`;
 - local weights (`model.path=DIR`): `<model id>@local:<fingerprint of DIR>` (unless `model.hash_weights=false`,
   where the user vouches that `model.id` names the weights);
+- quantized on load (bitsandbytes): `... +quant:4bit`;
 - with an adapter: `... +adapter:<fingerprint of the adapter folder>`.
+
+The dtype (bf16 on GPU, fp32 on CPU) is deliberately not part of the key: runs of the same weights share answers
+although a few greedy choices can differ between precisions; give the runs distinct `model.id`s to keep them
+apart.
 
 The fingerprint reads every file's name, size and three 1 MiB slices (start, middle, end), so hashing a 140 GB
 checkpoint takes milliseconds; any retraining changes all slices, so a different checkpoint never collides in
@@ -49,6 +54,7 @@ def make_model_key(
     local_path: str | Path | None = None,
     adapter_path: str | Path | None = None,
     hash_weights: bool = True,
+    quantization: str | None = None,
 ) -> str:
     """The cache's name for a set of weights (see the module docstring)."""
     if not model_id:
@@ -58,6 +64,8 @@ def make_model_key(
         key += f"@local:{folder_fingerprint(local_path)[:16]}"
     elif revision:
         key += f"@{revision}"
+    if quantization:
+        key += f"+quant:{quantization}"
     if adapter_path:
         key += f"+adapter:{folder_fingerprint(adapter_path)[:16]}"
     return key

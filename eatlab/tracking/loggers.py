@@ -1,14 +1,42 @@
-"""Lightning loggers for every entry point: CSV always, W&B (offline by default) unless `tracking=none`."""
+"""Lightning loggers for every entry point: CSV always, W&B (offline by default) unless `tracking=none`.
+
+W&B runs are named from the command-line overrides, grouped by sweep (`<task>-<sweep dir name>` in a multirun),
+tagged with model, language, rounds, fine-tuning, method and extractor, and carry the resolved config. A run
+that fails is always finished, with exit code 1, so that it shows as failed instead of hanging as "running".
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+log = logging.getLogger(__name__)
+
+
+def _hydra_config():
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get()
+    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
+        return None
+
+
+def _is_multirun(hc) -> bool:
+    from hydra.types import RunMode
+
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
 
 def run_name(cfg) -> str:
-    """A readable W&B run name from the model, language, rounds and fine-tuning choices."""
+    """The W&B run name: the job's overrides (`language=ja,prompt_rounds=r1`), else model-language-rounds."""
+    hc = _hydra_config()
+    if hc is not None:
+        overrides = str(hc.job.get("override_dirname") or "")
+        if overrides:
+            return f"{hc.job.num}:{overrides}" if _is_multirun(hc) else overrides
     parts = [
         str(cfg.get("task_name", "eat")),
         str(cfg.model.get("id", "model")).split("/")[-1],
@@ -16,45 +44,77 @@ def run_name(cfg) -> str:
         f"r{cfg.prompt_rounds.forward}" if "prompt_rounds" in cfg else None,
         cfg.finetune.name if "finetune" in cfg else None,
     ]
-    return "-".join(p for p in parts if p)
+    return "-".join(str(p) for p in parts if p)
 
 
 def run_tags(cfg) -> list[str]:
+    """`key:value` tags W&B can filter on: model, language, rounds, fine-tuning, method, extractor."""
     tags = [f"model:{cfg.model.get('id')}", f"language:{cfg.language.code}"]
     if "prompt_rounds" in cfg:
         tags.append(f"rounds:{cfg.prompt_rounds.forward}")
     if "finetune" in cfg:
         tags.append(f"finetune:{cfg.finetune.name}")
+    if "method" in cfg:
+        tags.append(f"method:{cfg.method.name}")
+    if "extractor" in cfg:
+        tags.append(f"extractor:{cfg.extractor.name}")
     if cfg.model.get("smoke"):
         tags.append("smoke-model")
-    return tags
+    return [t[:64] for t in tags]  # W&B rejects tags longer than 64 characters
 
 
-def sweep_group(cfg, run_dir: Path) -> str | None:
+def sweep_group(cfg, run_dir: Path | None = None) -> str | None:
+    """`tracking.group` if set, else `<task>-<sweep dir name>` in a multirun, else None (a single run)."""
     if cfg.tracking.get("group"):
         return str(cfg.tracking.group)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return Path(hc.sweep.dir).name
-    except Exception:  # noqa: BLE001 - outside Hydra
-        pass
+    hc = _hydra_config()
+    if _is_multirun(hc):
+        return f"{cfg.get('task_name', 'eat')}-{Path(hc.sweep.dir).name}"
     return None
 
 
+def wandb_config(cfg) -> dict:
+    """The resolved config plus the job's overrides (what W&B shows in its config columns)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    hc = _hydra_config()
+    if hc is not None:
+        out["overrides"] = list(hc.overrides.task)
+    return out
+
+
+def _wandb_logger_class():
+    from pytorch_lightning.loggers import WandbLogger
+
+    class EatlabWandbLogger(WandbLogger):
+        """WandbLogger that finishes the run with exit code 1 when Lightning reports a failure."""
+
+        # entry points find the W&B logger by class name
+
+        def finalize(self, status: str) -> None:
+            super().finalize(status)
+            if status != "success":
+                finish_wandb(failed=True)
+
+    EatlabWandbLogger.__name__ = EatlabWandbLogger.__qualname__ = "WandbLogger"
+    return EatlabWandbLogger
+
+
 def build_loggers(cfg, run_dir: Path, job_type: str = "eval") -> list:
+    """CSV logger always; W&B logger when `tracking.name == wandb` (`tracking.mode`: offline | online)."""
     from pytorch_lightning.loggers import CSVLogger
 
     run_dir = Path(run_dir)
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     if cfg.tracking.name == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
+        logger_cls = _wandb_logger_class()
+        mode = str(cfg.tracking.get("mode", "offline"))
+        if mode not in ("offline", "online", "disabled"):
+            from eatlab.errors import ConfigError
 
+            raise ConfigError(f"tracking.mode={mode}: expected offline, online or disabled")
+        _finish_stale_run()
         loggers.append(
-            WandbLogger(
+            logger_cls(
                 project=cfg.tracking.project,
                 entity=cfg.tracking.get("entity"),
                 name=run_name(cfg),
@@ -62,8 +122,40 @@ def build_loggers(cfg, run_dir: Path, job_type: str = "eval") -> list:
                 job_type=job_type,
                 tags=run_tags(cfg),
                 save_dir=str(run_dir),
-                offline=cfg.tracking.mode == "offline",
-                config=OmegaConf.to_container(cfg, resolve=True),
+                offline=False,  # Lightning's offline=True sets WANDB_MODE for the whole process; mode= does not
+                mode=mode,
+                config=wandb_config(cfg),
             )
         )
     return loggers
+
+
+def wandb_logger(loggers: list):
+    """The W&B logger among `loggers`, or None."""
+    return next((lg for lg in loggers if lg.__class__.__name__.endswith("WandbLogger")), None)
+
+
+def finish_wandb(failed: bool = False) -> None:
+    """Finish the active W&B run (exit code 1 when failed); a no-op when W&B was never started."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def _finish_stale_run() -> None:
+    """A run left open by an earlier job in this process would swallow this job's logs: finish it."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        log.warning("finishing W&B run %s left open by an earlier job", wandb.run.id)
+        wandb.finish()
+
+
+def finish_loggers(loggers: list, failed: bool = False) -> None:
+    """Call in a `finally:` of every entry point: the W&B run is finished even when the job failed."""
+    if wandb_logger(loggers) is not None:
+        finish_wandb(failed=failed)

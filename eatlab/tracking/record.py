@@ -1,8 +1,9 @@
-"""The local record every run writes (always), and what goes to W&B when it is on."""
+"""The local record every run writes (always, W&B or not), and what goes to W&B when it is on."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -23,17 +24,35 @@ def flat_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list) -> None:
-    run_dir = Path(run_dir)
-    flat = flat_scalars(metrics)
-    with (run_dir / "record.jsonl").open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"run_dir": str(run_dir), **flat}, ensure_ascii=False) + "\n")
-    keys = sorted(flat)
-    lines = [",".join(keys), ",".join(str(flat[k]) for k in keys)]
-    atomic_write_text(run_dir / "record.csv", "\n".join(lines) + "\n")
-    for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger":
-            from eatlab.tracking.wandb_tables import log_run_tables
+def run_identity(cfg, run_dir: Path) -> dict:
+    """What identifies the run in a flat record: its dir, overrides and W&B group."""
+    from eatlab.tracking.loggers import _hydra_config, sweep_group
 
-            log_run_tables(lg.experiment, metrics, results, run_dir, int(cfg.get("n_sample_predictions", 20)))
-    _ = csv  # csv kept for future multi-row records
+    hc = _hydra_config()
+    return {
+        "run_dir": str(run_dir),
+        "overrides": " ".join(hc.overrides.task) if hc is not None else "",
+        "group": sweep_group(cfg, run_dir) or "",
+        "language": cfg.language.code,
+        "model": str(cfg.model.get("id")),
+    }
+
+
+def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list) -> None:
+    """Append the flat metrics to record.jsonl, rewrite record.csv, and log tables/artifacts to W&B if on."""
+    from eatlab.tracking.loggers import wandb_logger
+
+    run_dir = Path(run_dir)
+    row = {**run_identity(cfg, run_dir), **flat_scalars(metrics)}
+    with (run_dir / "record.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+    writer.writeheader()
+    writer.writerow(row)
+    atomic_write_text(run_dir / "record.csv", buf.getvalue())
+    wb = wandb_logger(loggers)
+    if wb is not None:
+        from eatlab.tracking.wandb_tables import log_run_tables
+
+        log_run_tables(wb.experiment, metrics, results, run_dir, int(cfg.get("n_sample_predictions", 20)))

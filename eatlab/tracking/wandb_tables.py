@@ -1,35 +1,102 @@
-"""W&B tables and artifacts of one run: per-type scores, sample predictions with conversations, files."""
+"""W&B tables and artifacts of one run: per-type scores, stage costs, failures, sample predictions with their
+conversations, and the run's files (predictions, metrics, per-sample artifacts) as a versioned artifact."""
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from pathlib import Path
 
 from eatlab.tracking.record import flat_scalars
 
+RUN_FILES = (
+    "metrics.json",
+    "predictions.conll",
+    "provenance.json",
+    "resolved_config.yaml",
+    "artifacts/forward.jsonl",
+    "artifacts/ner.jsonl",
+    "artifacts/backward.jsonl",
+    "artifacts/attribution.jsonl",
+)
+
+
+def format_conversation(messages) -> str:
+    """A conversation as readable text: one `role: content` paragraph per message."""
+    return "\n\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages or [])
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def sample_conversations(run_dir: Path, ids: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Forward and backward conversations (as text) of the given sentence ids, read from the run's artifacts."""
+    art = Path(run_dir) / "artifacts"
+    forward = {r["sentence_id"]: format_conversation(r.get("messages")) for r in _read_jsonl(art / "forward.jsonl")
+               if r.get("sentence_id") in ids}
+    backward: dict[str, list[str]] = defaultdict(list)
+    for r in _read_jsonl(art / "backward.jsonl"):
+        if r.get("sentence_id") in ids:
+            backward[r["sentence_id"]].append(f"--- {r.get('type')}: {r.get('phrase')}\n" + format_conversation(r.get("messages")))
+    return forward, {k: "\n\n".join(v) for k, v in backward.items()}
+
+
+def _entity_strings(tokens, spans, char_tokenized: bool) -> list[str]:
+    joiner = "" if char_tokenized else " "
+    return [f"{s.type}:{joiner.join(tokens[s.start : s.end])}" for s in spans]
+
 
 def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: int = 20) -> None:
+    """Summary scalars, tables and the run artifact of one finished run."""
     import wandb
+
+    from eatlab.data.bio import tags_to_spans
 
     run.summary.update(flat_scalars(metrics))
     per_type = wandb.Table(columns=["type", "precision", "recall", "f1", "support"])
     for typ, v in metrics.get("per_type", {}).items():
         per_type.add_data(typ, v["precision"], v["recall"], v["f1"], v["support"])
-    stages = wandb.Table(columns=["stage", "llm_calls", "llm_cache_hits", "prompt_tokens", "completion_tokens", "seconds"])
+    stages = wandb.Table(
+        columns=["stage", "llm_calls", "llm_cache_hits", "prompt_tokens", "completion_tokens", "seconds"]
+    )
     for st, v in metrics.get("stages", {}).items():
-        stages.add_data(st, v.get("llm_calls", 0), v.get("llm_cache_hits", 0), v.get("prompt_tokens", 0),
-                        v.get("completion_tokens", 0), v.get("seconds", 0.0))
-    samples = wandb.Table(columns=["sentence_id", "text", "english", "english_entities", "gold", "predicted", "alignments"])
-    for r in results[:n_samples]:
-        toks, j = r.sentence.tokens, ("" if r.sentence.char_tokenized else " ")
-        from eatlab.data.bio import tags_to_spans
-
-        gold = [f"{s.type}:{j.join(toks[s.start:s.end])}" for s in tags_to_spans(r.sentence.tags)]
-        pred = [f"{s.type}:{j.join(toks[s.start:s.end])}" for s in r.pred_spans]
+        stages.add_data(
+            st,
+            v.get("llm_calls", 0),
+            v.get("llm_cache_hits", 0),
+            v.get("prompt_tokens", 0),
+            v.get("completion_tokens", 0),
+            v.get("seconds", 0.0),
+        )
+    failures = wandb.Table(columns=["side", "class", "count"])
+    for side in ("gold", "predicted", "dropped_entities"):
+        for cls, n in metrics.get("failures", {}).get(side, {}).items():
+            failures.add_data(side, cls, n)
+    sampled = results[: max(0, n_samples)]
+    fwd, bwd = sample_conversations(run_dir, {r.sentence.id for r in sampled})
+    samples = wandb.Table(
+        columns=[
+            "sentence_id", "text", "english", "english_entities", "gold", "predicted", "alignments",
+            "forward_conversation", "backward_conversations",
+        ]
+    )
+    for r in sampled:
+        s = r.sentence
+        gold = _entity_strings(s.tokens, tags_to_spans(s.tags), s.char_tokenized)
+        pred = _entity_strings(s.tokens, r.pred_spans, s.char_tokenized)
         aligns = [f"{a['phrase']} -> {a['answer']!r} ({a['reason'] or 'ok'})" for a in r.alignments]
-        samples.add_data(r.sentence.id, r.sentence.text, r.english, str(r.entities), str(gold), str(pred), "\n".join(aligns))
-    run.log({"per_type": per_type, "stages": stages, "sample_predictions": samples})
-    art = wandb.Artifact(f"predictions-{run.id}", type="predictions")
-    for name in ("metrics.json", "predictions.conll"):
-        if (Path(run_dir) / name).exists():
-            art.add_file(str(Path(run_dir) / name))
+        samples.add_data(
+            s.id, s.text, r.english, str(r.entities), str(gold), str(pred), "\n".join(aligns),
+            fwd.get(s.id, ""), bwd.get(s.id, ""),
+        )
+    run.log({"per_type": per_type, "stages": stages, "failures": failures, "sample_predictions": samples})
+    art = wandb.Artifact(f"run-files-{run.id}", type="eat-run", metadata={"entity_f1": metrics.get("entity_f1")})
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            art.add_file(str(path), name=name)
     run.log_artifact(art)

@@ -1,0 +1,294 @@
+"""`eatlab-train-extractor` and `eatlab-eval-extractor`: train the English NER extractor, score any extractor.
+
+eatlab-train-extractor                                  # Flan-T5-base on English WikiANN (GPU)
+eatlab-train-extractor extractor=spacy_wikiann          # spaCy NER on English WikiANN (CPU)
+eatlab-eval-extractor extractor=spacy data.root=../shared/data/wikiann
+eatlab-eval-extractor extractor=flan_t5 extractor.checkpoint=outputs/extractors/flan_t5_base/best
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from eatlab.cli.common import current_run_dir, guarded
+from eatlab.errors import ConfigError
+from eatlab.paths import CONF_DIR
+from eatlab.utils.io import atomic_write_json
+
+log = logging.getLogger("eatlab")
+
+
+def _split_file(cfg, key: str, split: str) -> str:
+    """`extractor.train.<key>`, or `<data.root or the in-repo samples>/en/<split>.txt`."""
+    from eatlab.data.loader import split_path
+
+    value = cfg.extractor.train.get(key)
+    path = Path(value) if value else split_path(cfg.data.get("root"), "en", split)
+    if not path.is_file():
+        raise ConfigError(
+            f"extractor.train.{key}={path}: file not found (set data.root or extractor.train.{key})"
+        )
+    return str(path)
+
+
+def _loggers(cfg, run_dir: Path, name: str) -> list:
+    """CSV always; W&B (offline by default) unless tracking=none. Same layout as the pipeline's loggers."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    from eatlab.tracking.loggers import sweep_group
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if cfg.tracking.name == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(
+            WandbLogger(
+                project=cfg.tracking.project,
+                entity=cfg.tracking.get("entity"),
+                name=f"{cfg.task_name}-{name}",
+                group=sweep_group(cfg, run_dir),
+                job_type="train_extractor",
+                tags=[f"extractor:{name}", "language:en"],
+                save_dir=str(run_dir),
+                offline=cfg.tracking.mode == "offline",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def train_t5(cfg, run_dir: Path) -> dict:
+    """Fit a T5-family extractor; the best dev-F1 model is `<extractor.train.output_dir>/best`."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+
+    from eatlab.extractors.train_t5 import (
+        HFModelCheckpoint,
+        NERTextDataModule,
+        Seq2SeqNERModule,
+        resolve_precision,
+    )
+
+    t = cfg.extractor.train
+    tr = cfg.trainer
+    pl.seed_everything(int(cfg.seed), workers=True)
+    files = {
+        "train_file": _split_file(cfg, "train_file", "train"),
+        "dev_file": _split_file(cfg, "dev_file", "dev"),
+    }
+    lora = OmegaConf.to_container(t.lora, resolve=True) if t.get("lora") else None
+    module = Seq2SeqNERModule(
+        str(t.model),
+        lr=float(t.lr),
+        weight_decay=float(t.weight_decay),
+        warmup_ratio=float(t.warmup_ratio),
+        warmup_steps=t.get("warmup_steps"),
+        lora=lora if lora and lora.get("enabled") else None,
+        max_new_tokens=int(t.max_new_tokens),
+        num_beams=int(t.num_beams),
+        scorer_seed=int(cfg.seed),
+    )
+    dm = NERTextDataModule(
+        module.tokenizer,
+        files["train_file"],
+        files["dev_file"],
+        max_source_len=int(t.max_source_len),
+        max_target_len=int(t.max_target_len),
+        batch_size=int(t.batch_size),
+        eval_batch_size=int(t.eval_batch_size),
+        train_limit=t.get("train_limit"),
+        dev_limit=t.get("dev_limit"),
+        num_workers=int(t.get("num_workers", 0)),
+        drop_types=tuple(t.get("drop_types", ["MISC"])),
+    )
+    dm.setup("fit")
+    data_stats = dm.stats()
+    out_dir = Path(t.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loggers = _loggers(cfg, run_dir, Path(str(t.model)).name)
+    for lg in loggers:
+        lg.log_hyperparams({"data_stats": data_stats, "files": files})
+    checkpoint = HFModelCheckpoint(out_dir, "best", monitor="val_f1", mode="max")
+    callbacks = [
+        checkpoint,
+        EarlyStopping(monitor="val_f1", mode="max", patience=int(t.early_stopping_patience)),
+    ]
+    callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = pl.Trainer(
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        strategy=tr.strategy,
+        precision=resolve_precision(str(tr.precision), str(tr.accelerator)),
+        max_epochs=int(t.max_epochs),
+        max_steps=int(t.max_steps),
+        val_check_interval=t.val_check_interval,
+        gradient_clip_val=tr.gradient_clip_val,
+        accumulate_grad_batches=int(tr.accumulate_grad_batches),
+        log_every_n_steps=int(tr.log_every_n_steps),
+        num_sanity_val_steps=int(tr.num_sanity_val_steps),
+        limit_val_batches=tr.limit_val_batches,
+        enable_progress_bar=bool(tr.enable_progress_bar),
+        logger=loggers,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        _finish_wandb(loggers)
+    best = checkpoint.best_model_score
+    summary = {
+        "extractor": "flan_t5",
+        "base_model": str(t.model),
+        "checkpoint": checkpoint.best_model_path or None,
+        "best_val_f1": float(best) if best is not None else None,
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "data": {"files": files, **data_stats},
+        "run_dir": str(run_dir),
+        "use_with": f"extractor=flan_t5 extractor.checkpoint={checkpoint.best_model_path}",
+    }
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    if checkpoint.best_model_path:
+        atomic_write_json(Path(checkpoint.best_model_path) / "train_summary.json", summary)
+    return summary
+
+
+def train_spacy(cfg, run_dir: Path) -> dict:
+    """spaCy's trainer on English WikiANN (or any English CoNLL files); model-best = best dev entity F1."""
+    from dataclasses import asdict
+
+    from eatlab.extractors.train_spacy import train_spacy_ner
+
+    t = cfg.extractor.train
+    result = train_spacy_ner(
+        _split_file(cfg, "train_file", "train"),
+        _split_file(cfg, "dev_file", "dev"),
+        t.output_dir,
+        init=str(t.init),
+        max_steps=int(t.max_steps),
+        eval_frequency=int(t.eval_frequency),
+        patience=int(t.patience),
+        max_minutes=t.get("max_minutes"),
+        seed=int(cfg.seed),
+        train_limit=t.get("train_limit"),
+        dev_limit=t.get("dev_limit"),
+        dropout=float(t.dropout),
+        learn_rate=float(t.learn_rate),
+    )
+    summary = {"extractor": "spacy_wikiann", **asdict(result), "run_dir": str(run_dir)}
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    return summary
+
+
+def train_extractor(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Train the configured extractor (`extractor.name` flan_t5 or spacy_wikiann) and return its summary."""
+    run_dir = Path(run_dir or current_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = cfg.extractor.name
+    if "train" not in cfg.extractor:
+        raise ConfigError(
+            f"extractor={name}: nothing to train (choose flan_t5_small, flan_t5_base, flan_t5_large, "
+            "flan_t5_conll2003 or spacy_wikiann)"
+        )
+    if name == "flan_t5":
+        summary = train_t5(cfg, run_dir)
+        where = summary["checkpoint"]
+    elif name == "spacy_wikiann":
+        summary = train_spacy(cfg, run_dir)
+        where = summary["model_best"]
+    else:
+        raise ConfigError(f"extractor.name={name}: only flan_t5 and spacy_wikiann can be trained")
+    f1 = summary.get("best_val_f1", summary.get("dev_ents_f"))
+    print(f"best dev entity F1: {f1 if f1 is None else f'{100 * f1:.2f}'}   model: {where}")
+    return summary
+
+
+def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Score `cfg.extractor` on English WikiANN (`data.split`, default test); writes JSON and predictions."""
+    from eatlab.data.conll import write_conll
+    from eatlab.data.loader import select_sentences
+    from eatlab.eval.table import format_scores
+    from eatlab.extractors.base import build_extractor
+    from eatlab.extractors.evaluate import evaluate_extractor
+
+    run_dir = Path(run_dir or current_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
+    selection = select_sentences(
+        "en",
+        split=d.split,
+        root=d.root,
+        limit=d.limit,
+        sample=d.sample,
+        seed=d.seed,
+        drop_redirects=d.drop_redirects,
+        source=d.source,
+    )
+    client = None
+    if cfg.extractor.name == "llm":
+        from eatlab.llm.factory import build_client
+
+        client = build_client(cfg)
+    try:
+        extractor = build_extractor(cfg, client)
+        result = evaluate_extractor(extractor, selection.sentences, seed=int(cfg.seed))
+    finally:
+        if client is not None:
+            client.close()
+    write_conll(run_dir / "predictions.conll", selection.sentences, result["pred_tags"])
+    metrics = {
+        **result["scores"],
+        "extractor": result["extractor"],
+        "counts": result["counts"],
+        "seconds": result["seconds"],
+        "split": str(d.split),
+        "data": selection.provenance(),
+    }
+    if client is not None:
+        metrics["llm"] = client.counters_dict()
+    atomic_write_json(run_dir / "extractor_metrics.json", metrics)
+    title = (
+        f"extractor={cfg.extractor.name} on English WikiANN {d.split} ({len(selection.sentences)} sentences)"
+    )
+    print(format_scores(result["scores"], title))
+    c = result["counts"]
+    print(
+        f"\nentities listed: {c['n_listed_entities']}, not found in the sentence: {c['n_unplaced_entities']}; "
+        f"{result['seconds']:.1f} s\nwritten: {run_dir / 'extractor_metrics.json'}"
+    )
+    return metrics
+
+
+def _finish_wandb(loggers: list) -> None:
+    if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_extractor")
+@guarded
+def _train(cfg: DictConfig) -> dict | None:
+    OmegaConf.resolve(cfg)
+    return train_extractor(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval_extractor")
+@guarded
+def _eval(cfg: DictConfig) -> dict | None:
+    OmegaConf.resolve(cfg)
+    return evaluate_from_config(cfg)
+
+
+def train_main() -> None:
+    _train()
+
+
+def eval_main() -> None:
+    _eval()

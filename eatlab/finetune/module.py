@@ -1,0 +1,299 @@
+"""QLoRA as a LightningModule: a 4-bit NF4 base (double quantisation), LoRA adapters, AdamW, warm-up + cosine.
+
+Why these choices (the recipe of Dettmers et al., 2023, which the paper's "QLoRA" names):
+- NF4 with double quantisation stores the frozen base in about 0.5 byte per parameter, so a 7B/14B model fits
+  one GPU; the matmuls run in the compute dtype (bf16 on GPU, fp32 on CPU).
+- `peft.prepare_model_for_kbit_training` casts norms and the output layer to fp32 and enables input gradients
+  (and gradient checkpointing on GPU), so the tiny LoRA updates are stable.
+- LoRA on every attention and MLP projection: QLoRA's finding is that all linear layers are needed to match full
+  fine-tuning; attention-only LoRA underfits.
+- Paged 8-bit AdamW on CUDA (optimizer states paged to CPU on memory spikes); plain torch AdamW on CPU, where
+  bitsandbytes' paged optimizers do not run.
+- Validation: loss and exact match of greedy answers on the held-out slice, per direction.
+The weights load in `configure_model`, on the device Lightning chose for this process (so DDP puts one copy on
+each GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+
+from eatlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QUANTIZATIONS = ("nf4", "none")
+OPTIMIZERS = ("auto", "adamw", "paged_adamw_8bit")
+
+
+@dataclass
+class QLoRASettings:
+    """Everything the module needs, read from `finetune.*` (see conf/finetune/eacl_qlora.yaml)."""
+
+    model_source: str
+    quantization: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU
+    quant_storage: str | None = None  # FSDP needs the 4-bit weights stored in the compute dtype
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    optimizer: str = "auto"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    gradient_checkpointing: str | bool = "auto"  # auto: on for CUDA, off on CPU
+    val_max_new_tokens: int = 32
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"finetune.quantization={self.quantization}: expected one of {list(QUANTIZATIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"finetune.optim.name={self.optimizer}: expected one of {list(OPTIMIZERS)}")
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("finetune.lora: r >= 1, alpha > 0 and 0 <= dropout < 1 are required")
+        if not self.target_modules:
+            raise ConfigError("finetune.lora.target_modules: name at least one module")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"finetune.optim.warmup_ratio={self.warmup_ratio}: expected a fraction in [0, 1)")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _torch_dtype(name: str, device_type: str):
+    import torch
+
+    if name == "auto":
+        if device_type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"finetune.compute_dtype={name}: expected auto, float32, bfloat16 or float16")
+    return table[name]
+
+
+def load_base_model(s: QLoRASettings, device):
+    """The base causal LM, 4-bit NF4 (double quantisation) unless `quantization=none`, on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = _torch_dtype(s.compute_dtype, device.type)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": s.trust_remote_code}
+    if s.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        qkw = {}
+        if s.quant_storage:
+            qkw["bnb_4bit_quant_storage"] = _torch_dtype(s.quant_storage, device.type)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=s.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+            **qkw,
+        )
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None else str(device)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(s.model_source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model: cannot load {s.model_source!r} for fine-tuning ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); offline, point model.path at a local folder"
+        ) from None
+    if s.quantization == "none":
+        model = model.to(device)
+    model.config.use_cache = False
+    return model, torch.device(device)
+
+
+class QLoRAModule(pl.LightningModule):
+    """Trains LoRA adapters on a frozen (4-bit) causal LM; `save_adapter` writes them in peft format."""
+
+    def __init__(self, settings: QLoRASettings, pad_id: int, eos_ids: list[int]):
+        super().__init__()
+        settings.validate()
+        self.settings = settings
+        self.pad_id = int(pad_id)
+        self.eos_ids = list(eos_ids)
+        self.model = None
+        self.quantized_layers = 0  # bitsandbytes Linear4bit layers of the loaded base
+        self.tokenizer = None  # set by the caller, for decoding validation answers
+        self.step_losses: dict[int, list[float]] = defaultdict(list)
+        self.val_history: list[dict] = []
+        self._val: dict = {}
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        s = self.settings
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        base, _ = load_base_model(s, device)
+        use_gc = device.type == "cuda" if s.gradient_checkpointing == "auto" else bool(s.gradient_checkpointing)
+        if s.quantization == "nf4":
+            # non-reentrant checkpointing: the reentrant kind breaks DDP's gradient hooks
+            base = prepare_model_for_kbit_training(
+                base, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        elif use_gc:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+        missing = [m for m in s.target_modules if m not in present]
+        if missing:
+            raise ConfigError(f"finetune.lora.target_modules: {missing} not in the model (it has e.g. {sorted(present)[:12]})")
+        lora = LoraConfig(
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            target_modules=list(s.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        self.quantized_layers = sum(type(m).__name__ == "Linear4bit" for m in base.modules())
+        self.model = get_peft_model(base, lora)
+        self.model.train()  # from_pretrained leaves eval mode, which would switch LoRA dropout off
+        trainable, total = self.model.get_nb_trainable_parameters()
+        log.info("LoRA: %d trainable of %d parameters (%.3f%%)", trainable, total, 100 * trainable / max(1, total))
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        return self.model.get_nb_trainable_parameters()
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, batch) -> tuple:
+        """(mean loss over answer tokens, number of answer tokens) of a left-padded batch (see tasks.Collator)."""
+        import torch.nn.functional as F
+
+        keep = int(batch["keep"])
+        logits = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=keep,
+        ).logits
+        labels = batch["labels"][:, -(keep - 1) :]
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+        )
+        return loss, int((labels != -100).sum())
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self(batch)
+        self.step_losses[int(self.global_step)].append(float(loss.detach()))
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def optimizer_step_losses(self) -> list[float]:
+        """Mean training loss of each optimizer step (micro-batches of one accumulation window averaged)."""
+        return [sum(v) / len(v) for _, v in sorted(self.step_losses.items())]
+
+    def configure_optimizers(self):
+        import torch
+
+        s = self.settings
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        name = s.optimizer
+        on_cuda = self.device.type == "cuda"
+        if name == "auto":
+            name = "paged_adamw_8bit" if on_cuda else "adamw"
+        if name == "paged_adamw_8bit":
+            if not on_cuda:
+                raise ConfigError("finetune.optim.name=paged_adamw_8bit: needs a CUDA device (use adamw on CPU)")
+            import bitsandbytes as bnb
+
+            opt = bnb.optim.PagedAdamW8bit(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+        self.optimizer_name = name
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(s.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, total, warmup, s.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # -- validation --------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"loss_sum": 0.0, "tokens": 0, "hits": defaultdict(int), "n": defaultdict(int), "samples": []}
+
+    def validation_step(self, batch, batch_idx):
+        import torch
+
+        loss, n_tok = self(batch)
+        self._val["loss_sum"] += float(loss) * n_tok
+        self._val["tokens"] += n_tok
+        with torch.no_grad():
+            answers = self.generate_greedy(batch["prompt_ids"], batch["prompt_mask"], self.settings.val_max_new_tokens)
+        for pred, gold, direction in zip(answers, batch["answers"], batch["directions"]):
+            hit = pred.strip() == gold.strip()
+            self._val["hits"][direction] += hit
+            self._val["n"][direction] += 1
+            if len(self._val["samples"]) < 10:
+                self._val["samples"].append({"direction": direction, "gold": gold, "pred": pred})
+
+    def generate_greedy(self, prompt_ids, prompt_mask, max_new_tokens: int) -> list[str]:
+        """Greedy answers for left-padded prompts (what the pipeline's greedy decoding would answer)."""
+        from transformers import GenerationConfig
+
+        was_training = self.model.training
+        self.model.eval()
+        self.model.config.use_cache = True
+        gc = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+        )
+        try:
+            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gc)
+        finally:
+            self.model.config.use_cache = False
+            if was_training:
+                self.model.train()
+        texts = []
+        for row in out[:, prompt_ids.shape[1] :].tolist():
+            stop = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:stop], skip_special_tokens=True))
+        return texts
+
+    def on_validation_epoch_end(self) -> None:
+        v = self._val
+        n_all = sum(v["n"].values())
+        metrics = {
+            "val_loss": v["loss_sum"] / v["tokens"] if v["tokens"] else float("nan"),
+            "val_exact_match": sum(v["hits"].values()) / n_all if n_all else float("nan"),
+        }
+        for d in sorted(v["n"]):
+            metrics[f"val_exact_match_{d}"] = v["hits"][d] / v["n"][d]
+        for k, val in metrics.items():
+            self.log(k, val, prog_bar=k in ("val_loss", "val_exact_match"), sync_dist=True)
+        metrics["val_examples"] = n_all
+        self.val_history.append({"step": int(self.global_step), **metrics, "samples": v["samples"]})
+
+    # -- saving ------------------------------------------------------------------------------------------------
+    def save_adapter(self, path) -> None:
+        """The LoRA weights and adapter_config.json in peft format (`PeftModel.from_pretrained` reads them)."""
+        self.model.save_pretrained(str(path))

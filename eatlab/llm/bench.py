@@ -1,0 +1,144 @@
+"""`eatlab-bench`: batched vs one-conversation-at-a-time greedy generation with the tiny smoke model, cache off.
+
+64 real WikiANN sentences (8 from each of the 8 non-Latin-script languages, in-repo samples; or the first 64 of
+any CoNLL file given with --data) go through the reference release's 3-round forward conversation twice: once with
+each round of all conversations batched, once one conversation at a time as the reference release runs it. The
+replies must be identical; the command prints both timings and ends with `speedup: <ratio>x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from eatlab.errors import EatlabError
+from eatlab.llm.base import Conversation, GenerationSettings
+from eatlab.llm.cache import ResponseCache
+from eatlab.llm.client import LLMClient
+
+NSL = ("ar", "hi", "hy", "ja", "ka", "ko", "ru", "zh")
+ENTITY_TYPES = "LOCATION, PERSON, ORGANIZATION"
+ENTITY_TYPES_BRACKETED = "[LOCATION], [PERSON], [ORGANIZATION]"
+
+
+def load_sentences(data: Path | None, lang: str | None, n: int) -> list[tuple[str, str]]:
+    """(language code, sentence text) pairs: the in-repo samples, or the first n sentences of a CoNLL file."""
+    from eatlab.data.conll import read_conll
+
+    if data is not None:
+        code = lang or "xx"
+        char_tok = None
+        if lang:
+            from eatlab.data.languages import get_language
+
+            char_tok = get_language(lang).char_tokenized
+        return [(code, s.text) for s in read_conll(data, code, "test", char_tok)[:n]]
+    from eatlab.data.loader import select_sentences
+
+    per_lang = max(1, -(-n // len(NSL)))
+    out = []
+    for code in NSL:
+        out += [(code, s.text) for s in select_sentences(code, "test", limit=per_lang).sentences]
+    return out[:n]
+
+
+def forward_script() -> dict:
+    from eatlab.paths import PROMPTS_DIR
+
+    return yaml.safe_load((PROMPTS_DIR / "reference.yaml").read_text(encoding="utf-8"))
+
+
+def build_conversations(items: list[tuple[str, str]]) -> tuple[list[Conversation], list[list[str]]]:
+    """Prefixes (system + scripted preamble) and user rounds[k][i] of the reference forward script."""
+    from eatlab.data.languages import get_language
+
+    script = forward_script()
+    prefixes, rounds = [], [[] for _ in script["forward"]["rounds"]]
+    for code, text in items:
+        name = get_language(code).name if code != "xx" else "source-language"
+        fill = {"language": name, "entity_types": ENTITY_TYPES, "entity_types_bracketed": ENTITY_TYPES_BRACKETED,
+                "sentence": text}  # fmt: skip
+        conv = [{"role": "system", "content": script["system"]}]
+        conv += [{"role": m["role"], "content": m["content"].format(**fill)} for m in script["forward"]["preamble"]]
+        prefixes.append(conv)
+        for k, r in enumerate(script["forward"]["rounds"]):
+            rounds[k].append(r.format(**fill))
+    return prefixes, rounds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="eatlab-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=64, help="number of sentences (default 64)")
+    p.add_argument("--data", type=Path, default=None, help="a CoNLL file instead of the in-repo samples")
+    p.add_argument("--lang", default=None, help="language code of --data (e.g. zh)")
+    p.add_argument("--max-new-tokens", default="32,32,16", help="per-round budgets (default 32,32,16)")
+    p.add_argument("--batch-size", type=int, default=64)
+    default_dir = Path(os.environ.get("EATLAB_OUTPUTS") or "outputs") / "models" / "tiny-qwen2"
+    p.add_argument("--model-dir", type=Path, default=default_dir, help="where the tiny smoke model is kept")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except EatlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import torch
+
+    from eatlab.llm.hf import HFBackend
+    from eatlab.llm.tiny import ensure_tiny_model
+
+    budgets = [int(x) for x in args.max_new_tokens.split(",")]
+    items = load_sentences(args.data, args.lang, args.n)
+    prefixes, rounds = build_conversations(items)
+    if len(budgets) != len(rounds):
+        print(f"error: --max-new-tokens needs {len(rounds)} values", file=sys.stderr)
+        return 2
+    settings = [GenerationSettings(max_new_tokens=b) for b in budgets]
+    model_dir = ensure_tiny_model(args.model_dir)
+    backend = HFBackend(model_dir, batch_size=args.batch_size, token_budget=1 << 30)
+    backend.load()
+    print(f"model: {model_dir} (SMOKE model, random weights: outputs mean nothing)")
+    print(f"{len(items)} sentences x {len(rounds)} rounds, max_new_tokens {budgets}, greedy, cache off, "
+          f"{torch.get_num_threads()} torch threads")  # fmt: skip
+    # warm-up (first-call overheads are not generation)
+    LLMClient(backend, ResponseCache(mode="off")).chat([prefixes[0] + [{"role": "user", "content": "hi"}]],
+                                                       GenerationSettings(max_new_tokens=2))  # fmt: skip
+
+    backend.batch_size = args.batch_size
+    batched = LLMClient(backend, ResponseCache(mode="off"))
+    t0 = time.perf_counter()
+    _, rb = batched.run_rounds(prefixes, rounds, settings, stage="bench")
+    t_batched = time.perf_counter() - t0
+    print(f"batched (batch size {args.batch_size}): {t_batched:.2f}s, "
+          f"{batched.counters['bench'].completion_tokens} tokens generated")  # fmt: skip
+
+    backend.batch_size = 1
+    single = LLMClient(backend, ResponseCache(mode="off"))
+    t0 = time.perf_counter()
+    rs: list[list] = [[] for _ in rounds]
+    for i, prefix in enumerate(prefixes):
+        _, got = single.run_rounds([prefix], [[r[i]] for r in rounds], settings, stage="bench")
+        for k in range(len(rounds)):
+            rs[k].append(got[k][0])
+    t_single = time.perf_counter() - t0
+    print(f"one at a time: {t_single:.2f}s, {single.counters['bench'].completion_tokens} tokens generated")
+
+    pairs = [(a, b) for k in range(len(rounds)) for a, b in zip(rb[k], rs[k], strict=True)]
+    same = sum(a.text == b.text and a.error is None and b.error is None for a, b in pairs)
+    if same == len(pairs):
+        print(f"replies identical: {same}/{len(pairs)} ({len(items)} conversations x {len(rounds)} rounds)")
+    else:
+        print(f"replies DIFFER: {same}/{len(pairs)} identical")
+    print(f"speedup: {t_single / t_batched:.1f}x")
+    return 0 if same == len(pairs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""LLMClient: the only way stages talk to a model. Cache first, the model only for misses, counters per stage.
+
+- The backend is created (and its weights loaded) on the first cache miss: a fully cached run needs no weights.
+- Identical cacheable requests inside one batch are sent once.
+- Failed replies (`Reply.error` set) are returned but never cached.
+- Counters per stage, for metrics.json: `llm_calls` (requests sent to a model, i.e. conversations generated, not
+  batches), `llm_cache_hits`, `llm_errors`, `prompt_tokens` and `completion_tokens` (of the requests sent to the
+  model; cached answers cost nothing and are not counted), `seconds` (wall time inside the backend, including the
+  lazy weight load).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from eatlab.errors import ConfigError
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.cache import ResponseCache, cache_key
+
+BackendFactory = Callable[[], LLMBackend]
+
+
+@dataclass
+class StageCounters:
+    llm_calls: int = 0
+    llm_cache_hits: int = 0
+    llm_errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: StageCounters) -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+class LLMClient:
+    """Answers conversations through the response cache and a lazily created backend.
+
+    `backend` is an LLMBackend or a zero-argument factory returning one; with a factory, `kind` and `model_key`
+    (the cache identity of the weights) must be given, since the cache is consulted before any backend exists.
+    """
+
+    def __init__(
+        self,
+        backend: LLMBackend | BackendFactory,
+        cache: ResponseCache | None = None,
+        *,
+        kind: str | None = None,
+        model_key: str | None = None,
+    ):
+        if isinstance(backend, LLMBackend):
+            self._backend: LLMBackend | None = backend
+            self._factory: BackendFactory | None = None
+            kind = kind or backend.kind
+            model_key = model_key or backend.model_key
+        elif callable(backend):
+            self._backend, self._factory = None, backend
+            if not kind or not model_key:
+                raise ConfigError("LLMClient: a backend factory needs kind= and model_key= for the cache")
+        else:
+            raise ConfigError(f"LLMClient: backend must be an LLMBackend or a factory, got {type(backend).__name__}")
+        self.kind = str(kind)
+        self.model_key = str(model_key)
+        self.cache = cache if cache is not None else ResponseCache(mode="off")
+        self.counters: dict[str, StageCounters] = {}
+
+    @property
+    def backend_created(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> LLMBackend:
+        """The backend, created on first use."""
+        if self._backend is None:
+            self._backend = self._factory()  # type: ignore[misc]
+        return self._backend
+
+    def key(self, conversation: Conversation, settings: GenerationSettings) -> str:
+        return cache_key(self.kind, self.model_key, conversation, settings)
+
+    # -- one request set ------------------------------------------------------------------------------------
+    def chat(
+        self, conversations: Sequence[Conversation], settings: GenerationSettings, stage: str = "forward"
+    ) -> list[Reply]:
+        """One reply per conversation, in order: cached answers where present, the model for the rest."""
+        counters = self.counters.setdefault(stage, StageCounters())
+        n = len(conversations)
+        if n == 0:
+            return []
+        for conv in conversations:
+            if not conv or conv[-1].get("role") != "user":
+                raise ConfigError("LLMClient.chat: every conversation must end with a user message")
+        cacheable = settings.cacheable
+        keys = [self.key(c, settings) for c in conversations] if cacheable else [None] * n
+        hits = self.cache.get_many(k for k in keys if k is not None) if cacheable and self.cache.enabled else {}
+        replies: list[Reply | None] = [hits.get(k) if k is not None else None for k in keys]
+        counters.llm_cache_hits += sum(r is not None for r in replies)
+
+        # misses, deduplicated by key (uncacheable requests are all distinct)
+        todo: dict[object, list[int]] = {}
+        for i, r in enumerate(replies):
+            if r is None:
+                todo.setdefault(keys[i] if keys[i] is not None else ("uncached", i), []).append(i)
+        if todo:
+            first = [idx[0] for idx in todo.values()]
+            t0 = time.perf_counter()
+            fresh = self.backend.generate([conversations[i] for i in first], settings)
+            counters.seconds += time.perf_counter() - t0
+            if len(fresh) != len(first):
+                raise RuntimeError(f"backend {self.kind} returned {len(fresh)} replies for {len(first)} requests")
+            counters.llm_calls += len(first)
+            to_store = []
+            for idx, reply in zip(todo.values(), fresh, strict=True):
+                counters.prompt_tokens += reply.prompt_tokens
+                counters.completion_tokens += reply.completion_tokens
+                if reply.error is not None:
+                    counters.llm_errors += 1
+                elif cacheable:
+                    to_store.append((self.kind, self.model_key, conversations[idx[0]], settings, reply))
+                for i in idx:
+                    replies[i] = reply
+            if to_store and self.cache.writable:
+                self.cache.put_many(to_store, stage=stage)
+        return replies  # type: ignore[return-value]
+
+    # -- multi-round conversations --------------------------------------------------------------------------
+    def run_rounds(
+        self,
+        prefixes: Sequence[Conversation],
+        user_rounds: Sequence[Sequence[str]] | Callable[[int, list[Conversation]], Sequence[str]],
+        settings_per_round: Sequence[GenerationSettings] | GenerationSettings,
+        stage: str = "forward",
+        n_rounds: int | None = None,
+    ) -> tuple[list[Conversation], list[list[Reply]]]:
+        """Run R user rounds over a batch of conversations; round k of all conversations goes in one request set.
+
+        `user_rounds[k][i]` is the k-th user message of conversation i, or a callable (k, conversations so far)
+        returning round k's messages (so a round may depend on earlier replies). Each reply is stripped of
+        surrounding white space before it is appended, as the recorded transcripts were. A conversation whose reply
+        failed stops there: its later rounds are not sent and get Reply(error="skipped: ...").
+        Returns the finished conversations and replies[k][i].
+        """
+        if isinstance(settings_per_round, GenerationSettings):
+            if n_rounds is None:
+                if callable(user_rounds):
+                    raise ConfigError("run_rounds: give n_rounds or one settings object per round")
+                n_rounds = len(user_rounds)
+            settings_per_round = [settings_per_round] * n_rounds
+        rounds = len(settings_per_round)
+        if not callable(user_rounds) and len(user_rounds) != rounds:
+            raise ConfigError(f"run_rounds: {len(user_rounds)} user rounds but {rounds} settings")
+        convs = [list(p) for p in prefixes]
+        alive = [True] * len(convs)
+        all_replies: list[list[Reply]] = []
+        for k in range(rounds):
+            texts = user_rounds(k, convs) if callable(user_rounds) else user_rounds[k]
+            if len(texts) != len(convs):
+                raise ConfigError(f"run_rounds: round {k + 1} has {len(texts)} messages for {len(convs)} conversations")
+            live = [i for i in range(len(convs)) if alive[i]]
+            for i in live:
+                convs[i].append({"role": "user", "content": texts[i]})
+            got = self.chat([convs[i] for i in live], settings_per_round[k], stage=stage) if live else []
+            replies = [Reply(text="", error="skipped: an earlier round failed") for _ in convs]
+            for i, reply in zip(live, got, strict=True):
+                replies[i] = reply
+                if reply.error is not None:
+                    alive[i] = False
+                else:
+                    convs[i].append({"role": "assistant", "content": reply.text.strip()})
+            all_replies.append(replies)
+        return convs, all_replies
+
+    # -- reporting ------------------------------------------------------------------------------------------
+    def counters_dict(self) -> dict[str, dict]:
+        """{"total": {...}, "<stage>": {...}} with llm_calls, llm_cache_hits, llm_errors, tokens and seconds."""
+        total = StageCounters()
+        out = {}
+        for stage, c in sorted(self.counters.items()):
+            total.add(c)
+            out[stage] = asdict(c)
+        out = {"total": asdict(total), **out}
+        for d in out.values():
+            d["seconds"] = round(d["seconds"], 3)
+        return out
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        self.cache.close()

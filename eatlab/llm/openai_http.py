@@ -1,0 +1,207 @@
+"""OpenAI-compatible HTTP backend: any /v1/chat/completions server (vLLM serve, llama.cpp server, Ollama, ...).
+
+- The API key is read from the environment variable named by `api_key_env` (default OPENAI_API_KEY) when the
+  backend is built; it is only ever sent as the Authorization header, never logged, stored or put in a repr.
+  Local servers usually need none: without the variable no header is sent.
+- Requests run in a pool of `concurrency` threads (one conversation per request, the server batches them).
+- Timeouts, connection errors, HTTP 429 and 5xx, and malformed bodies (not JSON, no choices) are retried up to
+  `max_retries` times with exponential backoff (`backoff_s` x 2^attempt, capped at `max_backoff_s`; a 429's
+  Retry-After is honoured within that cap). A request still failing then gives Reply(error=...), which the client
+  never caches. HTTP 401/403/404 end the run with a ConfigError: a wrong key, model name or URL fails every call.
+- Greedy settings are sent as temperature 0. `top_k` (-1 = off) and `repetition_penalty` are not OpenAI
+  parameters but vLLM and llama.cpp accept them, and vLLM serve would otherwise apply the model's
+  generation_config.json defaults (Qwen2.5: repetition_penalty 1.05), so they are always sent;
+  `extra_sampling_params: false` (for servers that reject unknown fields) never sends them.
+- Entropy: with `logprobs: true` the request asks for `top_logprobs` (at most 20 on OpenAI itself) and each
+  generated step's entropy is APPROXIMATED from those top-k log-probabilities (a lower bound, see
+  eatlab.llm.entropy); replies then carry `entropy_approx=True`. Without them `entropies` is None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from eatlab.errors import ConfigError
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.entropy import entropy_from_top_logprobs
+
+log = logging.getLogger(__name__)
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt; `wait` is the server's requested delay (Retry-After), if any."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
+
+
+class OpenAIBackend(LLMBackend):
+    """Chat completions over HTTP with bounded concurrency, timeouts and retries."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        logprobs: bool = False,
+        top_logprobs: int = 20,
+        extra_sampling_params: bool = True,
+        model_key: str | None = None,
+    ):
+        if not base_url:
+            raise ConfigError("backend.base_url: required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
+        if not model:
+            raise ConfigError("backend.model: the model name the server serves is required")
+        if concurrency < 1:
+            raise ConfigError("backend.concurrency: must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.concurrency = int(concurrency)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.logprobs = bool(logprobs)
+        self.top_logprobs = int(top_logprobs)
+        self.extra_sampling_params = extra_sampling_params
+        self._model_key = model_key or model
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    @property
+    def model_key(self) -> str:
+        return self._model_key
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def payload(self, conversation: Conversation, settings: GenerationSettings) -> dict:
+        body: dict = {
+            "model": self.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in conversation],
+            "max_tokens": settings.max_new_tokens,
+            "n": 1,
+            "stream": False,
+        }
+        if settings.do_sample:
+            body["temperature"] = settings.temperature
+            body["top_p"] = settings.top_p
+            if settings.seed is not None:
+                body["seed"] = settings.seed
+            if self.extra_sampling_params:
+                body["top_k"] = settings.top_k if settings.top_k and settings.top_k > 0 else -1
+        else:
+            body["temperature"] = 0.0
+        if self.extra_sampling_params:
+            # explicit even when neutral: vLLM serve otherwise applies the model's generation_config.json (1.05)
+            body["repetition_penalty"] = settings.repetition_penalty
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        return body
+
+    def _once(self, body: dict) -> Reply:
+        try:
+            resp = self._client.post("/chat/completions", json=body)
+        except httpx.TimeoutException as exc:
+            raise _Retryable(f"timeout after {self.timeout_s}s ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+        if resp.status_code in (401, 403):
+            raise ConfigError(
+                f"backend.api_key_env={self.api_key_env}: the server refused the request (HTTP {resp.status_code})"
+            )
+        if resp.status_code == 404:
+            raise ConfigError(
+                f"backend.base_url={self.base_url} / backend.model={self.model}: HTTP 404 ({resp.text[:200]})"
+            )
+        if resp.status_code == 429 or resp.status_code >= 500:
+            wait = None
+            try:
+                wait = float(resp.headers.get("retry-after", ""))
+            except ValueError:
+                pass
+            raise _Retryable(f"HTTP {resp.status_code}", wait)
+        if resp.status_code >= 400:
+            return Reply(text="", error=f"HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"]
+            if not isinstance(text, str):
+                text = "" if text is None else str(text)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise _Retryable(f"malformed response body ({type(exc).__name__})") from None
+        usage = data.get("usage") or {}
+        entropies = None
+        content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+        if self.logprobs and content:
+            entropies = [
+                entropy_from_top_logprobs(t.get("logprob") for t in (step.get("top_logprobs") or []))
+                for step in content
+            ]
+        return Reply(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or (len(content) if content else 0)),
+            entropies=entropies,
+            entropy_approx=entropies is not None,
+            finish_reason=choice.get("finish_reason"),
+            meta={"server_model": data.get("model")} if data.get("model") not in (None, self.model) else {},
+        )
+
+    def request(self, conversation: Conversation, settings: GenerationSettings) -> Reply:
+        """One conversation with retries; a request that keeps failing returns Reply(error=...)."""
+        body = self.payload(conversation, settings)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._once(body)
+            except _Retryable as exc:
+                last = str(exc)
+                if attempt == self.max_retries:
+                    break
+                delay = min(self.backoff_s * (2**attempt), self.max_backoff_s)
+                if exc.wait is not None:
+                    delay = min(max(delay, exc.wait), self.max_backoff_s)
+                delay *= 1.0 + 0.1 * random.random()  # de-synchronise the threads
+                log.warning("%s: %s; retry %d/%d in %.2fs", self.base_url, last, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        return Reply(text="", error=f"failed after {self.max_retries + 1} attempts: {last}")
+
+    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+        if not conversations:
+            return []
+        if len(conversations) == 1 or self.concurrency == 1:
+            return [self.request(c, settings) for c in conversations]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
+            return list(pool.map(lambda c: self.request(c, settings), conversations))
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,1 @@
+"""Sweeps: the Hydra callback and the summary it writes when a multirun ends."""

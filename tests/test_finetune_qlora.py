@@ -1,0 +1,118 @@
+"""QLoRA end to end on CPU: the tiny model in 4-bit NF4 trains on real zh EACL pairs, saves a peft adapter, and the
+pipeline with `finetune=eacl_qlora` answers differently from `finetune=none` and is cached under its own key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from eatlab.finetune.module import warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def compose_finetune(tmp_path):
+    """The `eatlab-finetune` config (conf/finetune.yaml) with outputs under tmp, like conftest's `compose`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from eatlab.paths import CONF_DIR
+
+    models_dir = os.environ.get("EATLAB_TEST_MODELS", str(REPO / "outputs" / "test-models"))
+
+    def _compose(overrides: list[str]):
+        base = [
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            f"paths.run_dir={tmp_path / 'finetune_run'}",
+            f"paths.models_dir={models_dir}",
+            "tracking=none",
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="finetune", overrides=base + overrides)
+        OmegaConf.resolve(cfg)
+        return cfg
+
+    return _compose
+
+
+def test_warmup_cosine_schedule():
+    factors = [warmup_cosine(s, 100, 10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5, abs=0.01)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def _forward_answers(run_dir: Path) -> list[str]:
+    lines = (run_dir / "artifacts" / "forward.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["english"] for line in lines]
+
+
+def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose):
+    from eatlab.cli.run import run_eat
+    from eatlab.finetune.cli import run_finetune
+
+    cfg = compose_finetune([
+        "language=zh",
+        "model=tiny",
+        f"finetune.eacl_root={shared_dir / 'data' / 'eacl'}",
+        "finetune.filters.max_pairs_per_language=80",
+        "finetune.filters.max_text_chars=100",
+        "finetune.batch_size=4",
+        "finetune.eval_batch_size=8",
+        "finetune.val_max_new_tokens=6",
+        "finetune.optim.lr=5e-3",
+        "finetune.optim.warmup_ratio=0.1",
+        "trainer.max_steps=12",
+        "trainer.accumulate_grad_batches=1",
+        "trainer.enable_progress_bar=false",
+    ])  # fmt: skip
+    assert cfg.finetune.quantization == "nf4" and cfg.finetune.double_quant
+    summary = run_finetune(cfg, tmp_path / "finetune_run")
+
+    # 4-bit base, 12 optimizer steps, falling loss
+    training = summary["training"]
+    assert training["quantized_linear_layers"] == 14  # 2 layers x 7 projections, all bitsandbytes Linear4bit
+    assert training["optimizer"] == "adamw" and training["precision"] == "32-true"
+    m = summary["metrics"]
+    losses = m["train_loss_per_step"]
+    assert m["optimizer_steps"] == 12 and len(losses) == 12
+    assert m["train_loss_last3_mean"] < m["train_loss_first3_mean"] - 0.3, losses
+    val = m["validation"]
+    assert val["val_examples"] == 2 * summary["data"]["val_pairs"] > 0
+    assert 0.0 <= val["val_exact_match"] <= 1.0 and val["val_loss"] > 0
+    print(f"\nQLoRA tiny: losses {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps in {m['fit_seconds']:.1f}s")
+
+    # peft adapter with its config, data hash and metrics; the pointer is the pipeline's default adapter_path
+    adapter_dir = Path(summary["adapter_dir"])
+    assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter_model.safetensors").is_file()
+    peft_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert peft_cfg["r"] == 16 and set(peft_cfg["target_modules"]) == set(cfg.finetune.lora.target_modules)
+    meta = json.loads((adapter_dir / "eatlab_adapter.json").read_text())
+    assert len(meta["data"]["sha256"]) == 64 and meta["languages"] == ["zh"]
+    assert meta["metrics"]["train_loss_per_step"] == losses
+    assert adapter_dir.name == f"zh-{meta['hash']}"
+    pointer = Path(summary["pointer"])
+    assert pointer.resolve() == adapter_dir.resolve()
+    assert (tmp_path / "finetune_run" / "eacl_filter_report.json").is_file()
+
+    # the pipeline with and without the adapter
+    common = ["language=zh", "model=tiny", "data.limit=2", "prompts.max_new_tokens=[8,8,8]"]
+    base_cfg = compose([*common, "finetune=none"], run_dir=tmp_path / "run_base")
+    ft_cfg = compose([*common, "finetune=eacl_qlora"], run_dir=tmp_path / "run_ft")
+    assert Path(ft_cfg.finetune.adapter_path) == pointer  # default: the pointer for this model and language
+    base = run_eat(base_cfg, tmp_path / "run_base")
+    tuned = run_eat(ft_cfg, tmp_path / "run_ft")
+    assert base["llm_calls"] > 0
+    assert tuned["llm_calls"] > 0 and tuned["llm_cache_hits"] == 0  # same cache file, different key
+    assert tuned["run"]["finetune"] == "eacl_qlora" and base["run"]["finetune"] == "none"
+    keys = [json.loads((tmp_path / r / "provenance.json").read_text())["model_key"] for r in ("run_base", "run_ft")]
+    assert keys[1].startswith(keys[0] + "+adapter:")
+    assert _forward_answers(tmp_path / "run_ft") != _forward_answers(tmp_path / "run_base")
+    again = run_eat(compose([*common, "finetune=eacl_qlora"], run_dir=tmp_path / "run_ft2"), tmp_path / "run_ft2")
+    assert again["llm_calls"] == 0 and again["llm_cache_hits"] == tuned["llm_calls"]
+    assert _forward_answers(tmp_path / "run_ft2") == _forward_answers(tmp_path / "run_ft")

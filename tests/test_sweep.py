@@ -1,0 +1,179 @@
+"""Sweeps through the real `eatlab` command: basic, joblib and submitit_local launchers, the sweep summary written
+by the Hydra callback, offline W&B runs grouped by sweep, failed jobs that do not stop the sweep, and
+`eatlab-analyze` on the finished sweep. Tiny smoke model, a few sentences, 8 new tokens per round."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["model=tiny", "generation.max_new_tokens=8", "tracking.mode=offline"]
+
+
+@pytest.fixture(scope="module")
+def models_dir() -> Path:
+    """The tiny model, built once and shared by every sweep (each sweep's outputs link to it)."""
+    from eatlab.llm.tiny import ensure_tiny_model
+
+    path = Path(os.environ.get("EATLAB_TEST_MODELS", str(REPO / "outputs" / "test-models")))
+    ensure_tiny_model(path / "tiny-qwen2")
+    return path
+
+
+def eatlab_multirun(out: Path, models_dir: Path, *overrides: str, timeout: int = 400) -> Path:
+    """Run `eatlab -m ...` with outputs under `out`; return the sweep dir."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").symlink_to(models_dir, target_is_directory=True)
+    exe = Path(sys.executable).with_name("eatlab")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from eatlab.cli.run import main; main()"]
+    cmd += ["-m", *FAST, *overrides, f"paths.output_dir={out}"]
+    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = [p for p in (out / "multiruns").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 1, sweeps
+    return sweeps[0]
+
+
+def read_summary(sweep: Path) -> list[dict]:
+    with (sweep / "sweep_summary.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    data = json.loads((sweep / "sweep_summary.json").read_text(encoding="utf-8"))
+    assert data["n_jobs"] == len(rows) == len(data["jobs"])
+    assert (sweep / "sweep_summary.md").read_text(encoding="utf-8").count("\n| ") == len(rows) + 1
+    return rows
+
+
+def check_failed_split_sweep(sweep: Path, n_wandb: int) -> None:
+    """language=zh,ja x data.split=test,nosuchsplit: the two test jobs finish, the two others fail cleanly."""
+    from eatlab.tracking.offline import find_offline_runs
+
+    rows = read_summary(sweep)
+    assert sorted((r["language"], r["data.split"], r["status"]) for r in rows) == [
+        ("ja", "nosuchsplit", "failed"), ("ja", "test", "ok"), ("zh", "nosuchsplit", "failed"), ("zh", "test", "ok"),
+    ]
+    for r in rows:
+        job_dir = sweep / r["job_dir"]
+        if r["status"] == "failed":
+            assert "nosuchsplit" in r["error"] and r["error_type"]
+            assert json.loads((job_dir / "error.json").read_text(encoding="utf-8"))["status"] == "failed"
+            assert not (job_dir / "metrics.json").exists()
+        else:
+            assert float(r["entity_f1"]) >= 0 and int(r["n_sentences"]) == 2 and int(r["llm_calls"]) > 0
+    assert len(find_offline_runs(sweep)) == n_wandb
+
+
+def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models_dir):
+    """The issue's sweep: 2 languages x 2 round counts -> 4 runs, 4 offline W&B runs in one group, a summary;
+    then eatlab-analyze writes tables, correlations, plots and report.html."""
+    from eatlab.analysis.cli import main as analyze_main
+    from eatlab.tracking.offline import find_offline_runs, read_offline_run
+
+    sweep = eatlab_multirun(tmp_path / "o", models_dir, "language=zh,ja", "prompt_rounds=r1,r3", "data.limit=3")
+    rows = read_summary(sweep)
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert sorted((r["language"], r["prompt_rounds"]) for r in rows) == [
+        ("ja", "r1"), ("ja", "r3"), ("zh", "r1"), ("zh", "r3"),
+    ]
+    group = f"eat-{sweep.name}"
+    assert {r["wandb_group"] for r in rows} == {group}
+    for r in rows:
+        m = json.loads((sweep / r["job_dir"] / "metrics.json").read_text(encoding="utf-8"))
+        assert float(r["entity_f1"]) == pytest.approx(m["entity_f1"])
+        assert int(r["llm_calls"]) == m["llm_calls"] > 0 and int(r["llm_cache_hits"]) == m["llm_cache_hits"]
+        assert float(r["seconds_total"]) > 0 and r["error"] == ""
+
+    runs = [read_offline_run(p) for p in find_offline_runs(sweep)]
+    assert len(runs) == 4
+    assert {r.group for r in runs} == {group} and {r.job_type for r in runs} == {"eat"}
+    by_id = {r.run_id: r for r in runs}
+    for row in rows:
+        run = by_id[row["wandb_run_id"]]
+        assert f"language:{row['language']}" in run.tags and f"rounds:{row['prompt_rounds'][1:]}" in run.tags
+        assert f"language={row['language']}" in run.name and f"prompt_rounds={row['prompt_rounds']}" in run.name
+        assert run.summary["entity_f1"] == pytest.approx(float(row["entity_f1"])) and run.exit_code == 0
+        assert f"language={row['language']}" in run.config["overrides"]
+
+    out = tmp_path / "analysis"
+    assert analyze_main([str(sweep), "--out", str(out), "--roundtrip-max-new-tokens", "4", "--n-boot", "50",
+                         "--quiet"]) == 0
+    for name in ("runs.csv", "sentences.csv", "correlations.csv", "correlations.json", "report.html",
+                 "tables/rounds_by_language.csv", "tables/main_entity_f1.csv", "plots/f1_by_language_rounds.png",
+                 "plots/failures_by_language.png", "plots/quality_vs_f1.png"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "roundtrip").glob("*.jsonl"))) == 4
+    with (out / "tables" / "rounds_by_language.csv").open(encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["language"] for t in table] == ["ja", "zh"] and {"r1", "r3"} <= set(table[0])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 3 and "Correlations" in html and "SMOKE" in html
+
+
+def test_basic_launcher_goes_on_after_a_failed_job(tmp_path, models_dir):
+    sweep = eatlab_multirun(tmp_path / "o", models_dir, "language=zh,ja", "data.split=test,nosuchsplit",
+                            "data.limit=2", "prompt_rounds=r1")
+    check_failed_split_sweep(sweep, n_wandb=2)
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_and_reports_failures(tmp_path, models_dir):
+    sweep = eatlab_multirun(tmp_path / "o", models_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                            "language=zh,ja", "data.split=test,nosuchsplit", "data.limit=2", "prompt_rounds=r1")
+    check_failed_split_sweep(sweep, n_wandb=2)
+
+
+def test_submitit_local_launcher_reports_failures(tmp_path, models_dir):
+    sweep = eatlab_multirun(tmp_path / "o", models_dir, "hydra/launcher=submitit_local", "language=zh,ja",
+                            "data.split=test,nosuchsplit", "data.limit=2", "prompt_rounds=r1")
+    check_failed_split_sweep(sweep, n_wandb=2)
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_summary_of_an_unfinished_sweep_marks_incomplete_jobs(tmp_path):
+    """A job killed before writing anything (no metrics.json, no error.json) is `incomplete`, not `ok`."""
+    from eatlab.sweep.summary import main as summary_main
+
+    job = tmp_path / "0_language=zh"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- language=zh\n", encoding="utf-8")
+    assert summary_main([str(tmp_path)]) == 0
+    rows = read_summary(tmp_path)
+    assert rows[0]["status"] == "incomplete" and rows[0]["language"] == "zh" and rows[0]["job"] == "0"
+
+
+@pytest.mark.parametrize(
+    "study",
+    ["main_table", "rounds_ablation", "ft_ablation", "model_size", "lsl_vs_nsl", "baselines", "smoke_sweep"],
+)
+def test_study_presets_compose_with_their_sweep(study):
+    from hydra import compose, initialize_config_dir
+
+    from eatlab.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={study}"], return_hydra_config=True)
+    assert cfg.task_name == study
+    params = dict(cfg.hydra.sweeper.params)
+    assert params, "a study preset declares its sweep"
+    assert "sweep_summary" in cfg.hydra.callbacks
+    assert (REPO / "experiments" / study / "README.md").is_file()
+    if study in ("main_table", "rounds_ablation", "model_size", "baselines"):
+        assert params["language"] == "ar,hi,hy,ja,ka,ko,ru,zh"
+
+
+def test_slurm_preset_has_the_usual_keys():
+    from hydra import compose, initialize_config_dir
+
+    from eatlab.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    for key in ("partition", "gpus_per_node", "timeout_min", "mem_gb", "cpus_per_task", "array_parallelism"):
+        assert key in launcher
