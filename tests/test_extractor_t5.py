@@ -22,7 +22,7 @@ from eatlab.extractors.train_t5 import (
     target_text,
 )
 
-N_TRAIN, N_DEV, MAX_SOURCE, MAX_NEW = 256, 32, 320, 40
+N_TRAIN, N_DEV, MAX_SOURCE, MAX_NEW, EPOCHS = 256, 32, 320, 40, 2
 
 
 def make_tiny_t5(path: Path) -> Path:
@@ -61,9 +61,20 @@ def compose_train(overrides: list[str]):
     return cfg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on a few shared cores, more threads than cores slow a tiny model down ten times."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
-    """Train the tiny T5 once: 256 train sentences, 32 dev sentences, 3 epochs of 16 steps, CPU."""
+    """Train the tiny T5 once: 256 train sentences, 32 dev sentences, 2 epochs of 16 steps, CPU."""
     wikiann = request.getfixturevalue("wikiann_dir")
     from eatlab.extractors.cli import train_extractor
 
@@ -86,7 +97,7 @@ def trained(tmp_path_factory, request):
             "extractor.train.eval_batch_size=32",
             "extractor.train.lr=3e-3",
             "extractor.train.warmup_steps=4",
-            "extractor.train.max_epochs=3",
+            f"extractor.train.max_epochs={EPOCHS}",
             f"extractor.train.max_new_tokens={MAX_NEW}",
             "trainer.accelerator=cpu",
             "trainer.num_sanity_val_steps=0",
@@ -108,7 +119,9 @@ def test_targets_are_entity_lists_in_sentence_order(wikiann_dir):
     # R.H. Saunders ( St. Lawrence River ) ( 968 MW ): two ORG entities in order
     assert target_text(sents[0]) == "(ORG, R.H. Saunders) (ORG, St. Lawrence River)"
     assert target_text(sents[1]) == "(PER, Anders Lindström)"
-    assert source_text(sents[0]).endswith("Here is the sentence:\nR.H. Saunders ( St. Lawrence River ) ( 968 MW )")
+    assert source_text(sents[0]).endswith(
+        "Here is the sentence:\nR.H. Saunders ( St. Lawrence River ) ( 968 MW )"
+    )
 
 
 def test_conll2003_iob1_and_misc(tmp_path):
@@ -138,11 +151,11 @@ def test_truncation_is_counted(wikiann_dir):
 def test_training_loss_falls_and_dev_f1_is_logged(trained):
     rows = _csv_rows(trained["run_dir"])
     losses = [float(r["train_loss_step"]) for r in rows if r.get("train_loss_step")]
-    assert len(losses) >= 40
+    assert len(losses) == EPOCHS * N_TRAIN // 16
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     val = [r for r in rows if r.get("val_f1")]
-    assert len(val) == 3  # one validation per epoch
+    assert len(val) == EPOCHS  # one validation per epoch
     for r in val:
         assert 0.0 <= float(r["val_f1"]) <= 1.0
         assert float(r["val_n_sentences"]) == N_DEV
@@ -173,7 +186,11 @@ def test_best_checkpoint_reloads_and_reproduces_its_dev_outputs(trained):
     import torch
 
     enc = ext._tok(
-        [source_text(s) for s in dev], return_tensors="pt", padding=True, truncation=True, max_length=MAX_SOURCE
+        [source_text(s) for s in dev],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=MAX_SOURCE,
     )
     with torch.no_grad():
         ids = ext._model.generate(**enc, max_new_tokens=MAX_NEW, do_sample=False, num_beams=1)

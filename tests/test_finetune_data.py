@@ -29,7 +29,14 @@ from eatlab.finetune.eacl import (
     prepare_language,
     split_heldout,
 )
-from eatlab.finetune.tasks import IGNORE_INDEX, Collator, Templates, build_examples, encode_examples, examples_sha256
+from eatlab.finetune.tasks import (
+    IGNORE_INDEX,
+    Collator,
+    Templates,
+    build_examples,
+    encode_examples,
+    examples_sha256,
+)
 from eatlab.paths import CONF_DIR, PROMPTS_DIR
 from eatlab.utils.io import sha256_file
 
@@ -99,7 +106,9 @@ def test_title_variants_and_the_step_that_found_them():
 def test_disabled_filter_keeps_unlocated_pairs_with_the_title_as_phrase():
     from eatlab.finetune.eacl import EaclPair
 
-    kept, counts, _ = align([EaclPair("zh", 0, "One-month", "月", "年。")], FilterOptions(phrase_in_text=False))
+    kept, counts, _ = align(
+        [EaclPair("zh", 0, "One-month", "月", "年。")], FilterOptions(phrase_in_text=False)
+    )
     assert kept[0].start == -1 and kept[0].phrase == "月" and kept[0].match == "none"
     assert counts["dedup"] == 1 and counts["verbatim"] == 0
 
@@ -131,7 +140,9 @@ def test_bad_files_raise_data_errors(tmp_path):
 
 def test_samples_are_the_first_200_release_records_byte_for_byte(shared_dir):
     sums = dict(
-        reversed(line.split()) for line in (EACL_SAMPLES_DIR / "SHA256SUMS").read_text().splitlines() if line.strip()
+        reversed(line.split())
+        for line in (EACL_SAMPLES_DIR / "SHA256SUMS").read_text().splitlines()
+        if line.strip()
     )
     for lang in ("zh", "ja"):
         sample = (EACL_SAMPLES_DIR / f"corpus_{lang}.json").read_bytes()
@@ -164,7 +175,9 @@ def test_filter_report_on_the_full_release(shared_dir, tmp_path):
 
 # --- split and mix -------------------------------------------------------------------------------------------------
 def test_heldout_split_is_seeded_and_keeps_titles_on_one_side():
-    splits = [prepare_language(None, lang, FilterOptions(), val_fraction=0.1, seed=3) for lang in ("zh", "ja")]
+    splits = [
+        prepare_language(None, lang, FilterOptions(), val_fraction=0.1, seed=3) for lang in ("zh", "ja")
+    ]
     again = [prepare_language(None, lang, FilterOptions(), val_fraction=0.1, seed=3) for lang in ("zh", "ja")]
     assert [s.val for s in splits] == [s.val for s in again]
     other = prepare_language(None, "zh", FilterOptions(), val_fraction=0.1, seed=4)
@@ -233,12 +246,14 @@ def test_builder_makes_an_eacl_corpus_that_trains(tmp_path):
         + "\n",
         encoding="utf-8",
     )
-    assert builder.main(["--language", "hi", "--links", str(links), "--leads", str(leads), "--out", str(tmp_path / "eacl")]) == 0
+    args = ["--language", "hi", "--links", str(links), "--leads", str(leads), "--out", str(tmp_path / "eacl")]
+    assert builder.main(args) == 0
     corpus = tmp_path / "eacl" / "corpus_hi.json"
     records = json.loads(corpus.read_text(encoding="utf-8"))
     assert [r["eng_entity"] for r in records] == ["India", "New Delhi", "Bharat"]
     assert set(records[0]) == {"eng_entity", "tgt_entity", "text"}
-    assert corpus.read_text(encoding="utf-8") == json.dumps(records, ensure_ascii=False)  # the release's layout
+    # the release's layout: one line, not ASCII-escaped
+    assert corpus.read_text(encoding="utf-8") == json.dumps(records, ensure_ascii=False)
     report = json.loads((tmp_path / "eacl" / "corpus_hi.build.json").read_text(encoding="utf-8"))
     assert report["counts"] == {"links": 4, "pairs": 3, "links_without_lead": 1, "repeated_lead_titles": 0}
     split = prepare_language(tmp_path / "eacl", "hi", FilterOptions(), val_fraction=0.0)
@@ -254,9 +269,14 @@ def test_builder_errors_name_the_line(tmp_path, capsys):
     links.write_text("India\tभारत\nbroken line\n", encoding="utf-8")
     leads = tmp_path / "leads.tsv"
     leads.write_text("भारत\tभारत एक देश है।\n", encoding="utf-8")
-    assert builder.main(["--language", "hi", "--links", str(links), "--leads", str(leads), "--out", str(tmp_path)]) == 2
+    args = ["--language", "hi", "--links", str(links), "--leads", str(leads), "--out", str(tmp_path)]
+    assert builder.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "links.tsv:2: expected 2 tab-separated fields" in err and "\n" not in err
+    assert (
+        err.startswith("error: ")
+        and "links.tsv:2: expected 2 tab-separated fields" in err
+        and "\n" not in err
+    )
 
 
 def test_cli_report_only_prints_and_saves_the_table(tmp_path):

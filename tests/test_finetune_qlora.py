@@ -54,6 +54,7 @@ def _forward_answers(run_dir: Path) -> list[str]:
 
 def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose):
     from eatlab.cli.run import run_eat
+    from eatlab.finetune.adapter import adapter_provenance
     from eatlab.finetune.cli import run_finetune
 
     cfg = compose_finetune([
@@ -85,11 +86,17 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
     val = m["validation"]
     assert val["val_examples"] == 2 * summary["data"]["val_pairs"] > 0
     assert 0.0 <= val["val_exact_match"] <= 1.0 and val["val_loss"] > 0
-    print(f"\nQLoRA tiny: losses {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps in {m['fit_seconds']:.1f}s")
+    first, last = m["train_loss_first3_mean"], m["train_loss_last3_mean"]
+    print(
+        f"\nQLoRA tiny: {len(losses)} steps, loss {first:.3f} (first 3) -> {last:.3f} (last 3), {m['fit_seconds']:.1f}s"
+    )
+    print("losses:", [round(x, 3) for x in losses], "val:", {k: round(v, 3) for k, v in val.items()})
 
     # peft adapter with its config, data hash and metrics; the pointer is the pipeline's default adapter_path
     adapter_dir = Path(summary["adapter_dir"])
-    assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter_model.safetensors").is_file()
+    assert (adapter_dir / "adapter_config.json").is_file() and (
+        adapter_dir / "adapter_model.safetensors"
+    ).is_file()
     peft_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert peft_cfg["r"] == 16 and set(peft_cfg["target_modules"]) == set(cfg.finetune.lora.target_modules)
     meta = json.loads((adapter_dir / "eatlab_adapter.json").read_text())
@@ -98,6 +105,9 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
     assert adapter_dir.name == f"zh-{meta['hash']}"
     pointer = Path(summary["pointer"])
     assert pointer.resolve() == adapter_dir.resolve()
+    prov = adapter_provenance(pointer)
+    assert prov["data_sha256"] == meta["data"]["sha256"] and prov["hash"] == meta["hash"]
+    assert adapter_provenance(None) is None
     assert (tmp_path / "finetune_run" / "eacl_filter_report.json").is_file()
 
     # the pipeline with and without the adapter
@@ -110,9 +120,37 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
     assert base["llm_calls"] > 0
     assert tuned["llm_calls"] > 0 and tuned["llm_cache_hits"] == 0  # same cache file, different key
     assert tuned["run"]["finetune"] == "eacl_qlora" and base["run"]["finetune"] == "none"
-    keys = [json.loads((tmp_path / r / "provenance.json").read_text())["model_key"] for r in ("run_base", "run_ft")]
+    keys = [
+        json.loads((tmp_path / r / "provenance.json").read_text())["model_key"]
+        for r in ("run_base", "run_ft")
+    ]
     assert keys[1].startswith(keys[0] + "+adapter:")
     assert _forward_answers(tmp_path / "run_ft") != _forward_answers(tmp_path / "run_base")
-    again = run_eat(compose([*common, "finetune=eacl_qlora"], run_dir=tmp_path / "run_ft2"), tmp_path / "run_ft2")
+    again = run_eat(
+        compose([*common, "finetune=eacl_qlora"], run_dir=tmp_path / "run_ft2"), tmp_path / "run_ft2"
+    )
     assert again["llm_calls"] == 0 and again["llm_cache_hits"] == tuned["llm_calls"]
     assert _forward_answers(tmp_path / "run_ft2") == _forward_answers(tmp_path / "run_ft")
+
+
+def test_trainer_group_strategies(compose_finetune):
+    """trainer=default|ddp|fsdp compose; FSDP wraps the model's decoder layers and stores 4-bit weights in bf16."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    from eatlab.finetune.cli import base_model, build_strategy, resolve_precision, settings_from_config
+
+    default = compose_finetune([])
+    assert default.trainer.name == "default" and build_strategy(default, "unused") == "auto"
+    assert resolve_precision(default.trainer) == "32-true"  # CPU here
+    assert settings_from_config(default, "x").quant_storage is None
+    ddp = compose_finetune(["trainer=ddp"])
+    assert (ddp.trainer.strategy, ddp.trainer.devices, ddp.trainer.accelerator) == ("ddp", -1, "gpu")
+    assert ddp.trainer.accumulate_grad_batches == default.trainer.accumulate_grad_batches
+    fsdp = compose_finetune(["trainer=fsdp"])
+    source, key, smoke = base_model(fsdp)
+    assert smoke and key.startswith("eatlab/tiny-qwen2-smoke@local:")
+    strategy = build_strategy(fsdp, source)
+    assert isinstance(strategy, FSDPStrategy)
+    assert {c.__name__ for c in strategy.kwargs["auto_wrap_policy"]._module_classes} == {"Qwen2DecoderLayer"}
+    assert strategy.kwargs["use_orig_params"] is True
+    assert settings_from_config(fsdp, source).quant_storage == "bfloat16"

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-roundtrip", action="store_true", help="skip the round-trip translation (no model needed)")
     p.add_argument("--roundtrip-max-new-tokens", type=int, default=256)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the runs' config for the round trip, e.g. --set paths.models_dir=/models (repeatable)")
+                   help="override a key of the runs' resolved configs for the round trip, e.g. "
+                   "--set model.path=/data/Qwen2.5-14B-Instruct (repeatable)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (correlations, paired tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--wandb-report", action="store_true", help="also create a W&B report of the sweep (online)")

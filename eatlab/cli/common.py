@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import traceback
@@ -40,6 +41,9 @@ def guarded(task):
     @functools.wraps(task)
     def wrapper(cfg):
         try:
+            # a re-run in the same run dir (hydra.run.dir=...): an earlier failure record is not this run's
+            with contextlib.suppress(Exception):
+                (current_run_dir(cfg) / "error.json").unlink(missing_ok=True)
             return task(cfg)
         except (EatlabError, Exception) as exc:
             run_dir = current_run_dir(cfg)

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from eatlab.cli.common import current_run_dir, guarded
 from eatlab.paths import CONF_DIR
@@ -29,12 +30,15 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
     from eatlab.data.languages import get_language
     from eatlab.data.loader import select_from_config
+    from eatlab.eat.artifacts import finalize_artifacts
     from eatlab.eat.evaluate import build_metrics, evaluate_results
     from eatlab.eat.lightning import EATEvaluationModule, sentence_loader
     from eatlab.eat.methods import build_pipeline
     from eatlab.eat.report import print_summary
+    from eatlab.finetune.adapter import adapter_provenance
     from eatlab.llm.factory import build_client
     from eatlab.provenance import write_provenance
+    from eatlab.reliability.report import print_failures
     from eatlab.tracking.loggers import build_loggers
     from eatlab.tracking.record import record_run
     from eatlab.utils.io import atomic_write_json
@@ -56,6 +60,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             "prompts": pipeline.prompts.provenance(),
             "model_key": client.model_key if hasattr(client, "model_key") else None,
             "extractor": {"name": cfg.extractor.name},
+            "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
         },
     )
 
@@ -80,8 +85,11 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             },
             "data": selection.provenance(),
             "counts": dict(pipeline.counts),
+            "answer_faults": {k: dict(v) for k, v in sorted(getattr(pipeline, "answer_faults", {}).items())},
+            "reference_recovery": ev["reference_recovery"],
         }
         metrics = build_metrics(ev["scores"], ev["failures"], client.counters_dict(), dict(pipeline.timer.seconds), extra)
+        finalize_artifacts(run_dir)  # complete artifacts under their final names before metrics.json says "done"
         atomic_write_json(run_dir / "metrics.json", metrics)
         return metrics
 
@@ -104,6 +112,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             return {}
         record_run(cfg, run_dir, metrics, loggers, module.results)
         print_summary(metrics, run_dir)
+        print_failures(metrics)
         return metrics
     finally:
         client.close()
@@ -118,9 +127,18 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @guarded
 def _main(cfg: DictConfig) -> dict | None:
-    OmegaConf.resolve(cfg)
+    from eatlab.reliability.config_check import resolve_or_fail, validate_config
+
+    resolve_or_fail(cfg)
+    validate_config(cfg)  # one line naming the key, before any model or data is loaded
     return run_eat(cfg)
 
 
 def main() -> None:
+    from eatlab.reliability.config_check import precheck_overrides
+
+    problem = precheck_overrides(sys.argv[1:])  # Hydra's composition errors, as one line naming the override
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _main()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eatlab.eat.prompts import Direction, fill
 from eatlab.llm.base import Conversation, GenerationSettings, Reply
+from eatlab.reliability.answers import strip_control
+
+# model faults counted per reply (any round): see `sanitize_reply`
+ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped")
 
 
 @dataclass
@@ -15,6 +20,7 @@ class ConversationResult:
 
     messages: Conversation
     replies: list[Reply] = field(default_factory=list)
+    faults: Counter = field(default_factory=Counter)  # ANSWER_FAULTS of its replies
 
     @property
     def answer(self) -> str:
@@ -24,6 +30,26 @@ class ConversationResult:
     def failed(self) -> str | None:
         """The error of the first failed round, if any (a failed round ends the conversation)."""
         return next((r.error for r in self.replies if r.error), None)
+
+
+def sanitize_reply(rep: Reply) -> Counter:
+    """Clean a reply in place (control characters out, surrounding white space off) and say what was wrong.
+
+    Faults of a successful reply: `empty_answers` (nothing left), `truncated_answers` (the model hit its token
+    budget, finish_reason "length"), `control_chars_stripped`. Failed requests (rep.error) are not model faults.
+    """
+    faults: Counter = Counter()
+    text, removed = strip_control(rep.text or "")
+    rep.text = text.strip()
+    if rep.error is not None:
+        return faults
+    if removed:
+        faults["control_chars_stripped"] += 1
+    if not rep.text:
+        faults["empty_answers"] += 1
+    if rep.finish_reason == "length":
+        faults["truncated_answers"] += 1
+    return faults
 
 
 def round_settings(base: dict, round_budget: int) -> GenerationSettings:
@@ -53,8 +79,9 @@ def run_conversations(
 ) -> list[ConversationResult]:
     """Run every conversation through the direction's rounds, batching round k across conversations.
 
-    Each reply is stripped of surrounding white space before it is appended (as the reference transcripts
-    were recorded). A conversation whose round fails stops there; its result carries the error.
+    Each reply is stripped of control characters and of surrounding white space before it is appended (as the
+    reference transcripts were recorded; see `sanitize_reply`, whose fault counts each result keeps). A
+    conversation whose round fails stops there; its result carries the error.
     """
     results = [ConversationResult(list(s)) for s in starts]
     for rnd in direction.rounds:
@@ -67,7 +94,8 @@ def run_conversations(
             [results[i].messages for i in active], round_settings(generation, rnd.max_new_tokens), stage=stage
         )
         for i, rep in zip(active, replies):
-            rep.text = (rep.text or "").strip()
+            rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
+            results[i].faults.update(sanitize_reply(rep))
             results[i].replies.append(rep)
             if rep.error is None:
                 results[i].messages.append({"role": "assistant", "content": rep.text})

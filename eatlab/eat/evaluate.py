@@ -50,10 +50,28 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
     examples.write(records)
     failures = summarize(gold_all, pred_all)
     failures["dropped_entities"] = dict(sorted(dropped.items()))
-    return {"scores": scores, "failures": failures}
+    return {"scores": scores, "failures": failures, "reference_recovery": reference_recovery_scores(results, language)}
+
+
+def reference_recovery_scores(results: list[SentenceResult], language: str) -> dict:
+    """The same backward answers snapped onto the sentences by the reference release's span recovery.
+
+    Puts our span recovery and the reference's side by side on identical LLM answers (METHOD.md, step 4).
+    """
+    from eatlab.eat.reference_recovery import reference_recover_sentence
+
+    preds = []
+    for r in results:
+        answers = [(a["answer"], a["type"]) for a in r.alignments if a.get("answer") is not None]
+        preds.append(reference_recover_sentence(answers, r.sentence).tags(len(r.sentence.tokens)))
+    s = score([r.sentence.tags for r in results], preds, [r.sentence.tokens for r in results], language, n_boot=200)
+    keys = ("entity_precision", "entity_recall", "entity_f1", "reference_token_micro_f1", "reference_token_macro_f1",
+            "reference_token_weighted_f1", "n_pred_entities")
+    return {k: s[k] for k in keys if k in s}
 
 
 def build_metrics(scores: dict, failures: dict, counters: dict, stage_seconds: dict, extra: dict) -> dict:
+    # `extra` may carry "reference_recovery" (scores of the reference's span recovery on the same answers)
     """The versioned metrics.json: a superset of `eatlab-score --json` plus cost and failure attribution."""
     counters = {k: dict(v) for k, v in counters.items()}
     totals = counters.pop("total", None) or {}

@@ -20,10 +20,17 @@ from eatlab.eat.conversation import ConversationResult, run_conversations
 from eatlab.eat.prompts import PromptSet
 from eatlab.eat.recovery import recover_span
 from eatlab.extractors.base import Extractor
+from eatlab.reliability.answers import scripts, wrong_script
 from eatlab.utils.io import sha256_text
 
 log = logging.getLogger(__name__)
 MIN_FORWARD_CHARS = 2  # shorter sentences skip the LLM: their "translation" is the text itself
+ENGLISH_SCRIPTS = frozenset({"LATIN"})
+# counts that metrics.json always carries (0 when nothing happened), so that a sweep table has every column
+COUNT_KEYS = (
+    "failed_forward", "failed_ner", "failed_backward", "truncated_sentences", "skipped_short",
+    "empty_answers", "truncated_answers", "control_chars_stripped", "wrong_script_answers",
+)  # fmt: skip
 
 
 @dataclass
@@ -80,7 +87,16 @@ class EATPipeline:
         self.art_ner = JsonlArtifact(run_dir / "artifacts" / "ner.jsonl")
         self.art_backward = JsonlArtifact(run_dir / "artifacts" / "backward.jsonl")
         self.timer = StageTimer()
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter({k: 0 for k in COUNT_KEYS})
+        # model faults per stage: {stage: {empty_answers|truncated_answers|control_chars_stripped|
+        # wrong_script_answers: n}}; their totals are in `counts`
+        self.answer_faults: dict[str, Counter] = {}
+
+    def _count_faults(self, stage: str, faults: Counter) -> None:
+        faults = +faults  # drop zeros
+        if faults:
+            self.answer_faults.setdefault(stage, Counter()).update(faults)
+            self.counts.update(faults)
 
     # ------------------------------------------------------------------ stages
     def forward(self, results: list[SentenceResult]) -> None:
@@ -100,6 +116,10 @@ class EATPipeline:
             r.forward_error = c.failed
             if c.failed:
                 self.counts["failed_forward"] += 1
+            self._count_faults("forward", c.faults)
+            if not c.failed and wrong_script(c.answer, ENGLISH_SCRIPTS):
+                self._count_faults("forward", Counter(wrong_script_answers=1))
+                log.warning("%s: the English translation is not in Latin script: %r", r.sentence.id, c.answer[:80])
         self.art_forward.write(
             [self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results]
         )
@@ -127,7 +147,9 @@ class EATPipeline:
     def extract(self, results: list[SentenceResult]) -> None:
         t0 = time.perf_counter()
         english = [r.english for r in results]
+        errors_before = self._stage_errors("ner")
         lists = self.extractor.extract(english) if english else []
+        self.counts["failed_ner"] += self._stage_errors("ner") - errors_before
         for r, ents in zip(results, lists):
             r.entities = [(t, p) for t, p in ents if p and p.strip()]
         convs = getattr(self.extractor, "last_conversations", None) or [None] * len(results)
@@ -146,6 +168,11 @@ class EATPipeline:
         )
         self.timer.add("ner", t0)
 
+    def _stage_errors(self, stage: str) -> int:
+        counters = getattr(self.client, "counters", None)
+        c = counters.get(stage) if isinstance(counters, dict) else None
+        return int(getattr(c, "llm_errors", 0) or 0)
+
     def backward(self, results: list[SentenceResult]) -> None:
         t0 = time.perf_counter()
         jobs = [(r, typ, phrase) for r in results for typ, phrase in r.entities]
@@ -159,10 +186,13 @@ class EATPipeline:
         records = []
         for (r, typ, phrase), conv in zip(jobs, convs):
             answer = conv.answer
+            self._count_faults("backward", conv.faults)
             if conv.failed:
                 self.counts["failed_backward"] += 1
                 rec_span, reason, matched = None, "request_failed", None
             else:
+                if wrong_script(answer, frozenset(scripts(r.source))):
+                    self._count_faults("backward", Counter(wrong_script_answers=1))
                 rec = recover_span(
                     answer, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
                 )

@@ -1,0 +1,1 @@
+"""EACL fine-tuning (issue 6): EACL data and filters, chat examples, the QLoRA LightningModule, adapters, CLIs."""

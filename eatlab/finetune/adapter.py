@@ -71,3 +71,28 @@ def update_pointer(pointer: Path, target: Path) -> Path:
 
 def write_metadata(path: str | Path, meta: dict) -> None:
     atomic_write_json(Path(path) / METADATA_FILE, meta)
+
+
+def adapter_provenance(adapter_path: str | Path | None) -> dict | None:
+    """What a pipeline run should record about its adapter: where it is, what it was trained on, its metrics.
+
+    None without an adapter; {"path": ...} alone for an adapter not made by eatlab-finetune.
+    """
+    if not adapter_path:
+        return None
+    path = Path(adapter_path)
+    out: dict = {"path": str(path), "resolved": str(path.resolve())}
+    meta_file = path / METADATA_FILE
+    if meta_file.is_file():
+        import json
+
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        out |= {
+            "hash": meta.get("hash"),
+            "languages": meta.get("languages"),
+            "directions": meta.get("directions"),
+            "data_sha256": (meta.get("data") or {}).get("sha256"),
+            "base_model_key": (meta.get("base_model") or {}).get("model_key"),
+            "validation": (meta.get("metrics") or {}).get("validation"),
+        }
+    return out

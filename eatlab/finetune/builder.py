@@ -48,7 +48,9 @@ def read_links(path: str | Path) -> list[tuple[str, str]]:
             continue
         fields = line.split("\t")
         if len(fields) != 2:
-            raise DataError(path, f"expected 2 tab-separated fields (eng_entity, tgt_title), got {len(fields)}", line=no)
+            raise DataError(
+                path, f"expected 2 tab-separated fields (eng_entity, tgt_title), got {len(fields)}", line=no
+            )
         eng, tgt = fields[0].strip(), fields[1].strip()
         if no == 1 and (eng, tgt) == LINKS_HEADER:
             continue
@@ -74,13 +76,19 @@ def read_leads(path: str | Path) -> tuple[dict[str, str], int]:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(path, f"not valid JSON: {exc.msg}", line=no) from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("title"), str) or not isinstance(rec.get("text"), str):
+            if (
+                not isinstance(rec, dict)
+                or not isinstance(rec.get("title"), str)
+                or not isinstance(rec.get("text"), str)
+            ):
                 raise DataError(path, 'expected {"title": str, "text": str}', line=no)
             title, text = rec["title"].strip(), rec["text"].strip()
         else:
             fields = line.split("\t")
             if len(fields) != 2:
-                raise DataError(path, f"expected 2 tab-separated fields (tgt_title, lead), got {len(fields)}", line=no)
+                raise DataError(
+                    path, f"expected 2 tab-separated fields (tgt_title, lead), got {len(fields)}", line=no
+                )
             title, text = fields[0].strip(), fields[1].strip()
             if no == 1 and title == "tgt_title":
                 continue
@@ -131,11 +139,14 @@ def build(language: str, links_path: str | Path, leads_path: str | Path, out_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="eatlab-finetune-build", description="Build an EACL-format corpus for a new language from local files."
+        prog="eatlab-finetune-build",
+        description="Build an EACL-format corpus for a new language from local files.",
     )
     parser.add_argument("--language", required=True, help="language code, e.g. hi (names the output file)")
     parser.add_argument("--links", required=True, help="TSV eng_entity<TAB>tgt_title")
-    parser.add_argument("--leads", required=True, help="TSV tgt_title<TAB>lead sentence, or JSONL {title, text}")
+    parser.add_argument(
+        "--leads", required=True, help="TSV tgt_title<TAB>lead sentence, or JSONL {title, text}"
+    )
     parser.add_argument("--out", required=True, help="output folder (use it as finetune.eacl_root)")
     args = parser.parse_args(argv)
     try:

@@ -132,7 +132,8 @@ def prepare_data(cfg, run_dir: Path):
     opts = FilterOptions.from_config(f.filters)
     seed = int(cfg.seed)
     splits = [
-        prepare_language(f.eacl_root, lang, opts, float(f.val_fraction), f.get("val_max"), seed) for lang in languages
+        prepare_language(f.eacl_root, lang, opts, float(f.val_fraction), f.get("val_max"), seed)
+        for lang in languages
     ]
     report = filter_report(splits)
     report["source"] = str(f.eacl_root) if f.eacl_root else "in-repo sample (eatlab/resources/samples/eacl)"
@@ -173,14 +174,19 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     pl.seed_everything(int(cfg.seed), workers=True)
     source, model_key, smoke = base_model(cfg)
     if smoke:
-        log.warning("model=%s: a tiny random SMOKE model; the adapter checks the code path and means nothing", cfg.model.id)
+        log.warning(
+            "model=%s: a tiny random SMOKE model; the adapter checks the code path and means nothing",
+            cfg.model.id,
+        )
     templates = Templates.from_config(f.templates)
     directions = [str(d) for d in f.directions]
     train_ex = build_examples(train_pairs, directions, templates)
     val_ex = build_examples(val_pairs, directions, templates)
     data_sha = examples_sha256(train_ex, val_ex)
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+        tok = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=bool(cfg.model.get("trust_remote_code", False))
+        )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model: cannot load the tokenizer of {source!r} ({type(exc).__name__})") from None
     if not tok.chat_template:
@@ -188,9 +194,17 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     train_enc, long_train = encode_examples(tok, train_ex, int(f.max_length))
     val_enc, long_val = encode_examples(tok, val_ex, int(f.max_length))
     if not train_enc:
-        raise ConfigError("finetune: no training example left after filtering (check languages, filters, max_length)")
+        raise ConfigError(
+            "finetune: no training example left after filtering (check languages, filters, max_length)"
+        )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos_ids = sorted({i for i in [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")] if isinstance(i, int) and i >= 0})
+    eos_ids = sorted(
+        {
+            i
+            for i in [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+            if isinstance(i, int) and i >= 0
+        }
+    )
 
     gen = torch.Generator().manual_seed(int(cfg.seed))
     train_loader = DataLoader(
@@ -252,7 +266,11 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     losses = module.optimizer_step_losses()
     k = min(3, len(losses))
     trainable, total = module.trainable_parameters()
-    val_last = {key: v for key, v in (module.val_history[-1] if module.val_history else {}).items() if key != "samples"}
+    val_last = {
+        key: v
+        for key, v in (module.val_history[-1] if module.val_history else {}).items()
+        if key != "samples"
+    }
     metrics = {
         "optimizer_steps": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
@@ -266,7 +284,7 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     }
     meta = {
         "format": "peft LoRA adapter (PeftModel.from_pretrained); eatlab finetune=eacl_qlora",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "base_model": {"id": cfg.model.id, "source": source, "model_key": model_key, "smoke": smoke},
         "languages": languages,
         "directions": directions,
@@ -314,7 +332,9 @@ def _save_adapter(trainer, module, out_dir: Path) -> None:
     if isinstance(trainer.strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.summon_full_params(trainer.strategy.model, writeback=False, rank0_only=True, offload_to_cpu=True):
+        with FSDP.summon_full_params(
+            trainer.strategy.model, writeback=False, rank0_only=True, offload_to_cpu=True
+        ):
             if trainer.is_global_zero:
                 module.save_adapter(out_dir)
     elif trainer.is_global_zero:
@@ -331,7 +351,9 @@ def _print_summary(s: dict) -> None:
         f"{m['fit_seconds']:.1f}s; val loss {v.get('val_loss', float('nan')):.4f}, "
         f"val exact match {v.get('val_exact_match', float('nan')):.3f} on {v.get('val_examples', 0)} examples"
     )
-    print(f"data sha256 {s['data']['sha256']}; use it with: eatlab finetune=eacl_qlora finetune.adapter_path={s['adapter_dir']}")
+    print(
+        f"data sha256 {s['data']['sha256']}; use it with: eatlab finetune=eacl_qlora finetune.adapter_path={s['adapter_dir']}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="finetune")

@@ -297,7 +297,9 @@ def crop(text: str, start: int, end: int, max_chars: int) -> tuple[str, int, int
 
 
 # --- filtering, splitting, mixing ------------------------------------------------------------------------------
-def align(pairs: list[EaclPair], opts: FilterOptions) -> tuple[list[AlignedPair], dict[str, int], dict[str, int]]:
+def align(
+    pairs: list[EaclPair], opts: FilterOptions
+) -> tuple[list[AlignedPair], dict[str, int], dict[str, int]]:
     """Apply the filters in order; return the kept pairs, the count after each step and the drop reasons."""
     counts = Counter({"read": len(pairs)})
     dropped: Counter = Counter()
@@ -311,7 +313,8 @@ def align(pairs: list[EaclPair], opts: FilterOptions) -> tuple[list[AlignedPair]
         counts["nonempty"] += 1
         found = locate(text, tgt, opts, p.language)
         if found is not None and found[0] == "verbatim" and tgt not in p.text:
-            found = ("normalized", found[1])  # found only in the cleaned sentence: cleaning is a normalisation
+            # found only in the cleaned sentence: the cleaning was a normalisation
+            found = ("normalized", found[1])
         if found is None:
             if opts.phrase_in_text:
                 dropped["phrase_not_in_text"] += 1

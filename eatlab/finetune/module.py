@@ -58,7 +58,9 @@ class QLoRASettings:
 
     def validate(self) -> None:
         if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"finetune.quantization={self.quantization}: expected one of {list(QUANTIZATIONS)}")
+            raise ConfigError(
+                f"finetune.quantization={self.quantization}: expected one of {list(QUANTIZATIONS)}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"finetune.optim.name={self.optimizer}: expected one of {list(OPTIMIZERS)}")
         if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
@@ -66,7 +68,9 @@ class QLoRASettings:
         if not self.target_modules:
             raise ConfigError("finetune.lora.target_modules: name at least one module")
         if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"finetune.optim.warmup_ratio={self.warmup_ratio}: expected a fraction in [0, 1)")
+            raise ConfigError(
+                f"finetune.optim.warmup_ratio={self.warmup_ratio}: expected a fraction in [0, 1)"
+            )
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -111,7 +115,9 @@ def load_base_model(s: QLoRASettings, device):
             bnb_4bit_compute_dtype=dtype,
             **qkw,
         )
-        kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None else str(device)}
+        kwargs["device_map"] = {
+            "": device.index if device.type == "cuda" and device.index is not None else str(device)
+        }
     try:
         model = AutoModelForCausalLM.from_pretrained(s.model_source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -151,11 +157,15 @@ class QLoRAModule(pl.LightningModule):
         s = self.settings
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         base, _ = load_base_model(s, device)
-        use_gc = device.type == "cuda" if s.gradient_checkpointing == "auto" else bool(s.gradient_checkpointing)
+        use_gc = (
+            device.type == "cuda" if s.gradient_checkpointing == "auto" else bool(s.gradient_checkpointing)
+        )
         if s.quantization == "nf4":
             # non-reentrant checkpointing: the reentrant kind breaks DDP's gradient hooks
             base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+                base,
+                use_gradient_checkpointing=use_gc,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif use_gc:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -163,7 +173,9 @@ class QLoRAModule(pl.LightningModule):
         present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         missing = [m for m in s.target_modules if m not in present]
         if missing:
-            raise ConfigError(f"finetune.lora.target_modules: {missing} not in the model (it has e.g. {sorted(present)[:12]})")
+            raise ConfigError(
+                f"finetune.lora.target_modules: {missing} not in the model (it has e.g. {sorted(present)[:12]})"
+            )
         lora = LoraConfig(
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
@@ -176,7 +188,9 @@ class QLoRAModule(pl.LightningModule):
         self.model = get_peft_model(base, lora)
         self.model.train()  # from_pretrained leaves eval mode, which would switch LoRA dropout off
         trainable, total = self.model.get_nb_trainable_parameters()
-        log.info("LoRA: %d trainable of %d parameters (%.3f%%)", trainable, total, 100 * trainable / max(1, total))
+        log.info(
+            "LoRA: %d trainable of %d parameters (%.3f%%)", trainable, total, 100 * trainable / max(1, total)
+        )
 
     def trainable_parameters(self) -> tuple[int, int]:
         return self.model.get_nb_trainable_parameters()
@@ -202,7 +216,14 @@ class QLoRAModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, _ = self(batch)
         self.step_losses[int(self.global_step)].append(float(loss.detach()))
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=len(batch["input_ids"]),
+        )
         return loss
 
     def optimizer_step_losses(self) -> list[float]:
@@ -220,7 +241,9 @@ class QLoRAModule(pl.LightningModule):
             name = "paged_adamw_8bit" if on_cuda else "adamw"
         if name == "paged_adamw_8bit":
             if not on_cuda:
-                raise ConfigError("finetune.optim.name=paged_adamw_8bit: needs a CUDA device (use adamw on CPU)")
+                raise ConfigError(
+                    "finetune.optim.name=paged_adamw_8bit: needs a CUDA device (use adamw on CPU)"
+                )
             import bitsandbytes as bnb
 
             opt = bnb.optim.PagedAdamW8bit(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
@@ -236,7 +259,13 @@ class QLoRAModule(pl.LightningModule):
 
     # -- validation --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = {"loss_sum": 0.0, "tokens": 0, "hits": defaultdict(int), "n": defaultdict(int), "samples": []}
+        self._val = {
+            "loss_sum": 0.0,
+            "tokens": 0,
+            "hits": defaultdict(int),
+            "n": defaultdict(int),
+            "samples": [],
+        }
 
     def validation_step(self, batch, batch_idx):
         import torch
@@ -245,7 +274,9 @@ class QLoRAModule(pl.LightningModule):
         self._val["loss_sum"] += float(loss) * n_tok
         self._val["tokens"] += n_tok
         with torch.no_grad():
-            answers = self.generate_greedy(batch["prompt_ids"], batch["prompt_mask"], self.settings.val_max_new_tokens)
+            answers = self.generate_greedy(
+                batch["prompt_ids"], batch["prompt_mask"], self.settings.val_max_new_tokens
+            )
         for pred, gold, direction in zip(answers, batch["answers"], batch["directions"]):
             hit = pred.strip() == gold.strip()
             self._val["hits"][direction] += hit

@@ -80,7 +80,9 @@ def build_examples(pairs: list[AlignedPair], directions: list[str], templates: T
         name = names.setdefault(p.language, language_name(p.language))
         for d in directions:
             if d == "backward":
-                user = _fill(templates.backward, {"language": name, "sentence": p.text, "phrase": p.eng_entity})
+                user = _fill(
+                    templates.backward, {"language": name, "sentence": p.text, "phrase": p.eng_entity}
+                )
                 answer = p.phrase
             else:
                 user = _fill(templates.forward, {"language": name, "sentence": p.text, "phrase": p.phrase})
@@ -95,7 +97,9 @@ def build_examples(pairs: list[AlignedPair], directions: list[str], templates: T
 
 def examples_sha256(train: list[Example], val: list[Example]) -> str:
     """The data hash saved with the adapter: sha256 of the canonical JSON of every example, both splits."""
-    return sha256_text(canonical_json({"train": [e.as_dict() for e in train], "val": [e.as_dict() for e in val]}))
+    return sha256_text(
+        canonical_json({"train": [e.as_dict() for e in train], "val": [e.as_dict() for e in val]})
+    )
 
 
 # --- tokenisation ------------------------------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def build_conversations(items: list[tuple[str, str]]) -> tuple[list[Conversation
         fill = {"language": name, "entity_types": ENTITY_TYPES, "entity_types_bracketed": ENTITY_TYPES_BRACKETED,
                 "sentence": text}  # fmt: skip
         conv = [{"role": "system", "content": script["system"]}]
-        conv += [{"role": m["role"], "content": m["content"].format(**fill)} for m in script["forward"]["preamble"]]
+        conv += [
+            {"role": m["role"], "content": m["content"].format(**fill)} for m in script["forward"]["preamble"]
+        ]
         prefixes.append(conv)
         for k, r in enumerate(script["forward"]["rounds"]):
             rounds[k].append(r.format(**fill))

@@ -14,6 +14,10 @@ Why SQLite this way: WAL journal (readers never block the writer), a busy timeou
 processes answering the same request keep the first answer and an import run twice adds nothing. Each process
 (re)opens its own connection, so a cache object survives a fork. Beside the answer, each row keeps the messages and
 settings JSON so that `eatlab-cache export` can write the calls back out as conversations.
+
+A process killed mid-write loses nothing committed (WAL). A file damaged otherwise (cut short by an interrupted
+copy or a full disk, overwritten) is detected when it is opened or read and reported in one line
+(CacheDamagedError) naming `eatlab-cache check|repair` (eatlab.reliability.repair).
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ from eatlab.llm.base import Conversation, GenerationSettings, Reply
 from eatlab.utils.io import canonical_json
 
 
-
 def default_cache_path() -> Path:
     """$EATLAB_OUTPUTS/cache/responses.sqlite (./outputs by default), as conf/cache/default.yaml resolves it."""
     return Path(os.environ.get("EATLAB_OUTPUTS") or "outputs") / "cache" / "responses.sqlite"
+
 
 MODES = ("readwrite", "readonly", "off")
 SCHEMA_VERSION = "1"
@@ -108,9 +112,61 @@ class CacheEntry:
     created: float
 
 
-def _is_locked(exc: sqlite3.OperationalError) -> bool:
+def _is_locked(exc: sqlite3.Error) -> bool:
     msg = str(exc).lower()
-    return "locked" in msg or "busy" in msg
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+class CacheDamagedError(ConfigError):
+    """The cache file is truncated or corrupt: one line naming the file and the repair command."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(
+            f"cache.path={path}: the cache file is damaged ({problem}); `eatlab-cache repair --cache {path}` "
+            "keeps its readable answers (or run with cache.mode=off)"
+        )
+        self.path = path
+        self.problem = problem
+
+
+_DAMAGE = ("malformed", "not a database", "no such table", "corrupt", "disk i/o error")
+
+
+def _cache_error(path: Path, exc: sqlite3.Error) -> ConfigError:
+    """One-line error for an SQLite failure other than a lock: damage, or a file that cannot be written."""
+    msg = str(exc)
+    if any(d in msg.lower() for d in _DAMAGE):
+        return CacheDamagedError(path, msg)
+    return ConfigError(f"cache.path={path}: {msg} (check the folder's permissions and free space)")
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with an SQLite file's header and size, without opening it (None: looks sound or absent).
+
+    Catches the common damage cheaply at every open: a file cut short (an interrupted copy, a full disk), whose
+    size is no longer the page count recorded in its header, and files that are not SQLite databases at all.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None  # SQLite treats an empty file as an empty database
+    with path.open("rb") as fh:
+        head = fh.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return f"not an SQLite database ({size} bytes, no SQLite header)"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"invalid page size {page_size} in the header"
+    if size % page_size:
+        return f"truncated: {size} bytes is not a whole number of {page_size}-byte pages"
+    pages, counter, valid_for = (int.from_bytes(head[a : a + 4], "big") for a in (28, 24, 92))
+    if pages and counter == valid_for and size < pages * page_size:
+        return f"truncated: {size} of {pages * page_size} bytes"
+    return None
 
 
 class ResponseCache:
@@ -141,11 +197,17 @@ class ResponseCache:
         self._conn = None  # a connection inherited through fork must not be used
         if self.mode == "off":
             return None
+        problem = header_problem(self.path)
+        if problem:
+            raise CacheDamagedError(self.path, problem)
         if self.mode == "readonly":
             if not self.path.is_file():
                 return None
             conn = sqlite3.connect(
-                f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=self.timeout_s, check_same_thread=False
+                f"file:{self.path.resolve()}?mode=ro",
+                uri=True,
+                timeout=self.timeout_s,
+                check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         else:
@@ -166,13 +228,19 @@ class ResponseCache:
         return conn
 
     def _retry(self, fn, attempts: int = 20):
-        """Run fn, retrying on `database is locked` with a randomized exponential backoff."""
+        """Run fn, retrying on `database is locked` with a randomized exponential backoff.
+
+        Any other SQLite error (`database disk image is malformed`, `file is not a database`, a missing table)
+        means a damaged file: CacheDamagedError, one line with the repair command.
+        """
         delay = 0.02
         for i in range(attempts):
             try:
                 return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or i == attempts - 1:
+            except sqlite3.Error as exc:
+                if not _is_locked(exc):
+                    raise _cache_error(self.path, exc) from None
+                if i == attempts - 1:
                     raise
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
@@ -224,7 +292,9 @@ class ResponseCache:
     def __len__(self) -> int:
         with self._lock:
             conn = self._connect()
-            return 0 if conn is None else conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            if conn is None:
+                return 0
+            return self._retry(lambda: conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def entries(self, model: str | None = None, engine: str | None = None) -> Iterator[CacheEntry]:
         """Every stored call (optionally of one model / engine), oldest first."""

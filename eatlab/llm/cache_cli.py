@@ -3,6 +3,8 @@
   eatlab-cache import FILE.jsonl [FILE ...] --model ID [--engine hf] [--cache PATH]
   eatlab-cache export --out FILE.jsonl [--model ID] [--engine ENGINE] [--cache PATH]
   eatlab-cache stats [--cache PATH]
+  eatlab-cache check [--cache PATH] [--run-dir DIR ...]     exit 1 when something is damaged or incomplete
+  eatlab-cache repair [--cache PATH] [--run-dir DIR ...]    keep what is readable, set the damaged file aside
 
 Sharing a cache file, or an export re-imported with `import`, is enough to replay a published run offline: the
 pipeline asks the same questions with the same settings and every answer comes from the cache (0 model calls).
@@ -31,7 +33,9 @@ def cmd_import(args) -> int:
         calls = list(read_transcript_calls(f))  # validate a whole file before writing any of it
         by_stage: dict[str | None, list] = {}
         for c in calls:
-            by_stage.setdefault(c.stage, []).append((args.engine, args.model, c.messages, c.settings, c.reply))
+            by_stage.setdefault(c.stage, []).append(
+                (args.engine, args.model, c.messages, c.settings, c.reply)
+            )
         n = sum(cache.put_many(items, stage=stage, source=f.name) for stage, items in by_stage.items())
         print(f"{f}: {len(calls)} answers, {n} new")
         total += len(calls)
@@ -76,6 +80,44 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from eatlab.reliability.repair import check_cache, check_run_dir
+
+    if args.cache is None and not args.run_dir:
+        args.cache = default_cache_path()
+    ok = True
+    if args.cache is not None:
+        c = check_cache(args.cache, full=not args.quick)
+        print(c.message())
+        ok &= c.ok
+    for d in args.run_dir:
+        r = check_run_dir(d)
+        print("\n".join(r.messages()))
+        ok &= r.ok
+    return 0 if ok else 1
+
+
+def cmd_repair(args) -> int:
+    from eatlab.reliability.repair import repair_cache, repair_run_dir
+
+    if args.cache is None and not args.run_dir:
+        args.cache = default_cache_path()
+    if args.cache is not None:
+        print(repair_cache(args.cache).message())
+    for d in args.run_dir:
+        before = repair_run_dir(d)
+        fixed = [f for f in before.files if not f.ok]
+        for f in fixed:
+            print(f"{f.message()} -> repaired: {f.records} valid records kept")
+        if not fixed:
+            print(f"{d}: no damaged artifact")
+        if not before.complete:
+            print(
+                f"{d}: still incomplete (no metrics.json): re-run the same command to finish it from the cache"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eatlab-cache", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("import", help="load recorded conversations (JSONL) into the cache")
     sp.add_argument("files", nargs="+", type=Path)
-    sp.add_argument("--model", required=True, help="model id the answers are stored under (model.id of a run)")
+    sp.add_argument(
+        "--model", required=True, help="model id the answers are stored under (model.id of a run)"
+    )
     sp.add_argument("--engine", default="hf", help="backend kind the answers are stored under (default hf)")
     add_cache(sp)
     sp.set_defaults(fn=cmd_import)
@@ -100,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("stats", help="answers per engine and model")
     add_cache(sp)
     sp.set_defaults(fn=cmd_stats)
+
+    for name, fn, text in (
+        ("check", cmd_check, "find a damaged cache file, a truncated artifact or an interrupted run"),
+        (
+            "repair",
+            cmd_repair,
+            "rebuild a damaged cache from its readable rows; drop truncated artifact lines",
+        ),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--cache", type=Path, default=None, help="SQLite cache file (default: the default "
+                        "cache unless --run-dir is given)")  # fmt: skip
+        sp.add_argument("--run-dir", type=Path, action="append", default=[], help="a run dir (repeatable)")
+        if name == "check":
+            sp.add_argument(
+                "--quick", action="store_true", help="PRAGMA quick_check instead of integrity_check"
+            )
+        sp.set_defaults(fn=fn)
     return p
 
 

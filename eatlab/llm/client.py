@@ -3,6 +3,8 @@
 - The backend is created (and its weights loaded) on the first cache miss: a fully cached run needs no weights.
 - Identical cacheable requests inside one batch are sent once.
 - Failed replies (`Reply.error` set) are returned but never cached.
+- Each answer is written to the cache as soon as the backend gives it (see `_generate_and_store`): a run killed
+  at any point keeps every answer it had received, and re-running the same command asks only for the rest.
 - Counters per stage, for metrics.json: `llm_calls` (requests sent to a model, i.e. conversations generated, not
   batches), `llm_cache_hits`, `llm_errors`, `prompt_tokens` and `completion_tokens` (of the requests sent to the
   model; cached answers cost nothing and are not counted), `seconds` (wall time inside the backend, including the
@@ -61,7 +63,9 @@ class LLMClient:
             if not kind or not model_key:
                 raise ConfigError("LLMClient: a backend factory needs kind= and model_key= for the cache")
         else:
-            raise ConfigError(f"LLMClient: backend must be an LLMBackend or a factory, got {type(backend).__name__}")
+            raise ConfigError(
+                f"LLMClient: backend must be an LLMBackend or a factory, got {type(backend).__name__}"
+            )
         self.kind = str(kind)
         self.model_key = str(model_key)
         self.cache = cache if cache is not None else ResponseCache(mode="off")
@@ -95,7 +99,9 @@ class LLMClient:
                 raise ConfigError("LLMClient.chat: every conversation must end with a user message")
         cacheable = settings.cacheable
         keys = [self.key(c, settings) for c in conversations] if cacheable else [None] * n
-        hits = self.cache.get_many(k for k in keys if k is not None) if cacheable and self.cache.enabled else {}
+        hits = (
+            self.cache.get_many(k for k in keys if k is not None) if cacheable and self.cache.enabled else {}
+        )
         replies: list[Reply | None] = [hits.get(k) if k is not None else None for k in keys]
         counters.llm_cache_hits += sum(r is not None for r in replies)
 
@@ -107,24 +113,58 @@ class LLMClient:
         if todo:
             first = [idx[0] for idx in todo.values()]
             t0 = time.perf_counter()
-            fresh = self.backend.generate([conversations[i] for i in first], settings)
+            fresh = self._generate_and_store(
+                [conversations[i] for i in first], settings, stage, cacheable and self.cache.writable
+            )
             counters.seconds += time.perf_counter() - t0
-            if len(fresh) != len(first):
-                raise RuntimeError(f"backend {self.kind} returned {len(fresh)} replies for {len(first)} requests")
             counters.llm_calls += len(first)
-            to_store = []
             for idx, reply in zip(todo.values(), fresh, strict=True):
                 counters.prompt_tokens += reply.prompt_tokens
                 counters.completion_tokens += reply.completion_tokens
                 if reply.error is not None:
                     counters.llm_errors += 1
-                elif cacheable:
-                    to_store.append((self.kind, self.model_key, conversations[idx[0]], settings, reply))
                 for i in idx:
                     replies[i] = reply
-            if to_store and self.cache.writable:
-                self.cache.put_many(to_store, stage=stage)
         return replies  # type: ignore[return-value]
+
+    def _generate_and_store(
+        self, convs: list[Conversation], settings: GenerationSettings, stage: str, store: bool
+    ) -> list[Reply]:
+        """The backend's replies, each written to the cache as soon as it exists.
+
+        A run killed in the middle of a request set then loses only the requests in flight: backends that stream
+        replies (`streams_replies`, the HTTP backend) store each one as it arrives; backends with a `batch_size`
+        (transformers) get the set in chunks of that size, longest conversations first, stored chunk by chunk;
+        others (vLLM, which wants every prompt at once) get the whole set.
+        """
+        backend = self.backend
+
+        def save(pairs) -> None:
+            items = [(self.kind, self.model_key, c, settings, r) for c, r in pairs if r.error is None]
+            if store and items:
+                self.cache.put_many(items, stage=stage)
+
+        n = len(convs)
+        if getattr(backend, "streams_replies", False):
+            out = backend.generate(convs, settings, on_reply=lambda i, r: save([(convs[i], r)]))
+            if len(out) != n:
+                raise RuntimeError(f"backend {self.kind} returned {len(out)} replies for {n} requests")
+            return out
+        chunk = int(getattr(backend, "batch_size", 0) or 0)
+        if chunk <= 0 or chunk >= n:
+            order, chunk = list(range(n)), n
+        else:
+            order = sorted(range(n), key=lambda i: -sum(len(m["content"]) for m in convs[i]))
+        out: list[Reply | None] = [None] * n
+        for start in range(0, n, chunk):
+            idx = order[start : start + chunk]
+            got = backend.generate([convs[i] for i in idx], settings)
+            if len(got) != len(idx):
+                raise RuntimeError(f"backend {self.kind} returned {len(got)} replies for {len(idx)} requests")
+            for i, r in zip(idx, got):
+                out[i] = r
+            save([(convs[i], r) for i, r in zip(idx, got)])
+        return out  # type: ignore[return-value]
 
     # -- multi-round conversations --------------------------------------------------------------------------
     def run_rounds(
@@ -158,7 +198,9 @@ class LLMClient:
         for k in range(rounds):
             texts = user_rounds(k, convs) if callable(user_rounds) else user_rounds[k]
             if len(texts) != len(convs):
-                raise ConfigError(f"run_rounds: round {k + 1} has {len(texts)} messages for {len(convs)} conversations")
+                raise ConfigError(
+                    f"run_rounds: round {k + 1} has {len(texts)} messages for {len(convs)} conversations"
+                )
             live = [i for i in range(len(convs)) if alive[i]]
             for i in live:
                 convs[i].append({"role": "user", "content": texts[i]})

@@ -44,8 +44,17 @@ def is_smoke(cfg) -> bool:
 
 
 def adapter_path(cfg) -> str | None:
+    """The LoRA adapter folder of `finetune=...`; a missing one is a one-line error naming the key."""
     path = _get(_get(cfg, "finetune"), "adapter_path")
-    return str(path) if path else None
+    if not path:
+        return None
+    if not Path(str(path)).exists():
+        lang = _get(_get(cfg, "language"), "code", "<code>")
+        raise ConfigError(
+            f"finetune.adapter_path={path}: no such folder; train it with `eatlab-finetune language={lang} "
+            f"model=<name>` or set finetune.adapter_path"
+        )
+    return str(path)
 
 
 def model_source(cfg) -> tuple[str, bool]:

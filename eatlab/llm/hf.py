@@ -63,7 +63,8 @@ class HFBackend(LLMBackend):
     ):
         self.source = str(model_path_or_id)
         self.local = Path(self.source).is_dir()
-        self.model_id = model_id or self.source
+        # without an explicit id, a local folder is named by its base name (never its absolute path)
+        self.model_id = model_id or (Path(self.source).name if self.local else self.source)
         self.revision = revision
         self.adapter_path = str(adapter_path) if adapter_path else None
         if self.adapter_path and not Path(self.adapter_path).exists():
@@ -133,7 +134,9 @@ class HFBackend(LLMBackend):
                 from transformers import BitsAndBytesConfig
 
                 if self.quantization not in ("4bit", "8bit"):
-                    raise ConfigError(f"backend.quantization={self.quantization}: expected null, 4bit or 8bit")
+                    raise ConfigError(
+                        f"backend.quantization={self.quantization}: expected null, 4bit or 8bit"
+                    )
                 mkw["quantization_config"] = BitsAndBytesConfig(
                     load_in_4bit=self.quantization == "4bit",
                     load_in_8bit=self.quantization == "8bit",
@@ -199,7 +202,9 @@ class HFBackend(LLMBackend):
         prompts = [self.encode(c) for c in conversations]
         replies: list[Reply | None] = [None] * len(conversations)
         for batch in self.batches([len(p) for p in prompts], settings.max_new_tokens):
-            outs = self._generate_batch([prompts[i] for i in batch], [conversations[i] for i in batch], settings)
+            outs = self._generate_batch(
+                [prompts[i] for i in batch], [conversations[i] for i in batch], settings
+            )
             for i, r in zip(batch, outs, strict=True):
                 replies[i] = r
         return replies  # type: ignore[return-value]
@@ -240,7 +245,9 @@ class HFBackend(LLMBackend):
             procs.append(_SeededSampler(gens))
         return procs, recorder
 
-    def _generate_batch(self, prompts: list[list[int]], conversations: list[Conversation], settings) -> list[Reply]:
+    def _generate_batch(
+        self, prompts: list[list[int]], conversations: list[Conversation], settings
+    ) -> list[Reply]:
         import torch
         from transformers import GenerationConfig
 
@@ -306,11 +313,12 @@ class _EntropyRecorder:
 
     def __init__(self):
         self.steps: list = []
+        self.work: list = []  # scratch buffers reused at every step
 
     def __call__(self, input_ids, scores):
         from eatlab.llm.entropy import entropy_from_logits
 
-        self.steps.append(entropy_from_logits(scores))
+        self.steps.append(entropy_from_logits(scores, self.work))
         return scores
 
 

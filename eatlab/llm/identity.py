@@ -34,7 +34,9 @@ def folder_fingerprint(path: str | Path) -> str:
         files = [root]
         root = root.parent
     elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _SKIP and ".cache" not in p.parts)
+        files = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.name not in _SKIP and ".cache" not in p.parts
+        )
     else:
         raise ConfigError(f"model.path={path}: no such file or folder")
     h = hashlib.sha256()

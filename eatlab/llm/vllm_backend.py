@@ -21,7 +21,9 @@ from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
 from eatlab.llm.entropy import entropy_from_top_logprobs
 from eatlab.llm.identity import make_model_key
 
-INSTALL_HINT = "backend=vllm needs vLLM on a CUDA machine: pip install 'eatlab[vllm]' (or use backend=hf / openai)"
+INSTALL_HINT = (
+    "backend=vllm needs vLLM on a CUDA machine: pip install 'eatlab[vllm]' (or use backend=hf / openai)"
+)
 
 
 def import_vllm():
@@ -56,7 +58,8 @@ class VLLMBackend(LLMBackend):
         seed: int = 0,
     ):
         self.source = str(model_path_or_id)
-        self.model_id = model_id or self.source
+        local = Path(self.source).is_dir()
+        self.model_id = model_id or (Path(self.source).name if local else self.source)
         self.revision = revision
         self.adapter_path = str(adapter_path) if adapter_path else None
         self.dtype = dtype
@@ -66,9 +69,12 @@ class VLLMBackend(LLMBackend):
         self.max_lora_rank = max_lora_rank
         self.logprobs = int(logprobs)
         self.seed = seed
-        local = Path(self.source).is_dir()
         self._model_key = make_model_key(
-            self.model_id, revision, self.source if local else None, self.adapter_path, hash_weights=hash_weights
+            self.model_id,
+            revision,
+            self.source if local else None,
+            self.adapter_path,
+            hash_weights=hash_weights,
         )
         self._llm = None
         self._lora = None
@@ -142,7 +148,9 @@ class VLLMBackend(LLMBackend):
             comp = out.outputs[0]
             entropies = None
             if comp.logprobs:
-                entropies = [entropy_from_top_logprobs(lp.logprob for lp in step.values()) for step in comp.logprobs]
+                entropies = [
+                    entropy_from_top_logprobs(lp.logprob for lp in step.values()) for step in comp.logprobs
+                ]
             replies.append(
                 Reply(
                     text=comp.text,

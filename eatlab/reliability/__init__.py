@@ -1,0 +1,1 @@
+"""Reliability helpers: answer sanitising, config checks, cache and artifact repair, a fault-injecting server."""

@@ -1,0 +1,100 @@
+"""spaCy NER trained on English WikiANN with spaCy's own trainer: DocBin conversion, a short real training run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eatlab.data.loader import split_path
+from eatlab.errors import ConfigError
+from eatlab.extractors.train_spacy import build_config, conll_to_docbin, train_spacy_ner
+
+SAMPLE_TRAIN = split_path(None, "en", "train")
+SAMPLE_DEV = split_path(None, "en", "dev")
+
+
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from eatlab.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_extractor", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_docbin_keeps_tokens_and_entities(tmp_path):
+    import spacy
+    from spacy.tokens import DocBin
+
+    from eatlab.data.bio import tags_to_spans
+    from eatlab.data.conll import read_conll
+
+    info = conll_to_docbin(SAMPLE_TRAIN, tmp_path / "train.spacy")
+    sentences = read_conll(SAMPLE_TRAIN, "en", "train")
+    docs = list(DocBin().from_disk(tmp_path / "train.spacy").get_docs(spacy.blank("en").vocab))
+    assert info["n_sentences"] == len(docs) == len(sentences) == 100
+    for doc, s in zip(docs, sentences):
+        assert [t.text for t in doc] == s.tokens
+        assert [(e.start, e.end, e.label_) for e in doc.ents] == [
+            (sp.start, sp.end, sp.type) for sp in tags_to_spans(s.tags)
+        ]
+    assert info["n_entities"] == sum(len(d.ents) for d in docs) > 100
+
+
+def test_config_sources_the_ner_of_en_core_web_sm(tmp_path):
+    cfg = build_config("t.spacy", "d.spacy", init="en_core_web_sm", max_steps=7, max_minutes=2)
+    assert cfg["nlp"]["pipeline"] == ["ner"]
+    assert cfg["components"]["ner"]["source"].startswith("en_core_web_sm")
+    assert cfg["training"]["max_steps"] == 7
+    assert cfg["training"]["before_update"]["max_seconds"] == 120.0
+    blank = build_config("t.spacy", "d.spacy", init="blank")
+    assert blank["components"]["ner"]["factory"] == "ner" and blank["training"]["before_update"] is None
+    with pytest.raises(ConfigError, match="init"):
+        build_config("t", "d", init="roberta")
+
+
+def test_train_extractor_spacy_wikiann_short_run(tmp_path):
+    """The Hydra path end to end on the in-repo samples: 40 steps from en_core_web_sm, then score it."""
+    from eatlab.data.conll import read_conll
+    from eatlab.extractors.cli import train_extractor
+    from eatlab.extractors.evaluate import evaluate_extractor
+    from eatlab.extractors.spacy_ner import SpacyExtractor
+
+    cfg = compose_train(
+        [
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            f"paths.run_dir={tmp_path / 'run'}",
+            "tracking=none",
+            "extractor=spacy_wikiann",
+            "extractor.train.max_steps=40",
+            "extractor.train.eval_frequency=20",
+        ]
+    )
+    assert cfg.extractor.model == str(tmp_path / "outputs" / "extractors" / "spacy_wikiann" / "model-best")
+    summary = train_extractor(cfg, tmp_path / "run")
+    assert summary["model_best"] == cfg.extractor.model
+    assert 0.0 <= summary["dev_ents_f"] <= 1.0 and summary["init"] == "en_core_web_sm"
+    assert summary["data"]["train"]["n_sentences"] == 100
+    assert (
+        json.loads((tmp_path / "run" / "train_summary.json").read_text())["model_best"] == cfg.extractor.model
+    )
+    ext = SpacyExtractor(cfg.extractor.model, name="spacy_wikiann")
+    sentences = read_conll(split_path(None, "en", "test"), "en", "test")
+    result = evaluate_extractor(ext, sentences, n_boot=10)
+    assert all(t in ("PER", "ORG", "LOC") for ents in result["entities"] for t, _ in ents)
+    assert 0.0 <= result["scores"]["entity_f1"] <= 1.0
+
+
+def test_time_budget_stops_cleanly_and_keeps_model_best(tmp_path):
+    out = tmp_path / "sp"
+    result = train_spacy_ner(
+        SAMPLE_TRAIN, SAMPLE_DEV, out, init="blank", max_steps=100000, eval_frequency=2, max_minutes=0.05
+    )
+    assert result.stopped_by_time_budget
+    assert (out / "model-best" / "meta.json").is_file()
+    with pytest.raises(ConfigError, match="no model-best"):
+        train_spacy_ner(SAMPLE_TRAIN, SAMPLE_DEV, tmp_path / "sp2", init="blank", max_minutes=1e-7)

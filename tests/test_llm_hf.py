@@ -1,0 +1,179 @@
+"""The transformers backend on the tiny smoke model: batching is exact, entropies are the raw distribution's,
+seeded sampling is independent of batch composition, adapters change the cache identity."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from eatlab.errors import ConfigError
+from eatlab.llm.base import GenerationSettings
+from eatlab.llm.cache import ResponseCache
+from eatlab.llm.client import LLMClient
+from eatlab.llm.hf import HFBackend
+from eatlab.llm.tiny import MARKER, TINY_VERSION, ensure_tiny_model
+
+TINY_DIR = Path(tempfile.gettempdir()) / "eatlab-tests" / f"tiny-qwen2-v{TINY_VERSION}"
+
+SENTENCES = [
+    "前鎮區",
+    "東京都 に 住む",
+    "Москва — столица России",
+    "서울의 인구",
+    "القاهرة عاصمة مصر",
+    "नई दिल्ली भारत की राजधानी है",
+    "თბილისი",
+    "Երևան",
+]
+
+
+def convs(texts=SENTENCES):
+    return [
+        [
+            {"role": "system", "content": "You are a translator."},
+            {"role": "user", "content": f"Translate: {t}"},
+        ]
+        for t in texts
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Path:
+    return ensure_tiny_model(TINY_DIR)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny) -> HFBackend:
+    b = HFBackend(tiny, batch_size=8)
+    b.load()
+    return b
+
+
+def test_tiny_model_is_labelled_smoke(tiny):
+    assert (tiny / MARKER).is_file()
+    assert "SMOKE" in (tiny / "README.md").read_text()
+    assert ensure_tiny_model(tiny) == tiny  # built once, reused
+
+
+def test_backend_loads_lazily(tiny):
+    b = HFBackend(tiny)
+    assert not b.loaded
+    assert b.model_key.startswith(f"{tiny.name}@local:")  # the folder's name, never its absolute path
+    assert b.model_key == HFBackend(tiny).model_key
+    assert HFBackend(tiny, model_id="eatlab/tiny-qwen2-smoke").model_key.startswith(
+        "eatlab/tiny-qwen2-smoke@local:"
+    )
+
+
+def test_chat_template_and_token_counts(backend):
+    conv = convs()[:1]
+    ids = backend.encode(conv[0])
+    text = backend._tok.decode(ids)
+    assert text.startswith("<|im_start|>system\nYou are a translator.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("<|im_start|>assistant\n")
+    (r,) = backend.generate(conv, GenerationSettings(max_new_tokens=5))
+    assert r.prompt_tokens == len(ids)
+    assert 1 <= r.completion_tokens <= 5
+    assert len(r.entropies) == r.completion_tokens
+    assert r.finish_reason in ("stop", "length")
+    assert not r.entropy_approx
+    assert all(0.0 <= h <= math.log(151936) + 1e-3 for h in r.entropies)
+
+
+def test_batched_equals_one_at_a_time_over_rounds(backend):
+    """Two rounds over 8 multilingual conversations: batched (left-padded) and single give identical replies."""
+    settings = [GenerationSettings(max_new_tokens=10), GenerationSettings(max_new_tokens=6)]
+    rounds = [[f"Translate: {t}" for t in SENTENCES], ["Give me the final result without other words."] * 8]
+    prefixes = [[{"role": "system", "content": "You are a translator."}] for _ in SENTENCES]
+    backend.batch_size = 8
+    _, batched = LLMClient(backend).run_rounds(prefixes, rounds, settings)
+    backend.batch_size = 1
+    try:
+        single = [LLMClient(backend).run_rounds([p], [[r[i]] for r in rounds], settings)[1] for i, p in
+                  enumerate(prefixes)]  # fmt: skip
+    finally:
+        backend.batch_size = 8
+    for k in range(2):
+        for i in range(8):
+            a, b = batched[k][i], single[i][k][0]
+            assert a.text == b.text
+            assert a.completion_tokens == b.completion_tokens
+            assert a.entropies == pytest.approx(b.entropies, abs=1e-3)
+
+
+def test_batches_respect_size_and_token_budget(tiny):
+    b = HFBackend(tiny, batch_size=3, token_budget=100)
+    lengths = [10, 50, 20, 30, 40, 5, 70]
+    batches = b.batches(lengths, max_new_tokens=10)
+    assert sorted(i for batch in batches for i in batch) == list(range(7))
+    for batch in batches:
+        assert len(batch) <= 3
+        width = max(lengths[i] for i in batch) + 10
+        assert len(batch) == 1 or len(batch) * width <= 100
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(flat, reverse=True)  # longest first: little padding
+
+
+def test_entropy_is_of_the_raw_distribution(backend):
+    """Temperature and top-k change the sampling, not the recorded entropy of the model's distribution."""
+    conv = convs()[:2]
+    greedy = backend.generate(conv, GenerationSettings(max_new_tokens=1))
+    sampled = backend.generate(
+        conv, GenerationSettings(max_new_tokens=1, do_sample=True, temperature=0.3, top_k=5, seed=1)
+    )
+    for g, s in zip(greedy, sampled, strict=True):
+        assert g.entropies[0] == pytest.approx(s.entropies[0], abs=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(backend):
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
+                                  repetition_penalty=1.05, seed=7)  # fmt: skip
+    all_convs = convs()
+    together = backend.generate(all_convs, settings)
+    alone = backend.generate(all_convs[3:4], settings)
+    again = backend.generate(all_convs, settings)
+    assert [r.text for r in together] == [r.text for r in again]
+    assert together[3].text == alone[0].text
+    other = backend.generate(all_convs, GenerationSettings(**{**settings.__dict__, "seed": 8}))
+    assert [r.text for r in other] != [r.text for r in together]
+
+
+def test_repetition_penalty_changes_greedy_output(backend):
+    conv = convs()[:4]
+    plain = backend.generate(conv, GenerationSettings(max_new_tokens=12))
+    penalised = backend.generate(conv, GenerationSettings(max_new_tokens=12, repetition_penalty=2.0))
+    assert [r.text for r in plain] != [r.text for r in penalised]
+
+
+def test_adapter_enters_model_key_and_generates(tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny))
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    base = HFBackend(tiny)
+    tuned = HFBackend(tiny, adapter_path=tmp_path / "adapter")
+    assert tuned.model_key.startswith(base.model_key + "+adapter:")
+    (r,) = tuned.generate(convs()[:1], GenerationSettings(max_new_tokens=3))
+    assert r.completion_tokens >= 1
+    with pytest.raises(ConfigError, match="adapter_path"):
+        HFBackend(tiny, adapter_path=tmp_path / "missing")
+
+
+def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    settings = GenerationSettings(max_new_tokens=4)
+    first = LLMClient(HFBackend(tiny), cache)
+    want = first.chat(convs(), settings)
+    fresh = HFBackend(tiny)
+    second = LLMClient(fresh, cache)
+    got = second.chat(convs(), settings)
+    assert [r.text for r in got] == [r.text for r in want]
+    assert all(r.cached for r in got)
+    assert second.counters["forward"].llm_calls == 0
+    assert second.counters["forward"].llm_cache_hits == len(SENTENCES)
+    assert not fresh.loaded
