@@ -58,14 +58,20 @@ def test_references_from_jsonl_and_tsv(tmp_path):
     from eatlab.errors import DataError
 
     j = tmp_path / "refs.jsonl"
-    j.write_text('{"sentence_id": "zh-test-0", "reference": "Hong Kong film producer Raymond Wong"}\n\n',
-                 encoding="utf-8")
+    j.write_text(
+        '{"sentence_id": "zh-test-0", "reference": "Hong Kong film producer Raymond Wong"}\n\n',
+        encoding="utf-8",
+    )
     t = tmp_path / "refs.tsv"
     t.write_text("zh-test-0\tHong Kong film producer Raymond Wong\nzh-test-1\tWiesbaden\n", encoding="utf-8")
     assert load_references(j) == {"zh-test-0": "Hong Kong film producer Raymond Wong"}
     refs = load_references(t)
-    s = pd.DataFrame({"sentence_id": ["zh-test-0", "zh-test-1", "zh-test-2"],
-                      "english": ["Hong Kong film producer Raymond Wong", "a town", "x"]})
+    s = pd.DataFrame(
+        {
+            "sentence_id": ["zh-test-0", "zh-test-1", "zh-test-2"],
+            "english": ["Hong Kong film producer Raymond Wong", "a town", "x"],
+        }
+    )
     scored = score_references(s, refs)
     assert scored["ref_bleu"][0] == pytest.approx(1.0) and scored["ref_chrf"][0] == pytest.approx(1.0)
     assert 0 <= scored["ref_chrf"][1] < 0.5 and np.isnan(scored["ref_bleu"][2])
@@ -75,7 +81,9 @@ def test_references_from_jsonl_and_tsv(tmp_path):
         load_references(bad)
     assert err.value.line == 2
     dup = tmp_path / "dup.jsonl"
-    dup.write_text('{"sentence_id": "a", "reference": "x"}\n{"sentence_id": "a", "reference": "y"}\n', encoding="utf-8")
+    dup.write_text(
+        '{"sentence_id": "a", "reference": "x"}\n{"sentence_id": "a", "reference": "y"}\n', encoding="utf-8"
+    )
     with pytest.raises(DataError, match="duplicate"):
         load_references(dup)
 
@@ -84,7 +92,10 @@ def test_round_trip_scores_use_the_language_tokenizer():
     from eatlab.analysis.quality import _bleu_chrf, sacrebleu_tokenizer
 
     assert sacrebleu_tokenizer("zh") == "zh" and sacrebleu_tokenizer("ru") == "13a"
-    assert _bleu_chrf("香港著名電影監製", "香港著名電影監製", "zh") == (pytest.approx(1.0), pytest.approx(1.0))
+    assert _bleu_chrf("香港著名電影監製", "香港著名電影監製", "zh") == (
+        pytest.approx(1.0),
+        pytest.approx(1.0),
+    )
     # without the zh tokenizer a spaceless sentence is one "word": a near miss scores 0 BLEU
     assert _bleu_chrf("香港著名電影監製黃", "香港著名電影監製", "13a")[0] == 0.0
     assert _bleu_chrf("香港著名電影監製黃", "香港著名電影監製", "zh")[0] > 0.5
@@ -93,13 +104,32 @@ def test_round_trip_scores_use_the_language_tokenizer():
 # ------------------------------------------------------------------------------------------------ ablations
 def _toy(run, lang, tags_pred, **settings):
     gold = [["B-PER", "I-PER", "O"], ["B-LOC", "O", "O"], ["O", "B-ORG", "O"], ["B-PER", "O", "B-LOC"]]
-    sent = pd.DataFrame({
-        "run": run, "sentence_id": [f"{lang}-test-{i}" for i in range(4)], "language": lang,
-        "gold_tags": gold, "pred_tags": tags_pred,
-    })
-    row = {"run": run, "language": lang, "nsl": lang in ("zh", "ja"), "method": "eat", "model": "m", "prompts": "p",
-           "rounds": "r3", "extractor": "spacy", "finetune": "none", "split": "test", "drop_redirects": False,
-           "generation": "greedy", "seed": 0, "entity_f1": 0.0, "reference_token_micro_f1": 0.0}
+    sent = pd.DataFrame(
+        {
+            "run": run,
+            "sentence_id": [f"{lang}-test-{i}" for i in range(4)],
+            "language": lang,
+            "gold_tags": gold,
+            "pred_tags": tags_pred,
+        }
+    )
+    row = {
+        "run": run,
+        "language": lang,
+        "nsl": lang in ("zh", "ja"),
+        "method": "eat",
+        "model": "m",
+        "prompts": "p",
+        "rounds": "r3",
+        "extractor": "spacy",
+        "finetune": "none",
+        "split": "test",
+        "drop_redirects": False,
+        "generation": "greedy",
+        "seed": 0,
+        "entity_f1": 0.0,
+        "reference_token_micro_f1": 0.0,
+    }
     row.update(settings)
     return row, sent
 
@@ -131,10 +161,20 @@ def test_seed_rounds_and_script_tables():
     for lang, nsl in (("zh", True), ("ja", True), ("de", False)):
         for rounds, base in (("r1", 0.2), ("r3", 0.4)):
             for seed, noise in ((1, 0.0), (2, 0.02), (3, 0.04)):
-                rows.append({"run": f"{lang}{rounds}{seed}", "language": lang, "nsl": nsl, "rounds": rounds,
-                             "seed": seed, "method": "eat", "model": "m", "finetune": "none",
-                             "entity_f1": base + noise + (0.1 if lang == "de" else 0.0),
-                             "reference_token_micro_f1": base})
+                rows.append(
+                    {
+                        "run": f"{lang}{rounds}{seed}",
+                        "language": lang,
+                        "nsl": nsl,
+                        "rounds": rounds,
+                        "seed": seed,
+                        "method": "eat",
+                        "model": "m",
+                        "finetune": "none",
+                        "entity_f1": base + noise + (0.1 if lang == "de" else 0.0),
+                        "reference_token_micro_f1": base,
+                    }
+                )
     runs = pd.DataFrame(rows)
     seeds = seed_table(runs)
     assert len(seeds) == 6 and set(seeds["n_seeds"]) == {3}
@@ -146,6 +186,47 @@ def test_seed_rounds_and_script_tables():
     assert mt.loc["rounds=r3", "avg_nsl"] == pytest.approx(0.42) and mt.loc["rounds=r3", "n_nsl"] == 2
     ns = nsl_vs_lsl(runs).set_index(["script_group", "rounds"])
     assert ns.loc[("LSL", "r1"), "mean"] == pytest.approx(0.32) and ns.loc[("NSL", "r1"), "n_languages"] == 2
+
+
+def test_plots_are_pngs_or_none_when_the_sweep_lacks_the_data(tmp_path):
+    from eatlab.analysis import plots
+
+    png = b"\x89PNG\r\n\x1a\n"
+    runs = pd.DataFrame(
+        [
+            {
+                "language": lang,
+                "rounds": r,
+                "entity_f1": 0.3 + 0.1 * i + 0.05 * j,
+                "rt_chrf": 0.4 + 0.1 * i + 0.03 * j,
+            }
+            for i, lang in enumerate(["ar", "ja"])
+            for j, r in enumerate(["r1", "r3"])
+        ]
+    )
+    ft = pd.DataFrame(
+        {
+            "language": ["ar", "ja"],
+            "delta": [0.05, -0.03],
+            "delta_ci_low": [0.02, -0.06],
+            "delta_ci_high": [0.08, 0.0],
+            "p_value": [0.01, 0.5],
+        }
+    )
+    made = [
+        plots.f1_by_language_rounds(runs, tmp_path / "a.png"),
+        plots.quality_vs_f1(runs, tmp_path / "b.png", "rt_chrf"),
+        plots.ft_delta(ft, tmp_path / "c.png"),
+        plots.failure_bars(
+            pd.DataFrame({"language": ["ar"], "found": [0.5], "lost_in_translation": [0.5]}),
+            tmp_path / "d.png",
+        ),
+    ]
+    assert all(p is not None and p.read_bytes()[:8] == png for p in made)
+    assert plots.ft_delta(pd.DataFrame(), tmp_path / "e.png") is None
+    assert plots.quality_vs_f1(runs.head(1), tmp_path / "f.png", "rt_chrf") is None
+    assert plots.quality_vs_f1(runs, tmp_path / "g.png", "rt_bleu") is None
+    assert not (tmp_path / "e.png").exists()
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -171,13 +252,24 @@ def sweep_dir(tmp_path_factory) -> Path:
     models = os.environ.get("EATLAB_TEST_MODELS", str(REPO / "outputs" / "test-models"))
     for i, (lang, rounds) in enumerate((("zh", "r1"), ("zh", "r3"), ("ja", "r3"))):
         run_dir = root / f"{i}_language={lang},prompt_rounds={rounds}"
-        cfg = _compose([f"paths.output_dir={root / 'outputs'}", f"paths.run_dir='{run_dir}'",
-                        f"paths.models_dir={models}", "tracking=none", "data.limit=3", "generation.max_new_tokens=6",
-                        f"language={lang}", f"prompt_rounds={rounds}"])
+        cfg = _compose(
+            [
+                f"paths.output_dir={root / 'outputs'}",
+                f"paths.run_dir='{run_dir}'",
+                f"paths.models_dir={models}",
+                "tracking=none",
+                "data.limit=3",
+                "generation.max_new_tokens=6",
+                f"language={lang}",
+                f"prompt_rounds={rounds}",
+            ]
+        )
         run_eat(cfg, run_dir)
     failed = root / "3_language=ko"
     failed.mkdir()
-    atomic_write_json(failed / "error.json", {"status": "failed", "error_type": "DataError", "message": "boom"})
+    atomic_write_json(
+        failed / "error.json", {"status": "failed", "error_type": "DataError", "message": "boom"}
+    )
     return root
 
 
@@ -187,8 +279,18 @@ def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsy
     out = tmp_path / "a"
     refs = tmp_path / "refs.tsv"
     refs.write_text("zh-test-0\tHong Kong film producer\nja-test-0\tJapan\n", encoding="utf-8")
-    argv = [str(sweep_dir), "--out", str(out), "--roundtrip-max-new-tokens", "4", "--n-boot", "50",
-            "--references", str(refs), "--quiet"]
+    argv = [
+        str(sweep_dir),
+        "--out",
+        str(out),
+        "--roundtrip-max-new-tokens",
+        "4",
+        "--n-boot",
+        "50",
+        "--references",
+        str(refs),
+        "--quiet",
+    ]
     assert main(argv) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["status"]) == ["failed", "ok", "ok", "ok"]
@@ -222,7 +324,10 @@ def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsy
 def test_analyze_without_round_trip_and_bad_input(sweep_dir, tmp_path, capsys):
     from eatlab.analysis.cli import main
 
-    assert main([str(sweep_dir), "--out", str(tmp_path / "b"), "--no-roundtrip", "--n-boot", "20", "--quiet"]) == 0
+    assert (
+        main([str(sweep_dir), "--out", str(tmp_path / "b"), "--no-roundtrip", "--n-boot", "20", "--quiet"])
+        == 0
+    )
     runs = pd.read_csv(tmp_path / "b" / "runs.csv")
     assert runs["rt_bleu"].isna().all()
     assert "skipped" in (tmp_path / "b" / "report.html").read_text(encoding="utf-8")
@@ -242,13 +347,19 @@ def test_wandb_report_builds_the_same_views():
 
     from eatlab.analysis.wandb_report import build_report
 
-    analysis = SimpleNamespace(sweep_dir=Path("/x/2025-01-01_00-00-00"), notes=["a note"],
-                               runs=pd.DataFrame({"wandb_group": ["eat-2025-01-01_00-00-00", None]}))
+    analysis = SimpleNamespace(
+        sweep_dir=Path("/x/2025-01-01_00-00-00"),
+        notes=["a note"],
+        runs=pd.DataFrame({"wandb_group": ["eat-2025-01-01_00-00-00", None]}),
+    )
     report = build_report(analysis, entity="someone", project="eatlab")  # built offline, never saved here
     assert isinstance(report, wr.Report) and report.project == "eatlab" and report.entity == "someone"
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert len(grids) == 2
     assert any(isinstance(p, wr.BarPlot) for p in grids[0].panels)
     assert {p.table_name for p in grids[1].panels if isinstance(p, wr.WeavePanelSummaryTable)} >= {
-        "runs", "correlations", "ft_comparison"}
+        "runs",
+        "correlations",
+        "ft_comparison",
+    }
     assert "eat-2025-01-01_00-00-00" in repr(grids[0].runsets[0].filters)

@@ -228,3 +228,33 @@ def test_pipeline_runs_with_the_trained_checkpoint(trained, tmp_path, compose):
     assert metrics["run"]["extractor"] == "flan_t5" and metrics["n_sentences"] == 2
     ner = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "ner.jsonl").read_text().splitlines()]
     assert len(ner) == 2 and all(r["extractor"] == "flan_t5" for r in ner)
+
+
+def test_lora_checkpoint_is_a_plain_merged_folder(tmp_path):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from eatlab.extractors.train_t5 import Seq2SeqNERModule
+
+    tiny = make_tiny_t5(tmp_path / "tiny")
+    module = Seq2SeqNERModule(
+        str(tiny), lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q", "v"]}
+    )
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    assert module.is_lora and 0 < trainable < 0.2 * total
+    with torch.no_grad():  # move the adapters off zero so that merging changes the weights
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    module.save_hf(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "merged")).eval()
+    module.model.eval()
+    ids = module.tokenizer(["John lives in London ."], return_tensors="pt")
+    labels = module.tokenizer(text_target=["(PER, John)"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a = module.model(**ids, labels=labels).logits
+        b = merged(**ids, labels=labels).logits
+        base = AutoModelForSeq2SeqLM.from_pretrained(str(tiny))(**ids, labels=labels).logits
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, base, atol=1e-3)

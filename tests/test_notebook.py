@@ -26,10 +26,18 @@ def _tiny_sweep(root: Path) -> Path:
         (run_dir / ".hydra").mkdir(parents=True)
         (run_dir / ".hydra" / "overrides.yaml").write_text(f"- language={lang}\n", encoding="utf-8")
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[
-                f"paths.output_dir={root / 'outputs'}", f"paths.run_dir='{run_dir}'", f"paths.models_dir={models}",
-                "tracking=none", "data.limit=2", "generation.max_new_tokens=4", f"language={lang}",
-            ])
+            cfg = compose(
+                config_name="config",
+                overrides=[
+                    f"paths.output_dir={root / 'outputs'}",
+                    f"paths.run_dir='{run_dir}'",
+                    f"paths.models_dir={models}",
+                    "tracking=none",
+                    "data.limit=2",
+                    "generation.max_new_tokens=4",
+                    f"language={lang}",
+                ],
+            )
         OmegaConf.resolve(cfg)
         run_eat(cfg, run_dir)
     write_sweep_summary(root)
@@ -46,8 +54,9 @@ def test_analysis_notebook_executes_on_a_tiny_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv("EATLAB_N_BOOT", "50")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
     client.execute()  # raises CellExecutionError on any failing cell
 
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]

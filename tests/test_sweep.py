@@ -58,7 +58,10 @@ def check_failed_split_sweep(sweep: Path) -> None:
     from eatlab.tracking.offline import find_offline_runs, read_offline_run
 
     rows = read_summary(sweep)
-    assert [(r["job"], r["data.split"], r["status"]) for r in rows] == [("0", "nosuchsplit", "failed"), ("1", "test", "ok")]
+    assert [(r["job"], r["data.split"], r["status"]) for r in rows] == [
+        ("0", "nosuchsplit", "failed"),
+        ("1", "test", "ok"),
+    ]
     for r in rows:
         job_dir = sweep / r["job_dir"]
         if r["status"] == "failed":
@@ -80,11 +83,16 @@ def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models
     from eatlab.analysis.cli import main as analyze_main
     from eatlab.tracking.offline import find_offline_runs, read_offline_run
 
-    sweep = eatlab_multirun(tmp_path / "o", models_dir, "language=zh,ja", "prompt_rounds=r1,r3", "data.limit=2")
+    sweep = eatlab_multirun(
+        tmp_path / "o", models_dir, "language=zh,ja", "prompt_rounds=r1,r3", "data.limit=2"
+    )
     rows = read_summary(sweep)
     assert [r["status"] for r in rows] == ["ok"] * 4
     assert sorted((r["language"], r["prompt_rounds"]) for r in rows) == [
-        ("ja", "r1"), ("ja", "r3"), ("zh", "r1"), ("zh", "r3"),
+        ("ja", "r1"),
+        ("ja", "r3"),
+        ("zh", "r1"),
+        ("zh", "r3"),
     ]
     group = f"eat-{sweep.name}"
     assert {r["wandb_group"] for r in rows} == {group}
@@ -101,16 +109,31 @@ def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models
     for row in rows:
         run = by_id[row["wandb_run_id"]]
         assert f"language:{row['language']}" in run.tags and f"rounds:{row['prompt_rounds'][1:]}" in run.tags
-        assert f"language={row['language']}" in run.name and f"prompt_rounds={row['prompt_rounds']}" in run.name
+        assert (
+            f"language={row['language']}" in run.name and f"prompt_rounds={row['prompt_rounds']}" in run.name
+        )
         assert run.summary["entity_f1"] == pytest.approx(float(row["entity_f1"])) and run.exit_code == 0
         assert f"language={row['language']}" in run.config["overrides"]
 
     out = tmp_path / "analysis"
-    assert analyze_main([str(sweep), "--out", str(out), "--roundtrip-max-new-tokens", "4", "--n-boot", "50",
-                         "--quiet"]) == 0
-    for name in ("runs.csv", "sentences.csv", "correlations.csv", "correlations.json", "report.html",
-                 "tables/rounds_by_language.csv", "tables/main_entity_f1.csv", "plots/f1_by_language_rounds.png",
-                 "plots/failures_by_language.png", "plots/quality_vs_f1.png"):
+    assert (
+        analyze_main(
+            [str(sweep), "--out", str(out), "--roundtrip-max-new-tokens", "4", "--n-boot", "50", "--quiet"]
+        )
+        == 0
+    )
+    for name in (
+        "runs.csv",
+        "sentences.csv",
+        "correlations.csv",
+        "correlations.json",
+        "report.html",
+        "tables/rounds_by_language.csv",
+        "tables/main_entity_f1.csv",
+        "plots/f1_by_language_rounds.png",
+        "plots/failures_by_language.png",
+        "plots/quality_vs_f1.png",
+    ):
         assert (out / name).is_file(), name
     assert len(list((out / "roundtrip").glob("*.jsonl"))) == 4
     with (out / "tables" / "rounds_by_language.csv").open(encoding="utf-8") as fh:
@@ -126,7 +149,9 @@ def test_basic_launcher_goes_on_after_a_failed_job(tmp_path, models_dir):
 
 
 def test_joblib_launcher_reports_failures(tmp_path, models_dir):
-    sweep = eatlab_multirun(tmp_path / "o", models_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAILING)
+    sweep = eatlab_multirun(
+        tmp_path / "o", models_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAILING
+    )
     check_failed_split_sweep(sweep)
 
 
@@ -146,6 +171,25 @@ def test_summary_of_an_unfinished_sweep_marks_incomplete_jobs(tmp_path):
     assert summary_main([str(tmp_path)]) == 0
     rows = read_summary(tmp_path)
     assert rows[0]["status"] == "incomplete" and rows[0]["language"] == "zh" and rows[0]["job"] == "0"
+
+
+def test_callback_writes_the_summary_at_exit_when_the_launcher_dies(tmp_path):
+    """on_multirun_end never comes when the launcher raises; the exit hook still writes the summary."""
+    from omegaconf import OmegaConf
+
+    from eatlab.sweep.callback import SweepSummaryCallback
+
+    job = tmp_path / "0_language=ja"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- language=ja\n", encoding="utf-8")
+    cb = SweepSummaryCallback()
+    cb.on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert not (tmp_path / "sweep_summary.csv").exists()
+    cb._at_exit()
+    assert [r["status"] for r in read_summary(tmp_path)] == ["incomplete"]
+    (tmp_path / "sweep_summary.csv").unlink()
+    cb._at_exit()  # written once only
+    assert not (tmp_path / "sweep_summary.csv").exists()
 
 
 @pytest.mark.parametrize(

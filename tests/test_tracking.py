@@ -21,8 +21,15 @@ def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path)
 
     run_dir = tmp_path / "run"
     cfg = compose(
-        ["tracking=wandb", "tracking.mode=offline", "tracking.group=g-test", "language=zh", "data.limit=3",
-         "generation.max_new_tokens=8", "n_sample_predictions=2"],
+        [
+            "tracking=wandb",
+            "tracking.mode=offline",
+            "tracking.group=g-test",
+            "language=zh",
+            "data.limit=3",
+            "generation.max_new_tokens=8",
+            "n_sample_predictions=2",
+        ],
         run_dir=run_dir,
     )
     metrics = run_eat(cfg, run_dir)
@@ -34,7 +41,13 @@ def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path)
     assert run.group == "g-test"
     assert run.job_type == "eat"
     assert run.name == "eat-tiny-qwen2-smoke-zh-r3-none"
-    assert {"language:zh", "rounds:3", "finetune:none", "model:eatlab/tiny-qwen2-smoke", "smoke-model"} <= set(run.tags)
+    assert {
+        "language:zh",
+        "rounds:3",
+        "finetune:none",
+        "model:eatlab/tiny-qwen2-smoke",
+        "smoke-model",
+    } <= set(run.tags)
     assert run.config["language"]["code"] == "zh"
     assert run.config["data"]["limit"] == 3
     assert run.exit_code == 0
@@ -50,7 +63,9 @@ def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path)
     logged = {k.split("/")[0] for h in run.history for k in h if k.endswith("/_type")}
     assert {"per_type", "stages", "failures", "sample_predictions"} <= logged
     files = next(a["files"] for a in run.artifacts if a["name"].startswith("run-files-"))
-    assert {"metrics.json", "predictions.conll", "artifacts/forward.jsonl", "resolved_config.yaml"} <= set(files)
+    assert {"metrics.json", "predictions.conll", "artifacts/forward.jsonl", "resolved_config.yaml"} <= set(
+        files
+    )
     # the sample table has the forward conversation of each sampled sentence
     table_file = next((run.path.parent / "files" / "media" / "table").glob("sample_predictions_*.table.json"))
     table = json.loads(table_file.read_text(encoding="utf-8"))
@@ -67,7 +82,9 @@ def test_tracking_none_writes_no_wandb_but_the_local_record(compose, tmp_path):
     from eatlab.cli.run import run_eat
 
     run_dir = tmp_path / "run"
-    cfg = compose(["tracking=none", "language=ja", "data.limit=2", "generation.max_new_tokens=4"], run_dir=run_dir)
+    cfg = compose(
+        ["tracking=none", "language=ja", "data.limit=2", "generation.max_new_tokens=4"], run_dir=run_dir
+    )
     metrics = run_eat(cfg, run_dir)
     assert not (run_dir / "wandb").exists()
     rec = json.loads((run_dir / "record.jsonl").read_text(encoding="utf-8"))
@@ -95,7 +112,9 @@ def test_a_job_that_fails_inside_lightning_finishes_its_wandb_run_as_failed(comp
     run_dir = tmp_path / "run"
     cfg = compose(["tracking=wandb", "tracking.mode=offline", "tracking.group=g-fail"], run_dir=run_dir)
     loggers = build_loggers(cfg, run_dir, job_type="eat")
-    trainer = pl.Trainer(logger=loggers, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        logger=loggers, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False
+    )
     with pytest.raises(RuntimeError, match="model exploded"):
         trainer.test(Broken(), dataloaders=torch.utils.data.DataLoader([torch.zeros(1)]), verbose=False)
     assert wandb.run is None
@@ -109,8 +128,9 @@ def test_offline_reader_follows_records_across_log_blocks(tmp_path):
 
     from eatlab.tracking.offline import read_offline_run
 
-    run = wandb.init(project="p", dir=str(tmp_path), mode="offline", group="blocks", tags=["t"],
-                     config={"a": {"b": 1}})
+    run = wandb.init(
+        project="p", dir=str(tmp_path), mode="offline", group="blocks", tags=["t"], config={"a": {"b": 1}}
+    )
     for i in range(3000):
         run.log({"x": i, "pad": "y" * 40})
     run.summary["long"] = "z" * 70_000  # one record longer than two blocks

@@ -19,7 +19,9 @@ METRICS = ("entity_f1", "reference_token_micro_f1")
 
 def varying(runs: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
     """Setting columns that take more than one value among the runs."""
-    return [c for c in SETTING_COLUMNS if c in runs and c not in exclude and runs[c].astype(str).nunique() > 1]
+    return [
+        c for c in SETTING_COLUMNS if c in runs and c not in exclude and runs[c].astype(str).nunique() > 1
+    ]
 
 
 def setting_label(row, cols: list[str]) -> str:
@@ -121,7 +123,9 @@ def ft_comparison(runs: pd.DataFrame, sentences: pd.DataFrame, **kw) -> pd.DataF
 
 def method_comparison(runs: pd.DataFrame, sentences: pd.DataFrame, **kw) -> pd.DataFrame:
     """Baselines vs EAT per language, same model and data (a method's own rounds/prompts/extractor may differ)."""
-    return paired_comparison(runs, sentences, "method", "eat", ignore=("rounds", "prompts", "extractor"), **kw)
+    return paired_comparison(
+        runs, sentences, "method", "eat", ignore=("rounds", "prompts", "extractor"), **kw
+    )
 
 
 def nsl_vs_lsl(runs: pd.DataFrame, metric: str = "entity_f1") -> pd.DataFrame:
@@ -132,7 +136,9 @@ def nsl_vs_lsl(runs: pd.DataFrame, metric: str = "entity_f1") -> pd.DataFrame:
     per_lang = runs.groupby(["language", "nsl", *cols], dropna=False)[metric].mean().reset_index()
     per_lang["script_group"] = np.where(per_lang["nsl"] == True, "NSL", "LSL")  # noqa: E712
     agg = per_lang.groupby(["script_group", *cols], dropna=False).agg(
-        mean=(metric, "mean"), std=(metric, "std"), n_languages=("language", "nunique"),
+        mean=(metric, "mean"),
+        std=(metric, "std"),
+        n_languages=("language", "nunique"),
         languages=("language", lambda s: ",".join(sorted(s))),
     )
     return agg.reset_index().assign(metric=metric)
@@ -153,14 +159,22 @@ def redirect_table(runs: pd.DataFrame, sentences: pd.DataFrame) -> pd.DataFrame:
         if s.empty:
             continue
         red, rest = s[s["redirect"]], s[~s["redirect"]]
-        rows.append({
-            "run": r["run"], "language": r["language"], **{c: r[c] for c in varying(runs)},
-            "n_sentences": len(s), "n_redirects": len(red), "redirect_share": len(red) / len(s),
-            "drop_redirects": r["drop_redirects"],
-            "f1_all": _micro_f1(s["tp"].sum(), s["n_pred"].sum(), s["n_gold"].sum()),
-            "f1_without_redirects": _micro_f1(rest["tp"].sum(), rest["n_pred"].sum(), rest["n_gold"].sum()),
-            "f1_redirects_only": _micro_f1(red["tp"].sum(), red["n_pred"].sum(), red["n_gold"].sum()),
-        })
+        rows.append(
+            {
+                "run": r["run"],
+                "language": r["language"],
+                **{c: r[c] for c in varying(runs)},
+                "n_sentences": len(s),
+                "n_redirects": len(red),
+                "redirect_share": len(red) / len(s),
+                "drop_redirects": r["drop_redirects"],
+                "f1_all": _micro_f1(s["tp"].sum(), s["n_pred"].sum(), s["n_gold"].sum()),
+                "f1_without_redirects": _micro_f1(
+                    rest["tp"].sum(), rest["n_pred"].sum(), rest["n_gold"].sum()
+                ),
+                "f1_redirects_only": _micro_f1(red["tp"].sum(), red["n_pred"].sum(), red["n_gold"].sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -186,8 +200,11 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def failure_shares(runs: pd.DataFrame) -> pd.DataFrame:
     """Per language: share of gold entities found / lost in translation / missed by NER / misaligned backward."""
-    cols = [c for c in ("gold_found", "gold_lost_in_translation", "gold_missed_by_ner", "gold_misaligned_backward")
-            if c in runs]
+    cols = [
+        c
+        for c in ("gold_found", "gold_lost_in_translation", "gold_missed_by_ner", "gold_misaligned_backward")
+        if c in runs
+    ]
     if runs.empty or not cols:
         return pd.DataFrame()
     sums = runs.groupby("language")[cols].sum()

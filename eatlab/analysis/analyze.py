@@ -60,14 +60,19 @@ def _quality_notes(runs_ok: pd.DataFrame, roundtrip: bool, references: Path | No
     else:
         notes.append("Round-trip translation was skipped (--no-roundtrip): rt_bleu and rt_chrf are empty.")
     if references is not None:
-        notes.append(f"Reference BLEU/chrF (ref_bleu, ref_chrf): the runs' English against {references} (13a).")
+        notes.append(
+            f"Reference BLEU/chrF (ref_bleu, ref_chrf): the runs' English against {references} (13a)."
+        )
     if "entropy_mean" in runs_ok and runs_ok["entropy_mean"].notna().any():
         approx = runs_ok.loc[runs_ok["entropy_approx"] == True, "run"].tolist()  # noqa: E712
         notes.append(
             "entropy_mean: mean per-token entropy (nats) of the final forward reply, recorded during generation, "
             "weighted by tokens. "
-            + (f"Approximated from top-k log-probabilities (a lower bound) in runs: {', '.join(approx)}."
-               if approx else "Exact (full next-token distributions) in every run.")
+            + (
+                f"Approximated from top-k log-probabilities (a lower bound) in runs: {', '.join(approx)}."
+                if approx
+                else "Exact (full next-token distributions) in every run."
+            )
         )
     else:
         notes.append("entropy_mean: not recorded (the backend gave no log-probabilities).")
@@ -103,31 +108,58 @@ def analyze_sweep(
                     continue
                 log.info("round trip: %s (%d sentences)", rd.name, len(s))
                 cache = out_dir / "roundtrip" / (rd.name.replace("/", "__") + ".jsonl")
-                rt = roundtrip_run(rd.path, s, cache, pool=pool, overrides=list(roundtrip_overrides),
-                                   max_new_tokens=roundtrip_max_new_tokens)
+                rt = roundtrip_run(
+                    rd.path,
+                    s,
+                    cache,
+                    pool=pool,
+                    overrides=list(roundtrip_overrides),
+                    max_new_tokens=roundtrip_max_new_tokens,
+                )
                 frames.append(rt.assign(run=rd.name))
         finally:
             pool.close()
         if frames:
-            sentences = sentences.merge(pd.concat(frames, ignore_index=True), on=["run", "sentence_id"], how="left")
+            sentences = sentences.merge(
+                pd.concat(frames, ignore_index=True), on=["run", "sentence_id"], how="left"
+            )
     if refs_path is not None and not sentences.empty:
         sentences = score_references(sentences, load_references(refs_path))
 
     runs_ok = runs[runs["status"] == "ok"].reset_index(drop=True)
     runs_ok = run_level_quality(runs_ok, sentences)
-    runs = runs.merge(runs_ok[["run", *[c for c in RUN_MEASURES + ["entropy_approx"] if c in runs_ok]]],
-                      on="run", how="left")
+    runs = runs.merge(
+        runs_ok[["run", *[c for c in RUN_MEASURES + ["entropy_approx"] if c in runs_ok]]],
+        on="run",
+        how="left",
+    )
 
     # correlations: across runs (all, and per language when a language has several runs), across sentences
     corr = [
-        correlation_table(runs_ok, RUN_MEASURES, RUN_TARGETS, level="run", group_by="language", n_boot=n_boot, seed=seed)
+        correlation_table(
+            runs_ok, RUN_MEASURES, RUN_TARGETS, level="run", group_by="language", n_boot=n_boot, seed=seed
+        )
     ]
     if not sentences.empty:
-        sent_measures = [m for m in ("rt_bleu", "rt_chrf", "ref_bleu", "ref_chrf", "entropy_mean") if m in sentences]
-        corr.append(correlation_table(sentences, sent_measures, SENTENCE_TARGETS, level="sentence",
-                                      group_by="language", n_boot=n_boot, seed=seed))
-    correlations = pd.concat([c for c in corr if not c.empty], ignore_index=True) if any(
-        not c.empty for c in corr) else pd.DataFrame()
+        sent_measures = [
+            m for m in ("rt_bleu", "rt_chrf", "ref_bleu", "ref_chrf", "entropy_mean") if m in sentences
+        ]
+        corr.append(
+            correlation_table(
+                sentences,
+                sent_measures,
+                SENTENCE_TARGETS,
+                level="sentence",
+                group_by="language",
+                n_boot=n_boot,
+                seed=seed,
+            )
+        )
+    correlations = (
+        pd.concat([c for c in corr if not c.empty], ignore_index=True)
+        if any(not c.empty for c in corr)
+        else pd.DataFrame()
+    )
 
     tables = {
         "main_entity_f1": ablation.main_table(runs_ok, "entity_f1"),
@@ -142,21 +174,40 @@ def analyze_sweep(
     }
 
     plot_dir = out_dir / "plots"
-    quality_measure = next((m for m in ("rt_chrf", "rt_bleu", "ref_chrf", "ref_bleu", "entropy_mean")
-                            if m in runs_ok and runs_ok[m].notna().sum() >= 2), None)
-    sent_measure = next((m for m in ("rt_chrf", "rt_bleu", "ref_chrf", "entropy_mean")
-                         if m in sentences and sentences[m].notna().sum() >= 3), None)
+    quality_measure = next(
+        (
+            m
+            for m in ("rt_chrf", "rt_bleu", "ref_chrf", "ref_bleu", "entropy_mean")
+            if m in runs_ok and runs_ok[m].notna().sum() >= 2
+        ),
+        None,
+    )
+    sent_measure = next(
+        (
+            m
+            for m in ("rt_chrf", "rt_bleu", "ref_chrf", "entropy_mean")
+            if m in sentences and sentences[m].notna().sum() >= 3
+        ),
+        None,
+    )
     made = {
-        "F1 by language and prompt rounds": plots.f1_by_language_rounds(runs_ok, plot_dir / "f1_by_language_rounds.png"),
+        "F1 by language and prompt rounds": plots.f1_by_language_rounds(
+            runs_ok, plot_dir / "f1_by_language_rounds.png"
+        ),
         "Fine-tuning delta per language": plots.ft_delta(tables["ft_comparison"], plot_dir / "ft_delta.png"),
         "Translation quality vs F1 (runs)": (
-            plots.quality_vs_f1(runs_ok, plot_dir / "quality_vs_f1.png", quality_measure) if quality_measure else None
+            plots.quality_vs_f1(runs_ok, plot_dir / "quality_vs_f1.png", quality_measure)
+            if quality_measure
+            else None
         ),
         "Translation quality vs entity recall (sentences)": (
             plots.sentence_scatter(sentences, plot_dir / "sentence_quality_vs_recall.png", sent_measure)
-            if sent_measure else None
+            if sent_measure
+            else None
         ),
-        "Failure attribution per language": plots.failure_bars(tables["failure_shares"], plot_dir / "failures_by_language.png"),
+        "Failure attribution per language": plots.failure_bars(
+            tables["failure_shares"], plot_dir / "failures_by_language.png"
+        ),
     }
     reasons = {
         "Fine-tuning delta per language": "no pair of runs differing only in finetune (w/ FT vs finetune=none)",
@@ -168,7 +219,9 @@ def analyze_sweep(
     notes = _quality_notes(runs_ok, roundtrip, refs_path)
     failed = runs[runs["status"] != "ok"]
     for _, r in failed.iterrows():
-        notes.append(f"run {r['run']} {r['status']}: {r['error'] or 'no metrics.json'} (left out of every table)")
+        notes.append(
+            f"run {r['run']} {r['status']}: {r['error'] or 'no metrics.json'} (left out of every table)"
+        )
 
     analysis = Analysis(sweep_dir, out_dir, runs, sentences, correlations, tables, made, reasons, notes)
     write_outputs(analysis)
@@ -178,36 +231,90 @@ def analyze_sweep(
 def write_outputs(a: Analysis) -> None:
     out = a.out_dir
     a.runs.to_csv(out / "runs.csv", index=False)
-    a.sentences.drop(columns=[c for c in LIST_COLUMNS if c in a.sentences]).to_csv(out / "sentences.csv", index=False)
+    a.sentences.drop(columns=[c for c in LIST_COLUMNS if c in a.sentences]).to_csv(
+        out / "sentences.csv", index=False
+    )
     a.correlations.to_csv(out / "correlations.csv", index=False)
     atomic_write_text(out / "correlations.json", a.correlations.to_json(orient="records", indent=1))
     (out / "tables").mkdir(exist_ok=True)
     for name, df in a.tables.items():
         df.to_csv(out / "tables" / f"{name}.csv", index=False)
-    run_cols = [c for c in ("run", "status", "language", "rounds", "finetune", "model", "seed", "entity_f1",
-                            "entity_f1_ci_low", "entity_f1_ci_high", "reference_token_micro_f1", "n_sentences",
-                            "rt_bleu", "rt_chrf", "ref_bleu", "ref_chrf", "entropy_mean", "llm_calls",
-                            "llm_cache_hits", "seconds_total", "error") if c in a.runs]
+    run_cols = [
+        c
+        for c in (
+            "run",
+            "status",
+            "language",
+            "rounds",
+            "finetune",
+            "model",
+            "seed",
+            "entity_f1",
+            "entity_f1_ci_low",
+            "entity_f1_ci_high",
+            "reference_token_micro_f1",
+            "n_sentences",
+            "rt_bleu",
+            "rt_chrf",
+            "ref_bleu",
+            "ref_chrf",
+            "entropy_mean",
+            "llm_calls",
+            "llm_cache_hits",
+            "seconds_total",
+            "error",
+        )
+        if c in a.runs
+    ]
     sections = [
         ("Runs", "One row per run dir; failed runs keep their error.", a.runs[run_cols]),
-        ("Main table: entity F1", "Entity-level micro F1 (seqeval default) per language; avg_nsl = mean over the NSLs present.",
-         a.tables["main_entity_f1"]),
-        ("Main table: reference token micro F1", "The reference release's token-level scorer (the paper's 65.81 "
-         "average over 8 NSLs is probably on this metric).", a.tables["main_reference_token_micro_f1"]),
+        (
+            "Main table: entity F1",
+            "Entity-level micro F1 (seqeval default) per language; avg_nsl = mean over the NSLs present.",
+            a.tables["main_entity_f1"],
+        ),
+        (
+            "Main table: reference token micro F1",
+            "The reference release's token-level scorer (the paper's 65.81 "
+            "average over 8 NSLs is probably on this metric).",
+            a.tables["main_reference_token_micro_f1"],
+        ),
         ("Prompt rounds x language", "Entity F1, mean over seeds.", a.tables["rounds_by_language"]),
-        ("W/ FT vs w/o FT", "Entity F1 with each fine-tuning choice vs finetune=none, per language: delta, 95% "
-         "interval and two-sided paired bootstrap p-value over the shared sentences.", a.tables["ft_comparison"]),
-        ("Methods vs EAT", "Each baseline method vs method=eat on the same language, model and data: paired "
-         "bootstrap as above.", a.tables["method_comparison"]),
+        (
+            "W/ FT vs w/o FT",
+            "Entity F1 with each fine-tuning choice vs finetune=none, per language: delta, 95% "
+            "interval and two-sided paired bootstrap p-value over the shared sentences.",
+            a.tables["ft_comparison"],
+        ),
+        (
+            "Methods vs EAT",
+            "Each baseline method vs method=eat on the same language, model and data: paired "
+            "bootstrap as above.",
+            a.tables["method_comparison"],
+        ),
         ("NSL vs LSL", "Mean and std of the per-language entity F1.", a.tables["nsl_vs_lsl"]),
-        ("Redirect sentences", "Entity F1 with and without Wikipedia redirect artefacts.", a.tables["redirects"]),
+        (
+            "Redirect sentences",
+            "Entity F1 with and without Wikipedia redirect artefacts.",
+            a.tables["redirects"],
+        ),
         ("Seeds", "Settings run with several seeds: mean and standard deviation.", a.tables["seeds"]),
         ("Failure attribution", "Share of gold entities per outcome.", a.tables["failure_shares"]),
-        ("Correlations", "Pearson, Spearman, Kendall with p-values and 95% bootstrap intervals; level run = across "
-         "runs, sentence = across sentences (pooled over runs, and per language).", a.correlations),
+        (
+            "Correlations",
+            "Pearson, Spearman, Kendall with p-values and 95% bootstrap intervals; level run = across "
+            "runs, sentence = across sentences (pooled over runs, and per language).",
+            a.correlations,
+        ),
     ]
-    write_report(out / "report.html", f"eatlab analysis: {a.sweep_dir.name}", a.notes, sections, a.plots,
-                 a.plot_reasons)
+    write_report(
+        out / "report.html",
+        f"eatlab analysis: {a.sweep_dir.name}",
+        a.notes,
+        sections,
+        a.plots,
+        a.plot_reasons,
+    )
     atomic_write_json(
         out / "analysis.json",
         {

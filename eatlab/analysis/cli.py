@@ -1,9 +1,9 @@
 """`eatlab-analyze SWEEP_DIR`: translation quality, correlations, ablation tables, plots and report.html.
 
-    eatlab-analyze outputs/multiruns/eat/2025-01-01_12-00-00
-    eatlab-analyze SWEEP --references refs.jsonl --roundtrip-max-new-tokens 128
-    eatlab-analyze SWEEP --no-roundtrip --out /tmp/analysis
-    eatlab-analyze SWEEP --wandb-report --wandb-entity me --wandb-project eatlab   # needs eatlab[wandb-report]
+eatlab-analyze outputs/multiruns/eat/2025-01-01_12-00-00
+eatlab-analyze SWEEP --references refs.jsonl --roundtrip-max-new-tokens 128
+eatlab-analyze SWEEP --no-roundtrip --out /tmp/analysis
+eatlab-analyze SWEEP --wandb-report --wandb-entity me --wandb-project eatlab   # needs eatlab[wandb-report]
 """
 
 from __future__ import annotations
@@ -16,20 +16,38 @@ from eatlab.errors import EatlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eatlab-analyze", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="eatlab-analyze",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sweep_dir", help="a multirun dir (or any folder of run dirs, or one run dir)")
     p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    p.add_argument("--references", default=None,
-                   help="reference English translations: JSONL {sentence_id, reference} or TSV sentence_id<TAB>reference")
-    p.add_argument("--no-roundtrip", action="store_true", help="skip the round-trip translation (no model needed)")
+    p.add_argument(
+        "--references",
+        default=None,
+        help="reference English translations: JSONL {sentence_id, reference} or TSV sentence_id<TAB>reference",
+    )
+    p.add_argument(
+        "--no-roundtrip", action="store_true", help="skip the round-trip translation (no model needed)"
+    )
     p.add_argument("--roundtrip-max-new-tokens", type=int, default=256)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the runs' resolved configs for the round trip, e.g. "
-                   "--set model.path=/data/Qwen2.5-14B-Instruct (repeatable)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (correlations, paired tests)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the runs' resolved configs for the round trip, e.g. "
+        "--set model.path=/data/Qwen2.5-14B-Instruct (repeatable)",
+    )
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples (correlations, paired tests)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wandb-report", action="store_true", help="also create a W&B report of the sweep (online)")
+    p.add_argument(
+        "--wandb-report", action="store_true", help="also create a W&B report of the sweep (online)"
+    )
     p.add_argument("--wandb-entity", default=None)
     p.add_argument("--wandb-project", default="eatlab")
     p.add_argument("--quiet", action="store_true")

@@ -21,7 +21,15 @@ from eatlab.data.record import Sentence
 from eatlab.errors import ConfigError, DataError
 
 SETTING_COLUMNS = (
-    "method", "model", "prompts", "rounds", "extractor", "finetune", "split", "drop_redirects", "generation",
+    "method",
+    "model",
+    "prompts",
+    "rounds",
+    "extractor",
+    "finetune",
+    "split",
+    "drop_redirects",
+    "generation",
 )  # what distinguishes two runs of one language, besides the seed
 
 
@@ -88,7 +96,11 @@ def read_run_dir(path: Path, root: Path | None = None) -> RunDir:
     if not overrides and (path / "provenance.json").is_file():
         overrides = (_read_json(path / "provenance.json") or {}).get("overrides") or []
     status = "failed" if error else "ok" if metrics else "incomplete"
-    name = str(path.relative_to(root)) if root is not None and path != root and path.is_relative_to(root) else path.name
+    name = (
+        str(path.relative_to(root))
+        if root is not None and path != root and path.is_relative_to(root)
+        else path.name
+    )
     return RunDir(path, name, status, metrics, error, config, [str(o) for o in overrides or []])
 
 
@@ -141,9 +153,17 @@ def run_row(rd: RunDir) -> dict:
         "drop_redirects": bool(_get(c, "data.drop_redirects", False)),
         "generation": "sampled" if do_sample else "greedy",
     }
-    for k in ("entity_f1", "entity_precision", "entity_recall", "reference_token_micro_f1",
-              "reference_token_macro_f1", "reference_token_weighted_f1", "n_sentences", "llm_calls",
-              "llm_cache_hits"):
+    for k in (
+        "entity_f1",
+        "entity_precision",
+        "entity_recall",
+        "reference_token_micro_f1",
+        "reference_token_macro_f1",
+        "reference_token_weighted_f1",
+        "n_sentences",
+        "llm_calls",
+        "llm_cache_hits",
+    ):
         row[k] = m.get(k)
     lo, hi = (m.get("entity_f1_ci95") or [None, None])[:2]
     row["entity_f1_ci_low"], row["entity_f1_ci_high"] = lo, hi
@@ -180,7 +200,9 @@ def read_predictions_conll(path: Path) -> list[tuple[list[str], list[str], list[
                 continue
             cols = line.split("\t")
             if len(cols) != 3:
-                raise DataError(str(path), f"expected `token<TAB>gold<TAB>pred`, got {len(cols)} columns", line=n)
+                raise DataError(
+                    str(path), f"expected `token<TAB>gold<TAB>pred`, got {len(cols)} columns", line=n
+                )
             toks.append(cols[0])
             gold.append(cols[1])
             pred.append(cols[2])
@@ -215,8 +237,10 @@ def load_sentences(rd: RunDir) -> pd.DataFrame:
         ents = fw.get("entropies") or []
         redirect = False
         if language is not None:
-            redirect = is_redirect(Sentence(sid, language.code, [], [], language.char_tokenized, text=a.get("text", "")),
-                                   language)
+            redirect = is_redirect(
+                Sentence(sid, language.code, [], [], language.char_tokenized, text=a.get("text", "")),
+                language,
+            )
         row = {
             "run": rd.name,
             "sentence_id": sid,

@@ -45,7 +45,7 @@ def f1_by_language_rounds(runs: pd.DataFrame, path: Path, metric: str = "entity_
         return None
     fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(table) + 2), 3.8))
     _grouped_bars(ax, table, metric)
-    ax.set_title(f"{metric} by language and prompt rounds (mean over seeds and other settings)")
+    ax.set_title(f"{metric} by language and prompt rounds\n(mean over seeds and other settings)", fontsize=10)
     ax.set_ylim(0, max(1e-3, float(np.nanmax(table.to_numpy(dtype=float)))) * 1.15)
     return _save(fig, path)
 
@@ -54,20 +54,28 @@ def ft_delta(ft: pd.DataFrame, path: Path) -> Path | None:
     """F1(w/ FT) - F1(w/o FT) per language with the paired bootstrap 95% interval; * marks p < 0.05."""
     if ft is None or ft.empty:
         return None
-    g = ft.groupby("language").agg(delta=("delta", "mean"), lo=("delta_ci_low", "mean"), hi=("delta_ci_high", "mean"),
-                                   p=("p_value", "max"))
+    g = ft.groupby("language").agg(
+        delta=("delta", "mean"),
+        lo=("delta_ci_low", "mean"),
+        hi=("delta_ci_high", "mean"),
+        p=("p_value", "max"),
+    )
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(g) + 2), 3.8))
     x = np.arange(len(g))
     colors = ["tab:green" if d >= 0 else "tab:red" for d in g["delta"]]
-    ax.bar(x, g["delta"], color=colors, yerr=[g["delta"] - g["lo"], g["hi"] - g["delta"]], capsize=4)
-    for xi, (d, p) in enumerate(zip(g["delta"], g["p"])):
-        if p < 0.05:
-            ax.annotate("*", (xi, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=14)
+    yerr = [(g["delta"] - g["lo"]).clip(lower=0), (g["hi"] - g["delta"]).clip(lower=0)]
+    ax.bar(x, g["delta"], color=colors, yerr=yerr, capsize=4)
+    span = float(max(g["hi"].max(), 0) - min(g["lo"].min(), 0)) or 1.0
+    for xi, (d, lo, hi, p) in enumerate(zip(g["delta"], g["lo"], g["hi"], g["p"])):
+        if p < 0.05:  # the star sits beyond the end of the interval
+            y = hi + 0.03 * span if d >= 0 else lo - 0.03 * span
+            ax.annotate("*", (xi, y), ha="center", va="bottom" if d >= 0 else "top", fontsize=14)
     ax.axhline(0, color="black", lw=0.8)
+    ax.margins(y=0.15)
     ax.set_xticks(x)
     ax.set_xticklabels(g.index)
     ax.set_ylabel("entity F1 delta (w/ FT - w/o FT)")
-    ax.set_title("Fine-tuning effect per language (95% paired bootstrap interval; * p < 0.05)")
+    ax.set_title("Fine-tuning effect per language\n(95% paired bootstrap interval; * p < 0.05)", fontsize=10)
     return _save(fig, path)
 
 
@@ -96,7 +104,9 @@ def quality_vs_f1(runs: pd.DataFrame, path: Path, measure: str, metric: str = "e
     return _save(fig, path)
 
 
-def sentence_scatter(sentences: pd.DataFrame, path: Path, measure: str, target: str = "recall") -> Path | None:
+def sentence_scatter(
+    sentences: pd.DataFrame, path: Path, measure: str, target: str = "recall"
+) -> Path | None:
     """Per-sentence quality vs entity recall (all runs pooled), with the least-squares line and r."""
     if sentences.empty or measure not in sentences:
         return None

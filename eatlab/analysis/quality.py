@@ -81,12 +81,16 @@ def load_references(path: str | Path) -> dict[str, str]:
                 except ValueError as exc:
                     raise DataError(str(path), f"not valid JSON ({exc})", line=n) from None
                 if not isinstance(rec, dict) or "sentence_id" not in rec or "reference" not in rec:
-                    raise DataError(str(path), "expected an object with `sentence_id` and `reference`", line=n)
+                    raise DataError(
+                        str(path), "expected an object with `sentence_id` and `reference`", line=n
+                    )
                 sid, ref = str(rec["sentence_id"]), str(rec["reference"])
             else:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) != 2:
-                    raise DataError(str(path), f"expected `sentence_id<TAB>reference`, got {len(parts)} columns", line=n)
+                    raise DataError(
+                        str(path), f"expected `sentence_id<TAB>reference`, got {len(parts)} columns", line=n
+                    )
                 sid, ref = parts
             if sid in refs:
                 raise DataError(str(path), f"duplicate sentence id {sid}", line=n)
@@ -140,8 +144,12 @@ class ClientPool:
     def fingerprint(cfg) -> str:
         from omegaconf import OmegaConf
 
-        parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "backend", "cache") if k in cfg}
-        parts["adapter"] = cfg.finetune.get("adapter_path") if "finetune" in cfg and cfg.finetune.name != "none" else None
+        parts = {
+            k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "backend", "cache") if k in cfg
+        }
+        parts["adapter"] = (
+            cfg.finetune.get("adapter_path") if "finetune" in cfg and cfg.finetune.name != "none" else None
+        )
         return sha256_text(json.dumps(parts, sort_keys=True, default=str))
 
     def get(self, cfg):
@@ -194,13 +202,25 @@ def roundtrip_run(
     for lo in range(0, len(missing), batch_size):
         chunk = missing[lo : lo + batch_size]
         convs = [
-            [{"role": "user", "content": ROUNDTRIP_PROMPT.format(language=language.name, english=todo["english"].iloc[i])}]
+            [
+                {
+                    "role": "user",
+                    "content": ROUNDTRIP_PROMPT.format(
+                        language=language.name, english=todo["english"].iloc[i]
+                    ),
+                }
+            ]
             for i in chunk
         ]
         replies = client.chat(convs, settings, stage="roundtrip")
         for i, rep in zip(chunk, replies):
-            cached[keys[i]] = {"key": keys[i], "sentence_id": todo["sentence_id"].iloc[i], "model_key": model_key,
-                               "roundtrip": (rep.text or "").strip(), "error": rep.error}
+            cached[keys[i]] = {
+                "key": keys[i],
+                "sentence_id": todo["sentence_id"].iloc[i],
+                "model_key": model_key,
+                "roundtrip": (rep.text or "").strip(),
+                "error": rep.error,
+            }
         lines = [json.dumps(cached[k], ensure_ascii=False) for k in dict.fromkeys(keys) if k in cached]
         atomic_write_text(cache_file, "\n".join(lines) + "\n")  # after every batch: a kill loses one batch
     rows = []
@@ -226,7 +246,9 @@ def run_level_quality(runs: pd.DataFrame, sentences: pd.DataFrame) -> pd.DataFra
             tok = sacrebleu_tokenizer(str(run["language"]))
             if "roundtrip" in s:
                 ok = s[s["rt_bleu"].notna()]
-                vals["rt_bleu"], vals["rt_chrf"] = corpus_bleu_chrf(list(ok["roundtrip"]), list(ok["text"]), tok)
+                vals["rt_bleu"], vals["rt_chrf"] = corpus_bleu_chrf(
+                    list(ok["roundtrip"]), list(ok["text"]), tok
+                )
             if "ref_bleu" in s and "reference" in s:
                 ok = s[s["reference"].notna()]
                 vals["ref_bleu"], vals["ref_chrf"] = corpus_bleu_chrf(

@@ -65,7 +65,9 @@ def write_report(
         if p is not None and Path(p).is_file():
             parts.append(image_html(p, caption))
         else:
-            parts.append(f'<p class="empty">{html.escape(caption)}: {html.escape(plot_reasons.get(caption, "not available"))}</p>')
+            parts.append(
+                f'<p class="empty">{html.escape(caption)}: {html.escape(plot_reasons.get(caption, "not available"))}</p>'
+            )
     for heading, explanation, df in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if explanation:

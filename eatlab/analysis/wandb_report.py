@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from eatlab.errors import ConfigError
 
-ANALYSIS_TABLES = ("main_entity_f1", "rounds_by_language", "ft_comparison", "nsl_vs_lsl", "redirects", "seeds")
+ANALYSIS_TABLES = (
+    "main_entity_f1",
+    "rounds_by_language",
+    "ft_comparison",
+    "nsl_vs_lsl",
+    "redirects",
+    "seeds",
+)
 
 
 def _workspaces():
@@ -18,7 +25,9 @@ def _workspaces():
         import wandb_workspaces.reports.v2 as wr
         from wandb_workspaces import expr
     except ImportError:
-        raise ConfigError("--wandb-report: needs the optional extra: pip install 'eatlab[wandb-report]'") from None
+        raise ConfigError(
+            "--wandb-report: needs the optional extra: pip install 'eatlab[wandb-report]'"
+        ) from None
     return wr, expr
 
 
@@ -37,10 +46,18 @@ def build_report(analysis, *, entity: str, project: str, group: str | None = Non
     wr, expr = _workspaces()
     group = group or sweep_group(analysis)
     filters = [expr.Metric("Group") == group] if group else []
-    sweep_runs = wr.Runset(entity=entity, project=project, name="sweep runs",
-                           filters=[*filters, expr.Metric("JobType") != "analysis"])
-    analysis_runs = wr.Runset(entity=entity, project=project, name="analysis",
-                              filters=[*filters, expr.Metric("JobType") == "analysis"])
+    sweep_runs = wr.Runset(
+        entity=entity,
+        project=project,
+        name="sweep runs",
+        filters=[*filters, expr.Metric("JobType") != "analysis"],
+    )
+    analysis_runs = wr.Runset(
+        entity=entity,
+        project=project,
+        name="analysis",
+        filters=[*filters, expr.Metric("JobType") == "analysis"],
+    )
     notes = "\n".join(f"- {n}" for n in analysis.notes)
     blocks = [
         wr.H1(text=f"eatlab sweep {analysis.sweep_dir.name}"),
@@ -48,39 +65,75 @@ def build_report(analysis, *, entity: str, project: str, group: str | None = Non
         wr.PanelGrid(
             runsets=[sweep_runs],
             panels=[
-                wr.BarPlot(title="entity F1 by language", metrics=["entity_f1"], groupby=wr.Config("language.code"),
-                           groupby_aggfunc="mean", groupby_rangefunc="stddev", orientation="v"),
-                wr.BarPlot(title="entity F1 by prompt rounds", metrics=["entity_f1"],
-                           groupby=wr.Config("prompt_rounds.forward"), groupby_aggfunc="mean", orientation="v"),
-                wr.BarPlot(title="reference token micro F1 by language", metrics=["reference_token_micro_f1"],
-                           groupby=wr.Config("language.code"), groupby_aggfunc="mean", orientation="v"),
-                wr.ScatterPlot(title="LLM calls vs entity F1", x=wr.SummaryMetric("llm_calls"),
-                               y=wr.SummaryMetric("entity_f1")),
+                wr.BarPlot(
+                    title="entity F1 by language",
+                    metrics=["entity_f1"],
+                    groupby=wr.Config("language.code"),
+                    groupby_aggfunc="mean",
+                    groupby_rangefunc="stddev",
+                    orientation="v",
+                ),
+                wr.BarPlot(
+                    title="entity F1 by prompt rounds",
+                    metrics=["entity_f1"],
+                    groupby=wr.Config("prompt_rounds.forward"),
+                    groupby_aggfunc="mean",
+                    orientation="v",
+                ),
+                wr.BarPlot(
+                    title="reference token micro F1 by language",
+                    metrics=["reference_token_micro_f1"],
+                    groupby=wr.Config("language.code"),
+                    groupby_aggfunc="mean",
+                    orientation="v",
+                ),
+                wr.ScatterPlot(
+                    title="LLM calls vs entity F1",
+                    x=wr.SummaryMetric("llm_calls"),
+                    y=wr.SummaryMetric("entity_f1"),
+                ),
             ],
         ),
         wr.H2(text="Analysis tables and plots"),
         wr.PanelGrid(
             runsets=[analysis_runs],
             panels=[
-                *[wr.WeavePanelSummaryTable(table_name=name) for name in ("runs", "correlations", *ANALYSIS_TABLES)],
+                *[
+                    wr.WeavePanelSummaryTable(table_name=name)
+                    for name in ("runs", "correlations", *ANALYSIS_TABLES)
+                ],
                 wr.MediaBrowser(title="plots", media_keys=["plots"], num_columns=2),
             ],
         ),
     ]
-    return wr.Report(project=project, entity=entity, title=f"eatlab: {analysis.sweep_dir.name}"[:128],
-                     description="Built by eatlab-analyze --wandb-report", blocks=blocks, width="fluid")
+    return wr.Report(
+        project=project,
+        entity=entity,
+        title=f"eatlab: {analysis.sweep_dir.name}"[:128],
+        description="Built by eatlab-analyze --wandb-report",
+        blocks=blocks,
+        width="fluid",
+    )
 
 
 def log_analysis_run(analysis, *, entity: str | None, project: str, group: str | None) -> str:
     """Log the analysis tables and plots as one online run (job_type `analysis`) of the sweep's group."""
     import wandb
 
-    run = wandb.init(entity=entity, project=project, group=group, job_type="analysis",
-                     name=f"analysis-{analysis.sweep_dir.name}", mode="online",
-                     config={"sweep_dir": str(analysis.sweep_dir)})
+    run = wandb.init(
+        entity=entity,
+        project=project,
+        group=group,
+        job_type="analysis",
+        name=f"analysis-{analysis.sweep_dir.name}",
+        mode="online",
+        config={"sweep_dir": str(analysis.sweep_dir)},
+    )
     try:
-        logged = {"runs": wandb.Table(dataframe=analysis.runs.astype(str)),
-                  "correlations": wandb.Table(dataframe=analysis.correlations.astype(str))}
+        logged = {
+            "runs": wandb.Table(dataframe=analysis.runs.astype(str)),
+            "correlations": wandb.Table(dataframe=analysis.correlations.astype(str)),
+        }
         for name in ANALYSIS_TABLES:
             df = analysis.tables.get(name)
             if df is not None and not df.empty:

@@ -51,6 +51,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         log.warning(SMOKE_WARNING.format(model=cfg.model.id))
     selection = select_from_config(cfg)
     client = build_client(cfg)
+    client.cache.ensure_open()  # a damaged cache file fails now, in one line naming the repair command
     pipeline = build_pipeline(cfg, client, language, run_dir)
     prov = write_provenance(
         run_dir,

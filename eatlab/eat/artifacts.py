@@ -145,9 +145,12 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 out.append(json.loads(line))
             except ValueError:
-                what = "truncated record (an interrupted write)" if not line.endswith("\n") else "not valid JSON"
+                what = (
+                    "truncated record (an interrupted write)" if not line.endswith("\n") else "not valid JSON"
+                )
                 raise DataError(
-                    path, f"{what}; `eatlab-cache repair --run-dir {path.parent.parent}` keeps the valid records",
+                    path,
+                    f"{what}; `eatlab-cache repair --run-dir {path.parent.parent}` keeps the valid records",
                     line=n,
                 ) from None
     return out

@@ -119,7 +119,9 @@ class EATPipeline:
             self._count_faults("forward", c.faults)
             if not c.failed and wrong_script(c.answer, ENGLISH_SCRIPTS):
                 self._count_faults("forward", Counter(wrong_script_answers=1))
-                log.warning("%s: the English translation is not in Latin script: %r", r.sentence.id, c.answer[:80])
+                log.warning(
+                    "%s: the English translation is not in Latin script: %r", r.sentence.id, c.answer[:80]
+                )
         self.art_forward.write(
             [self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results]
         )
@@ -145,14 +147,17 @@ class EATPipeline:
         return rec
 
     def extract(self, results: list[SentenceResult]) -> None:
+        """English NER of the translations; a failed or empty translation has no entities and costs no call."""
         t0 = time.perf_counter()
-        english = [r.english for r in results]
+        todo = [r for r in results if r.english.strip() and not r.forward_error]
         errors_before = self._stage_errors("ner")
-        lists = self.extractor.extract(english) if english else []
+        lists = self.extractor.extract([r.english for r in todo]) if todo else []
         self.counts["failed_ner"] += self._stage_errors("ner") - errors_before
-        for r, ents in zip(results, lists):
+        convs = (getattr(self.extractor, "last_conversations", None) if todo else None) or [None] * len(todo)
+        messages = {}
+        for r, ents, c in zip(todo, lists, convs):
             r.entities = [(t, p) for t, p in ents if p and p.strip()]
-        convs = getattr(self.extractor, "last_conversations", None) or [None] * len(results)
+            messages[r.sentence.id] = c
         self.art_ner.write(
             [
                 {
@@ -161,9 +166,14 @@ class EATPipeline:
                     "english_sha256": sha256_text(r.english),
                     "extractor": self.extractor.name,
                     "entities": [list(e) for e in r.entities],
-                    **({"messages": c} if c else {}),
+                    **({"messages": messages[r.sentence.id]} if messages.get(r.sentence.id) else {}),
+                    **(
+                        {}
+                        if r.sentence.id in messages
+                        else {"skipped": "forward failed" if r.forward_error else "empty translation"}
+                    ),
                 }
-                for r, c in zip(results, convs)
+                for r in results
             ]
         )
         self.timer.add("ner", t0)

@@ -76,12 +76,12 @@ def normalize_messages(messages: Conversation) -> list[dict[str, str]]:
 
 
 def cache_key(engine: str, model_key: str, messages: Conversation, settings: GenerationSettings) -> str:
-    payload = {
-        "engine": engine,
-        "model": model_key,
-        "messages": normalize_messages(messages),
-        "settings": settings.key_dict(),
-    }
+    return key_of(engine, model_key, normalize_messages(messages), settings.key_dict())
+
+
+def key_of(engine: str, model_key: str, messages: list[dict[str, str]], settings_key: dict) -> str:
+    """The key from its stored parts (normalized messages, settings.key_dict()): lets a repair verify a row."""
+    payload = {"engine": engine, "model": model_key, "messages": messages, "settings": settings_key}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
@@ -245,6 +245,11 @@ class ResponseCache:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
         return None
+
+    def ensure_open(self) -> None:
+        """Open the file now (a damaged cache fails here, in one line, rather than mid-run)."""
+        with self._lock:
+            self._connect()
 
     def close(self) -> None:
         with self._lock:

@@ -36,7 +36,8 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 def _row_seed(seed: int, conversation: Conversation) -> int:
-    digest = hashlib.sha256(canonical_json([seed, conversation]).encode("utf-8")).digest()
+    msgs = [{"role": m["role"], "content": m["content"]} for m in conversation]  # what the cache key sees
+    digest = hashlib.sha256(canonical_json([seed, msgs]).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -268,6 +268,12 @@ class FaultServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def handle(self):
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, kill): fine
+                    self.close_connection = True
+
             def _send(self, code: int, body: bytes, ctype: str = "application/json", headers=None):
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)

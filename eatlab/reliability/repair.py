@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eatlab.eat.artifacts import PARTIAL, JsonlCheck, check_jsonl, repair_jsonl
-from eatlab.llm.cache import _SCHEMA, SCHEMA_VERSION, header_problem
+from eatlab.llm.cache import _SCHEMA, SCHEMA_VERSION, header_problem, key_of
 
 _COLUMNS = ("key, engine, model, messages, settings, text, prompt_tokens, completion_tokens, entropies, "
             "entropy_approx, finish_reason, meta, stage, source, created")  # fmt: skip
@@ -66,20 +67,72 @@ def check_cache(path: Path, full: bool = True) -> CacheCheck:
 
 
 def _salvage(conn: sqlite3.Connection) -> Iterator[tuple]:
-    """Every row that can be read, in rowid order, skipping (with growing steps) over unreadable pages."""
+    """Every row that can be read, in rowid order, skipping (with growing steps) over unreadable pages.
+
+    Rowids going backwards mean a damaged page is being read: treated like a read error. Rows whose key is not
+    the hash of their own engine, model, messages and settings are damaged too and left out.
+    """
     pos, step = -(2**63), 1
-    while True:
+    while step <= 2**40:
         try:
-            for row in conn.execute(
+            cur = conn.execute(
                 f"SELECT rowid, {_COLUMNS} FROM responses WHERE rowid > ? ORDER BY rowid", (pos,)
-            ):
+            )
+            for row in cur:
+                if row[0] <= pos:
+                    raise sqlite3.DatabaseError("rowids out of order")
                 pos, step = row[0], 1
-                yield row[1:]
+                if _intact(row[1:]):
+                    yield row[1:]
             return
         except sqlite3.DatabaseError as exc:
-            if "no such table" in str(exc) or step > 2**40:
+            if "no such table" in str(exc):
                 return
             pos, step = pos + step, step * 2
+
+
+def _intact(row: tuple) -> bool:
+    key, engine, model, messages, settings = row[:5]
+    try:
+        return key == key_of(engine, model, json.loads(messages), json.loads(settings)) and isinstance(
+            row[5], str
+        )
+    except (TypeError, ValueError):
+        return False
+
+
+def _salvage_copy(damaged: Path) -> list[tuple]:
+    """The readable rows of a damaged file, read from a private copy padded back to its recorded size.
+
+    SQLite refuses a file shorter than the page count in its header ("malformed" even for the schema); padded
+    with zero pages, everything before the cut reads normally and only the lost pages fail.
+    """
+    work = damaged.with_name(damaged.name + ".salvage")
+    shutil.copyfile(damaged, work)
+    if Path(str(damaged) + "-wal").exists():
+        shutil.copyfile(Path(str(damaged) + "-wal"), Path(str(work) + "-wal"))
+    try:
+        with work.open("rb") as fh:
+            head = fh.read(100)
+        if head.startswith(b"SQLite format 3\x00"):
+            page_size = int.from_bytes(head[16:18], "big")
+            page_size = 65536 if page_size == 1 else page_size
+            pages = int.from_bytes(head[28:32], "big")
+            size = work.stat().st_size
+            target = max(pages * page_size, -(-size // page_size) * page_size)
+            if target > size:
+                with work.open("r+b") as fh:
+                    fh.truncate(target)
+        conn = sqlite3.connect(str(work), timeout=30)
+        try:
+            return list(_salvage(conn))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # not readable at all: start empty
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(work) + suffix).unlink(missing_ok=True)
 
 
 @dataclass
@@ -109,15 +162,7 @@ def repair_cache(path: Path) -> CacheRepair:
         src = Path(str(path) + suffix)
         if src.exists():
             shutil.move(src, Path(str(backup) + suffix))
-    rows: list[tuple] = []
-    try:
-        conn = _ro(backup)
-        try:
-            rows = list(_salvage(conn))
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        rows = []  # not readable at all: start empty
+    rows = _salvage_copy(backup)
     new = sqlite3.connect(str(path), isolation_level=None)
     try:
         new.execute("PRAGMA journal_mode=WAL")

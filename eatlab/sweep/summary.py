@@ -28,8 +28,20 @@ METRIC_COLUMNS = (
     "n_sentences",
 )
 COST_COLUMNS = ("llm_calls", "llm_cache_hits", "tokens_prompt", "tokens_completion", "seconds_total")
-FIXED_COLUMNS = ("job", "status", "overrides", *METRIC_COLUMNS, "entity_f1_ci_low", "entity_f1_ci_high",
-                 *COST_COLUMNS, "wandb_run_id", "wandb_group", "error_type", "error", "job_dir")
+FIXED_COLUMNS = (
+    "job",
+    "status",
+    "overrides",
+    *METRIC_COLUMNS,
+    "entity_f1_ci_low",
+    "entity_f1_ci_high",
+    *COST_COLUMNS,
+    "wandb_run_id",
+    "wandb_group",
+    "error_type",
+    "error",
+    "job_dir",
+)
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -92,7 +104,9 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict:
     row["wandb_group"] = _record_field(job_dir, "group")
     row["error_type"] = (error or {}).get("error_type")
     row["error"] = (error or {}).get("message")
-    row["job_dir"] = str(job_dir.relative_to(sweep_dir)) if job_dir.is_relative_to(sweep_dir) else str(job_dir)
+    row["job_dir"] = (
+        str(job_dir.relative_to(sweep_dir)) if job_dir.is_relative_to(sweep_dir) else str(job_dir)
+    )
     return row
 
 
@@ -144,9 +158,18 @@ def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
     ]
     for r in rows:
         err = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")
-        cells = [r["job"], r["status"], f"`{r['overrides']}`", r["entity_f1"], r["reference_token_micro_f1"],
-                 r["n_sentences"], r["llm_calls"], r["llm_cache_hits"], r["seconds_total"],
-                 (err[:200] + "...") if len(err) > 200 else err]
+        cells = [
+            r["job"],
+            r["status"],
+            f"`{r['overrides']}`",
+            r["entity_f1"],
+            r["reference_token_micro_f1"],
+            r["n_sentences"],
+            r["llm_calls"],
+            r["llm_cache_hits"],
+            r["seconds_total"],
+            (err[:200] + "...") if len(err) > 200 else err,
+        ]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

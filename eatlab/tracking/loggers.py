@@ -30,46 +30,54 @@ def _is_multirun(hc) -> bool:
     return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
+TAG_KEYS = (  # tag name -> config key; keys an entry point's config lacks are skipped
+    ("model", "model.id"),
+    ("language", "language.code"),
+    ("rounds", "prompt_rounds.forward"),
+    ("finetune", "finetune.name"),
+    ("method", "method.name"),
+    ("extractor", "extractor.name"),
+)
+
+
+def _select(cfg, key: str):
+    return OmegaConf.select(cfg, key, default=None)
+
+
 def run_name(cfg) -> str:
-    """The W&B run name: the job's overrides (`language=ja,prompt_rounds=r1`), else model-language-rounds."""
+    """The W&B run name: the job's overrides (`3:language=ja,prompt_rounds=r1` in a sweep), else
+    `<task>-<model>-<language>-r<rounds>-<finetune>` from whichever of these the entry point's config has."""
     hc = _hydra_config()
     if hc is not None:
         overrides = str(hc.job.get("override_dirname") or "")
         if overrides:
             return f"{hc.job.num}:{overrides}" if _is_multirun(hc) else overrides
+    rounds = _select(cfg, "prompt_rounds.forward")
     parts = [
-        str(cfg.get("task_name", "eat")),
-        str(cfg.model.get("id", "model")).split("/")[-1],
-        cfg.language.code,
-        f"r{cfg.prompt_rounds.forward}" if "prompt_rounds" in cfg else None,
-        cfg.finetune.name if "finetune" in cfg else None,
+        _select(cfg, "task_name") or "eat",
+        str(_select(cfg, "model.id") or "").split("/")[-1],
+        _select(cfg, "language.code"),
+        f"r{rounds}" if rounds is not None else None,
+        _select(cfg, "finetune.name"),
     ]
     return "-".join(str(p) for p in parts if p)
 
 
 def run_tags(cfg) -> list[str]:
     """`key:value` tags W&B can filter on: model, language, rounds, fine-tuning, method, extractor."""
-    tags = [f"model:{cfg.model.get('id')}", f"language:{cfg.language.code}"]
-    if "prompt_rounds" in cfg:
-        tags.append(f"rounds:{cfg.prompt_rounds.forward}")
-    if "finetune" in cfg:
-        tags.append(f"finetune:{cfg.finetune.name}")
-    if "method" in cfg:
-        tags.append(f"method:{cfg.method.name}")
-    if "extractor" in cfg:
-        tags.append(f"extractor:{cfg.extractor.name}")
-    if cfg.model.get("smoke"):
+    tags = [f"{name}:{v}" for name, key in TAG_KEYS if (v := _select(cfg, key)) is not None]
+    if _select(cfg, "model.smoke"):
         tags.append("smoke-model")
     return [t[:64] for t in tags]  # W&B rejects tags longer than 64 characters
 
 
 def sweep_group(cfg, run_dir: Path | None = None) -> str | None:
     """`tracking.group` if set, else `<task>-<sweep dir name>` in a multirun, else None (a single run)."""
-    if cfg.tracking.get("group"):
+    if _select(cfg, "tracking.group"):
         return str(cfg.tracking.group)
     hc = _hydra_config()
     if _is_multirun(hc):
-        return f"{cfg.get('task_name', 'eat')}-{Path(hc.sweep.dir).name}"
+        return f"{_select(cfg, 'task_name') or 'eat'}-{Path(hc.sweep.dir).name}"
     return None
 
 
@@ -105,7 +113,7 @@ def build_loggers(cfg, run_dir: Path, job_type: str = "eval") -> list:
 
     run_dir = Path(run_dir)
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if cfg.tracking.name == "wandb":
+    if _select(cfg, "tracking.name") == "wandb":
         logger_cls = _wandb_logger_class()
         mode = str(cfg.tracking.get("mode", "offline"))
         if mode not in ("offline", "online", "disabled"):
@@ -115,7 +123,7 @@ def build_loggers(cfg, run_dir: Path, job_type: str = "eval") -> list:
         _finish_stale_run()
         loggers.append(
             logger_cls(
-                project=cfg.tracking.project,
+                project=_select(cfg, "tracking.project") or "eatlab",
                 entity=cfg.tracking.get("entity"),
                 name=run_name(cfg),
                 group=sweep_group(cfg, run_dir),

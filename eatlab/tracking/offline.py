@@ -105,7 +105,9 @@ def read_offline_run(path: str | Path) -> OfflineRun:
             out.history.append({_key(i): _value(i) for i in rec.history.item})
         elif kind == "artifact":
             a = rec.artifact
-            out.artifacts.append({"name": a.name, "type": a.type, "files": [e.path for e in a.manifest.contents]})
+            out.artifacts.append(
+                {"name": a.name, "type": a.type, "files": [e.path for e in a.manifest.contents]}
+            )
         elif kind == "exit":
             out.exit_code = rec.exit.exit_code
     return out

@@ -26,6 +26,8 @@ def flat_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 def run_identity(cfg, run_dir: Path) -> dict:
     """What identifies the run in a flat record: its dir, overrides and W&B group."""
+    from omegaconf import OmegaConf
+
     from eatlab.tracking.loggers import _hydra_config, sweep_group
 
     hc = _hydra_config()
@@ -33,8 +35,8 @@ def run_identity(cfg, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
         "overrides": " ".join(hc.overrides.task) if hc is not None else "",
         "group": sweep_group(cfg, run_dir) or "",
-        "language": cfg.language.code,
-        "model": str(cfg.model.get("id")),
+        "language": OmegaConf.select(cfg, "language.code", default="") or "",
+        "model": str(OmegaConf.select(cfg, "model.id", default="") or ""),
     }
 
 

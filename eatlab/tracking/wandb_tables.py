@@ -36,12 +36,17 @@ def _read_jsonl(path: Path) -> list[dict]:
 def sample_conversations(run_dir: Path, ids: set[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Forward and backward conversations (as text) of the given sentence ids, read from the run's artifacts."""
     art = Path(run_dir) / "artifacts"
-    forward = {r["sentence_id"]: format_conversation(r.get("messages")) for r in _read_jsonl(art / "forward.jsonl")
-               if r.get("sentence_id") in ids}
+    forward = {
+        r["sentence_id"]: format_conversation(r.get("messages"))
+        for r in _read_jsonl(art / "forward.jsonl")
+        if r.get("sentence_id") in ids
+    }
     backward: dict[str, list[str]] = defaultdict(list)
     for r in _read_jsonl(art / "backward.jsonl"):
         if r.get("sentence_id") in ids:
-            backward[r["sentence_id"]].append(f"--- {r.get('type')}: {r.get('phrase')}\n" + format_conversation(r.get("messages")))
+            backward[r["sentence_id"]].append(
+                f"--- {r.get('type')}: {r.get('phrase')}\n" + format_conversation(r.get("messages"))
+            )
     return forward, {k: "\n\n".join(v) for k, v in backward.items()}
 
 
@@ -80,8 +85,15 @@ def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: 
     fwd, bwd = sample_conversations(run_dir, {r.sentence.id for r in sampled})
     samples = wandb.Table(
         columns=[
-            "sentence_id", "text", "english", "english_entities", "gold", "predicted", "alignments",
-            "forward_conversation", "backward_conversations",
+            "sentence_id",
+            "text",
+            "english",
+            "english_entities",
+            "gold",
+            "predicted",
+            "alignments",
+            "forward_conversation",
+            "backward_conversations",
         ]
     )
     for r in sampled:
@@ -90,11 +102,20 @@ def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: 
         pred = _entity_strings(s.tokens, r.pred_spans, s.char_tokenized)
         aligns = [f"{a['phrase']} -> {a['answer']!r} ({a['reason'] or 'ok'})" for a in r.alignments]
         samples.add_data(
-            s.id, s.text, r.english, str(r.entities), str(gold), str(pred), "\n".join(aligns),
-            fwd.get(s.id, ""), bwd.get(s.id, ""),
+            s.id,
+            s.text,
+            r.english,
+            str(r.entities),
+            str(gold),
+            str(pred),
+            "\n".join(aligns),
+            fwd.get(s.id, ""),
+            bwd.get(s.id, ""),
         )
     run.log({"per_type": per_type, "stages": stages, "failures": failures, "sample_predictions": samples})
-    art = wandb.Artifact(f"run-files-{run.id}", type="eat-run", metadata={"entity_f1": metrics.get("entity_f1")})
+    art = wandb.Artifact(
+        f"run-files-{run.id}", type="eat-run", metadata={"entity_f1": metrics.get("entity_f1")}
+    )
     for name in RUN_FILES:
         path = Path(run_dir) / name
         if path.is_file():

@@ -1,0 +1,192 @@
+"""HTTP backend and model faults through full pipeline runs against a real server on 127.0.0.1 that injects them.
+
+The server (eatlab.reliability.fault_server) answers as an oracle from the gold entities, so a clean run scores
+near 1.0 and every fault's effect is exact: transient faults are cured by the retries (same result as the
+clean run), persistent ones fail exactly the samples they hit (recorded with the reason, the rest untouched),
+a server going away mid-run ends in counted failures instead of a crash, and model faults are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+
+import pytest
+
+from eatlab.cli.run import run_eat
+from eatlab.data.loader import select_sentences
+from eatlab.reliability.fault_server import HTTP_FAULTS, FaultRule, FaultServer, OracleModel
+
+SECRET = "sk-eatlab-TEST-5f3a9c1e-do-not-store"
+SENTENCES = select_sentences("zh", "test", limit=8).sentences
+TEXTS = [s.text for s in SENTENCES]
+ORACLE = OracleModel.from_sentences(SENTENCES)
+N_GOLD = [len(ORACLE.gold[t]) for t in TEXTS]
+
+
+def overrides(srv: FaultServer, cache, *extra: str) -> list[str]:
+    return ["language=zh", "data.limit=8", "extractor=llm", "backend=openai", f"backend.base_url={srv.base_url}",
+            "backend.concurrency=4", "backend.max_retries=2", "backend.backoff_s=0.01", "backend.timeout_s=2",
+            f"cache.path={cache}", *extra]  # fmt: skip
+
+
+def attribution(run_dir) -> dict[str, dict]:
+    return {r["sentence_id"]: r for r in map(json.loads, (run_dir / "artifacts/attribution.jsonl").open())}
+
+
+def jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.open()]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The clean run (no fault), composed like the `compose` fixture does."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from eatlab.paths import CONF_DIR
+
+    tmp = tmp_path_factory.mktemp("clean")
+    with FaultServer(ORACLE) as srv:
+        base = [f"paths.output_dir={tmp / 'out'}", f"paths.run_dir={tmp / 'run'}", "tracking=none"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=base + overrides(srv, tmp / "cache.sqlite"))
+        OmegaConf.resolve(cfg)
+        m = run_eat(cfg, tmp / "run")
+    assert m["llm_errors"] == 0 and m["entity_f1"] > 0.9
+    return m, tmp / "run"
+
+
+def test_transient_http_faults_are_retried_to_the_clean_result(compose, tmp_path, clean):
+    """429, 500, 503, malformed JSON, no choices, dropped connections and timeouts on first attempts only."""
+    ref, ref_dir = clean
+    kinds = [k for k in HTTP_FAULTS if k != "timeout"]
+    slow = {ORACLE.english(TEXTS[0]), ORACLE.english(TEXTS[1])}  # their NER requests time out once
+    rules = [FaultRule("timeout", when=lambda r: r.stage == "ner" and r.sentence in slow, attempts=1, delay_s=1.5)]
+    # each kind on the first attempt of about 1 request in 8, chosen by content (deterministic)
+    rules += [FaultRule(k, when=lambda r, i=i: int(r.body_sha, 16) % 8 == i, attempts=1) for i, k in enumerate(kinds)]
+    with FaultServer(ORACLE, rules) as srv:
+        t0 = time.perf_counter()
+        m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite", "backend.timeout_s=0.5")), tmp_path / "run")
+        elapsed = time.perf_counter() - t0
+    faulted = [r for r in srv.requests if r.fault]
+    assert {r.fault for r in faulted} == set(HTTP_FAULTS)
+    assert len(srv.requests) == m["llm_calls"] + len(faulted)  # one retry per fault, nothing else
+    assert m["llm_errors"] == 0 and m["counts"]["failed_forward"] == m["counts"]["failed_backward"] == 0
+    for key in ("entity_f1", "per_type", "failures", "llm_calls"):
+        assert m[key] == ref[key], key
+    assert (tmp_path / "run/predictions.conll").read_bytes() == (ref_dir / "predictions.conll").read_bytes()
+    assert elapsed < 60
+
+
+def test_persistent_faults_fail_exactly_their_samples_and_a_rerun_retries_only_them(
+    compose, tmp_path, clean, capsys, monkeypatch
+):
+    """Forward of sentence 2 always 503, NER of sentence 3 always dropped, backward of sentence 5 always malformed.
+
+    Also: the API key (a secret in OPENAI_API_KEY) reaches the server but never the run dir, W&B or the cache.
+    """
+    ref, ref_dir = clean
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    rules = [
+        FaultRule("503", when=lambda r: r.stage == "forward" and r.sentence == TEXTS[2]),
+        FaultRule("drop", when=lambda r: r.stage == "ner" and r.sentence == ORACLE.english(TEXTS[3])),
+        FaultRule("malformed", when=lambda r: r.stage == "backward" and r.sentence == TEXTS[5]),
+    ]
+    cache, run = tmp_path / "c.sqlite", tmp_path / "run"
+    with FaultServer(ORACLE, rules) as srv:
+        m = run_eat(compose(overrides(srv, cache, "tracking=wandb")), run)
+    assert {r.authorization for r in srv.requests} == {f"Bearer {SECRET}"}
+    c = m["counts"]
+    assert (c["failed_forward"], c["failed_ner"], c["failed_backward"]) == (1, 1, N_GOLD[5])
+    assert m["llm_errors"] == 1 + 1 + N_GOLD[5]
+    # each failed request was tried 1 + max_retries times
+    assert sum(r.fault is not None for r in srv.requests) == 3 * m["llm_errors"]
+    out = capsys.readouterr().out
+    assert f"failed requests (after retries): forward 1, ner 1, backward {N_GOLD[5]}; LLM errors {m['llm_errors']}" in out
+    # the failed samples are recorded with the reason; every other sentence is exactly as in the clean run
+    fwd = {r["sentence_id"]: r for r in jsonl(run / "artifacts/forward.jsonl")}
+    assert "HTTP 503" in fwd["zh-test-2"]["error"] and all(fwd[f"zh-test-{i}"]["error"] is None for i in (0, 1, 3))
+    bwd = [r for r in jsonl(run / "artifacts/backward.jsonl") if r["sentence_id"] == "zh-test-5"]
+    assert len(bwd) == N_GOLD[5] and all(
+        r["dropped_reason"] == "request_failed" and "malformed response body" in r["error"] for r in bwd
+    )
+    got, want = attribution(run), attribution(ref_dir)
+    for i, s in enumerate(SENTENCES):
+        if i in (2, 3, 5):
+            assert got[s.id]["predicted"] == [] and N_GOLD[i] > 0
+        else:
+            assert got[s.id] == want[s.id]
+    assert m["entity_recall"] < ref["entity_recall"]
+    # no secret anywhere on disk: run dir (configs, logs, artifacts, W&B offline run) and the cache
+    assert (run / "wandb").is_dir()
+    for path in [*run.rglob("*"), *tmp_path.glob("c.sqlite*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    # re-running the same command retries only what failed, and gets the clean result
+    rows = _rows(cache)
+    with FaultServer(ORACLE) as srv:
+        m2 = run_eat(compose(overrides(srv, cache)), tmp_path / "run2")
+    assert m2["llm_calls"] == ref["llm_calls"] - rows and m2["llm_errors"] == 0
+    for key in ("entity_f1", "per_type", "failures"):
+        assert m2[key] == ref[key], key
+
+
+def _rows(cache) -> int:
+    import sqlite3
+
+    with sqlite3.connect(cache) as conn:
+        return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+def test_server_gone_mid_run_gives_counted_failures_quickly(compose, tmp_path, capsys):
+    """The server answers 30 requests, then closes its socket: connection refused for the rest of the run."""
+    with FaultServer(ORACLE, shutdown_after=30) as srv:
+        t0 = time.perf_counter()
+        m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite", "backend.backoff_s=0.05")), tmp_path / "run")
+        elapsed = time.perf_counter() - t0
+    assert sum(r.answered for r in srv.requests) == 30
+    assert m["llm_errors"] > 0 and m["counts"]["failed_forward"] + m["counts"]["failed_backward"] > 0
+    errors = [r["error"] for r in jsonl(tmp_path / "run/artifacts/forward.jsonl") if r.get("error")]
+    errors += [r["error"] for r in jsonl(tmp_path / "run/artifacts/backward.jsonl") if r.get("error")]
+    assert errors and all("connection error" in e or "server down" in e for e in errors)
+    assert "failed requests (after retries)" in capsys.readouterr().out
+    assert elapsed < 60
+
+
+def test_model_faults_are_counted_and_never_crash(compose, tmp_path, clean):
+    """Empty, maximum-length (finish_reason length), wrong-script and control-character answers."""
+    ref, _ = clean
+
+    def final(stage, i):
+        return lambda r: r.stage == stage and r.final and r.sentence == TEXTS[i]
+
+    rules = [
+        FaultRule("empty", when=final("forward", 1)),
+        FaultRule("length", when=final("forward", 6)),
+        FaultRule("wrong_script", when=final("backward", 4)),
+        FaultRule("control", when=final("backward", 7)),
+        FaultRule("control", when=final("forward", 0)),
+    ]
+    run = tmp_path / "run"
+    with FaultServer(ORACLE, rules) as srv:
+        m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite")), run)
+    c, per_stage = m["counts"], m["answer_faults"]
+    assert c["empty_answers"] >= 1 and per_stage["forward"]["empty_answers"] >= 1
+    assert c["truncated_answers"] >= 1 and per_stage["forward"]["truncated_answers"] >= 1
+    assert per_stage["backward"]["wrong_script_answers"] == N_GOLD[4]
+    assert per_stage["backward"]["control_chars_stripped"] == N_GOLD[7]
+    assert per_stage["forward"]["control_chars_stripped"] == 1
+    assert m["llm_errors"] == 0
+    # control characters never reach the artifacts; the stripped answers are the oracle's, so they still align
+    for name in ("forward", "ner", "backward", "attribution"):
+        for rec in jsonl(run / f"artifacts/{name}.jsonl"):
+            text = json.dumps(rec, ensure_ascii=False)
+            assert not any(unicodedata.category(ch) == "Cc" for ch in text), (name, rec["sentence_id"])
+    got = attribution(run)
+    assert got["zh-test-7"]["predicted"] == attribution(clean[1])["zh-test-7"]["predicted"]
+    assert got["zh-test-0"]["english"] == ORACLE.english(TEXTS[0])
+    assert got["zh-test-1"]["english"] == "" and got["zh-test-1"]["predicted"] == []
+    assert all(p[2] != "correct" for p in got["zh-test-4"]["predicted"]) or not got["zh-test-4"]["predicted"]
+    assert m["entity_f1"] < ref["entity_f1"]
