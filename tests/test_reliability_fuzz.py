@@ -24,7 +24,20 @@ from eatlab.eat.recovery import recover_sentence, tags_from_recoveries
 from eatlab.llm.base import Reply
 from eatlab.reliability.answers import char_script, scripts, strip_control, wrong_script
 
-NOISE = ["\x00", "\x07", "\x08", "\x1b[31m", "\x1b[0m", "\x1b]0;t\x07", "\r\n", "\x7f", "\u0085", "\x9b", "\t", "\n"]
+NOISE = [
+    "\x00",
+    "\x07",
+    "\x08",
+    "\x1b[31m",
+    "\x1b[0m",
+    "\x1b]0;t\x07",
+    "\r\n",
+    "\x7f",
+    "\u0085",
+    "\x9b",
+    "\t",
+    "\n",
+]
 KEPT_FORMAT = ["\u200d", "\u200c", "\u200f", "\u00ad"]  # ZWJ/ZWNJ (Devanagari, Persian), RLM, soft hyphen
 
 
@@ -115,7 +128,8 @@ def test_entity_lists_in_every_script_parse_back(pairs):
         text = sep.join(f"({t}, {e})" for t, e in pairs)
         out = parse_entity_list(text)
         assert all(t in ENTITY_TYPES for t, _ in out)
-        want = list(dict.fromkeys((t, unicodedata.normalize("NFKC", e)) for t, e in pairs))  # NFKC, no repeats
+        # as the parser reads them: NFKC, no repeats
+        want = list(dict.fromkeys((t, unicodedata.normalize("NFKC", e)) for t, e in pairs))
         # every entity comes back, in order, except words that read as a label or a placeholder ("EVENT", "null")
         assert out == [(t, e) for t, e in want if (t, e) in out or not _label_like(e)]
 

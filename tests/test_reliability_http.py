@@ -9,6 +9,7 @@ a server going away mid-run ends in counted failures instead of a crash, and mod
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import unicodedata
 
@@ -18,7 +19,7 @@ from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
 from eatlab.reliability.fault_server import HTTP_FAULTS, FaultRule, FaultServer, OracleModel
 
-SECRET = "sk-eatlab-TEST-5f3a9c1e-do-not-store"
+SECRET = "sk-" + secrets.token_hex(20)  # made at run time: it is in no file, git.diff included
 SENTENCES = select_sentences("zh", "test", limit=8).sentences
 TEXTS = [s.text for s in SENTENCES]
 ORACLE = OracleModel.from_sentences(SENTENCES)
@@ -63,9 +64,14 @@ def test_transient_http_faults_are_retried_to_the_clean_result(compose, tmp_path
     ref, ref_dir = clean
     kinds = [k for k in HTTP_FAULTS if k != "timeout"]
     slow = {ORACLE.english(TEXTS[0]), ORACLE.english(TEXTS[1])}  # their NER requests time out once
-    rules = [FaultRule("timeout", when=lambda r: r.stage == "ner" and r.sentence in slow, attempts=1, delay_s=1.5)]
+    rules = [
+        FaultRule("timeout", when=lambda r: r.stage == "ner" and r.sentence in slow, attempts=1, delay_s=1.5)
+    ]
     # each kind on the first attempt of about 1 request in 8, chosen by content (deterministic)
-    rules += [FaultRule(k, when=lambda r, i=i: int(r.body_sha, 16) % 8 == i, attempts=1) for i, k in enumerate(kinds)]
+    rules += [
+        FaultRule(k, when=lambda r, i=i: int(r.body_sha, 16) % 8 == i, attempts=1)
+        for i, k in enumerate(kinds)
+    ]
     with FaultServer(ORACLE, rules) as srv:
         t0 = time.perf_counter()
         m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite", "backend.timeout_s=0.5")), tmp_path / "run")
@@ -104,10 +110,15 @@ def test_persistent_faults_fail_exactly_their_samples_and_a_rerun_retries_only_t
     # each failed request was tried 1 + max_retries times
     assert sum(r.fault is not None for r in srv.requests) == 3 * m["llm_errors"]
     out = capsys.readouterr().out
-    assert f"failed requests (after retries): forward 1, ner 1, backward {N_GOLD[5]}; LLM errors {m['llm_errors']}" in out
+    assert (
+        f"failed requests (after retries): forward 1, ner 1, backward {N_GOLD[5]}; LLM errors {m['llm_errors']}"
+        in out
+    )
     # the failed samples are recorded with the reason; every other sentence is exactly as in the clean run
     fwd = {r["sentence_id"]: r for r in jsonl(run / "artifacts/forward.jsonl")}
-    assert "HTTP 503" in fwd["zh-test-2"]["error"] and all(fwd[f"zh-test-{i}"]["error"] is None for i in (0, 1, 3))
+    assert "HTTP 503" in fwd["zh-test-2"]["error"] and all(
+        fwd[f"zh-test-{i}"]["error"] is None for i in (0, 1, 3)
+    )
     bwd = [r for r in jsonl(run / "artifacts/backward.jsonl") if r["sentence_id"] == "zh-test-5"]
     assert len(bwd) == N_GOLD[5] and all(
         r["dropped_reason"] == "request_failed" and "malformed response body" in r["error"] for r in bwd
@@ -144,7 +155,9 @@ def test_server_gone_mid_run_gives_counted_failures_quickly(compose, tmp_path, c
     """The server answers 30 requests, then closes its socket: connection refused for the rest of the run."""
     with FaultServer(ORACLE, shutdown_after=30) as srv:
         t0 = time.perf_counter()
-        m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite", "backend.backoff_s=0.05")), tmp_path / "run")
+        m = run_eat(
+            compose(overrides(srv, tmp_path / "c.sqlite", "backend.backoff_s=0.05")), tmp_path / "run"
+        )
         elapsed = time.perf_counter() - t0
     assert sum(r.answered for r in srv.requests) == 30
     assert m["llm_errors"] > 0 and m["counts"]["failed_forward"] + m["counts"]["failed_backward"] > 0

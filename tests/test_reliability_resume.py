@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -43,12 +44,19 @@ def free_port() -> int:
 def cache_rows(path: Path) -> int:
     if not path.exists():
         return 0
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    try:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.OperationalError:  # the child is creating it
+        return 0
+
+
+SECRET = "sk-" + secrets.token_hex(20)  # made at run time: it is in no file, git.diff included
 
 
 def child_env(tmp: Path, killpoint: str | None = None) -> dict:
-    env = dict(os.environ)
+    # one math thread: on a loaded machine, torch's thread pool oversubscribes the cores (4x slower here)
+    env = dict(os.environ, OPENAI_API_KEY=SECRET, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if killpoint:
         hook = tmp / "killhook"
         hook.mkdir(exist_ok=True)
@@ -90,7 +98,8 @@ def assert_same_result(run_dir: Path, ref_dir: Path, ref: dict) -> dict:
         assert m[key] == ref[key], key
     assert (run_dir / "predictions.conll").read_bytes() == (ref_dir / "predictions.conll").read_bytes()
     for a in ARTIFACTS:
-        assert (run_dir / f"artifacts/{a}.jsonl").read_bytes() == (ref_dir / f"artifacts/{a}.jsonl").read_bytes(), a
+        got, want = (d / f"artifacts/{a}.jsonl" for d in (run_dir, ref_dir))
+        assert got.read_bytes() == want.read_bytes(), a
         assert not (run_dir / f"artifacts/{a}.jsonl.partial").exists()
     return m
 
@@ -107,7 +116,10 @@ def test_http_run_killed_mid_backward_and_while_finalizing_resumes_exactly(compo
 
     # the uninterrupted run (own cache): T model calls
     with FaultServer(oracle, port=port):
-        ref = run_eat(compose([*overrides, f"cache.path={tmp_path / 'ref.sqlite'}"], run_dir=tmp_path / "ref"), tmp_path / "ref")
+        ref = run_eat(
+            compose([*overrides, f"cache.path={tmp_path / 'ref.sqlite'}"], run_dir=tmp_path / "ref"),
+            tmp_path / "ref",
+        )
     total = ref["llm_calls"]
     assert ref["llm_errors"] == 0 and ref["entity_f1"] > 0.9 and ref["stages"]["backward"]["llm_calls"] >= 6
 
@@ -118,7 +130,9 @@ def test_http_run_killed_mid_backward_and_while_finalizing_resumes_exactly(compo
 
     def attempt(name, env, **server_kw):
         with FaultServer(oracle, port=port, **server_kw) as srv:
-            rc = run_cli(args, tmp_path / f"{name}.log", env, kill_when=srv.blocked.is_set if server_kw else None)
+            rc = run_cli(
+                args, tmp_path / f"{name}.log", env, kill_when=srv.blocked.is_set if server_kw else None
+            )
         answered.extend(r for r in srv.requests if r.answered)
         return rc, [r for r in srv.requests if r.answered]
 
@@ -130,15 +144,18 @@ def test_http_run_killed_mid_backward_and_while_finalizing_resumes_exactly(compo
     assert_killed(rc, tmp_path / "k1.log", run_dir)
     assert 0 < len(got) == cache_rows(cache) < total  # every answer received was stored at once
     partial = (run_dir / "artifacts/backward.jsonl.partial").read_text().splitlines()
-    assert partial and all(json.loads(line)["sentence_id"] in {s.id for s in sentences[:4]} for line in partial)
+    assert partial and all(
+        json.loads(line)["sentence_id"] in {s.id for s in sentences[:4]} for line in partial
+    )
 
     # 2. after the last model call, while the artifacts are being finalized
     before = cache_rows(cache)
     rc, got = attempt("k2", child_env(tmp_path, killpoint="rename:forward.jsonl.partial"))
-    assert_killed(rc, tmp_path / "k2.log", run_dir, final=("attribution", "backward"))  # renamed in name order
+    # killed at the third rename: artifacts are renamed in name order
+    assert_killed(rc, tmp_path / "k2.log", run_dir, final=("attribution", "backward"))
     assert len(got) == total - before  # the resumed run asked exactly what was missing
     assert cache_rows(cache) == total
-    assert (run_dir / "artifacts/forward.jsonl.partial").exists() and (run_dir / "artifacts/ner.jsonl.partial").exists()
+    assert all((run_dir / f"artifacts/{a}.jsonl.partial").exists() for a in ("forward", "ner"))
     check = subprocess.run([str(EATLAB.with_name("eatlab-cache")), "check", "--cache", str(cache), "--run-dir",
                             str(run_dir)], capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 1 and "INCOMPLETE" in check.stdout and f"ok, {total} answers" in check.stdout
@@ -152,12 +169,31 @@ def test_http_run_killed_mid_backward_and_while_finalizing_resumes_exactly(compo
     # no request that had been answered was ever sent again, and every one was answered once
     bodies = [r.body_sha for r in answered]
     assert len(bodies) == len(set(bodies)) == total
+    # the API key was sent, and written nowhere: run dir (Hydra's log included), outputs, cache, console logs
+    assert {r.authorization for r in answered} == {f"Bearer {SECRET}"}
+    assert list(run_dir.glob("*.log")) and (run_dir / ".hydra/overrides.yaml").exists()
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and "ref" not in path.name:
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_tiny_model_run_killed_mid_forward_resumes_exactly(compose, tmp_path):
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_model_run_killed_mid_forward_resumes_exactly(compose, tmp_path, one_thread):
     cache, run_dir = tmp_path / "cache.sqlite", tmp_path / "run"
     overrides = ["language=zh", "data.limit=8", "prompts.max_new_tokens=[8,8,8]"]
-    ref = run_eat(compose([*overrides, f"cache.path={tmp_path / 'ref.sqlite'}"], run_dir=tmp_path / "ref"), tmp_path / "ref")
+    ref = run_eat(
+        compose([*overrides, f"cache.path={tmp_path / 'ref.sqlite'}"], run_dir=tmp_path / "ref"),
+        tmp_path / "ref",
+    )
     total = ref["llm_calls"]
     args = [*overrides, f"cache.path={cache}", "tracking=none", f"paths.output_dir={tmp_path / 'out'}",
             f"paths.models_dir={MODELS_DIR}", f"hydra.run.dir={run_dir}"]  # fmt: skip

@@ -1,6 +1,6 @@
 """Sweeps through the real `eatlab` command: basic, joblib and submitit_local launchers, the sweep summary written
-by the Hydra callback, offline W&B runs grouped by sweep, failed jobs that do not stop the sweep, and
-`eatlab-analyze` on the finished sweep. Tiny smoke model, a few sentences, 8 new tokens per round."""
+by the Hydra callback, offline W&B runs grouped by sweep, and `eatlab-analyze` on the finished sweep (failed
+jobs under each launcher: test_sweep_launchers.py). Tiny smoke model, a few sentences, 8 new tokens per round."""
 
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["model=tiny", "generation.max_new_tokens=8", "tracking.mode=offline"]
 
 
-@pytest.fixture(scope="module")
-def models_dir() -> Path:
+def tiny_models_dir() -> Path:
     """The tiny model, built once and shared by every sweep (each sweep's outputs link to it)."""
     from eatlab.llm.tiny import ensure_tiny_model
 
     path = Path(os.environ.get("EATLAB_TEST_MODELS", str(REPO / "outputs" / "test-models")))
     ensure_tiny_model(path / "tiny-qwen2")
     return path
+
+
+@pytest.fixture(scope="module")
+def models_dir() -> Path:
+    return tiny_models_dir()
 
 
 def eatlab_multirun(out: Path, models_dir: Path, *overrides: str, timeout: int = 400) -> Path:
@@ -141,24 +145,6 @@ def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models
     assert [t["language"] for t in table] == ["ja", "zh"] and {"r1", "r3"} <= set(table[0])
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 3 and "Correlations" in html and "SMOKE" in html
-
-
-def test_basic_launcher_goes_on_after_a_failed_job(tmp_path, models_dir):
-    """Jobs run one after another in one process: the job after the failure must still run."""
-    check_failed_split_sweep(eatlab_multirun(tmp_path / "o", models_dir, *FAILING))
-
-
-def test_joblib_launcher_reports_failures(tmp_path, models_dir):
-    sweep = eatlab_multirun(
-        tmp_path / "o", models_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAILING
-    )
-    check_failed_split_sweep(sweep)
-
-
-def test_submitit_local_launcher_reports_failures(tmp_path, models_dir):
-    sweep = eatlab_multirun(tmp_path / "o", models_dir, "hydra/launcher=submitit_local", *FAILING)
-    check_failed_split_sweep(sweep)
-    assert (sweep / ".submitit").is_dir()
 
 
 def test_summary_of_an_unfinished_sweep_marks_incomplete_jobs(tmp_path):

@@ -30,7 +30,9 @@ class DirectLLMPipeline(EATPipeline):
         t0 = time.perf_counter()
         convs, budget = [], 128
         for r in results:
-            conv, budget = self.prompts.single_turn("direct", self.prompts.values(self.language.name, sentence=r.source))
+            conv, budget = self.prompts.single_turn(
+                "direct", self.prompts.values(self.language.name, sentence=r.source)
+            )
             convs.append(conv)
         settings = round_settings(self.generation, budget)
         for k in range(self.rounds):
@@ -47,10 +49,14 @@ class DirectLLMPipeline(EATPipeline):
             answer = conv[-1]["content"]
             r.entities = parse_entity_list(answer)
             for typ, ent in r.entities:
-                rec = recover_span(ent, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities))
+                rec = recover_span(
+                    ent, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
+                )
                 if rec.span is not None:
                     r.pred_spans.append(rec.span)
-                r.alignments.append({"type": typ, "phrase": ent, "answer": ent, "span": rec.span, "reason": rec.reason})
+                r.alignments.append(
+                    {"type": typ, "phrase": ent, "answer": ent, "span": rec.span, "reason": rec.reason}
+                )
             r.pred_spans.sort()
             records.append(
                 {

@@ -57,7 +57,9 @@ class TranslateTestPipeline(EATPipeline):
         records = []
         for r in results:
             for typ, phrase in r.entities:
-                rec = recover_span(phrase, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities))
+                rec = recover_span(
+                    phrase, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
+                )
                 span, how, score = rec.span, "exact", 1.0
                 if span is None:
                     fz, score = fuzzy_align(phrase, r, self.min_score)
@@ -65,7 +67,9 @@ class TranslateTestPipeline(EATPipeline):
                 if span is not None:
                     r.pred_spans.append(span)
                 reason = None if span else "no_fuzzy_match"
-                r.alignments.append({"type": typ, "phrase": phrase, "answer": phrase, "span": span, "reason": reason})
+                r.alignments.append(
+                    {"type": typ, "phrase": phrase, "answer": phrase, "span": span, "reason": reason}
+                )
                 records.append(
                     {
                         "sentence_id": r.sentence.id,

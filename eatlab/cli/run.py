@@ -1,7 +1,7 @@
 """`eatlab`: the main job. Runs EAT (or a baseline `method=`) on one language and scores it.
 
-    eatlab language=ja model=qwen2.5-7b prompt_rounds=r3 extractor=spacy data.limit=100
-    eatlab -m language=zh,ja prompt_rounds=r1,r3,r5          # a sweep
+eatlab language=ja model=qwen2.5-7b prompt_rounds=r3 extractor=spacy data.limit=100
+eatlab -m language=zh,ja prompt_rounds=r1,r3,r5          # a sweep
 """
 
 from __future__ import annotations
@@ -19,27 +19,22 @@ from eatlab.paths import CONF_DIR
 
 log = logging.getLogger("eatlab")
 
-SMOKE_WARNING = (
-    "model={model}: a tiny random SMOKE model. It checks that the pipeline runs; its answers and scores mean nothing."
-)
+SMOKE_WARNING = "model={model}: a tiny random SMOKE model. It checks that the pipeline runs; its answers and scores mean nothing."
 
 
 def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the configured method end to end and return metrics.json's content (also written to the run dir)."""
-    import pytorch_lightning as pl
-
     from eatlab.data.languages import get_language
     from eatlab.data.loader import select_from_config
     from eatlab.eat.artifacts import finalize_artifacts
     from eatlab.eat.evaluate import build_metrics, evaluate_results
-    from eatlab.eat.lightning import EATEvaluationModule, sentence_loader
     from eatlab.eat.methods import build_pipeline
     from eatlab.eat.report import print_summary
     from eatlab.finetune.adapter import adapter_provenance
     from eatlab.llm.factory import build_client
     from eatlab.provenance import write_provenance
     from eatlab.reliability.report import print_failures
-    from eatlab.tracking.loggers import build_loggers
+    from eatlab.tracking.loggers import build_loggers, finish_loggers
     from eatlab.tracking.record import record_run
     from eatlab.utils.io import atomic_write_json
 
@@ -49,7 +44,11 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     language = get_language(cfg.language.code)
     if cfg.model.get("smoke"):
         log.warning(SMOKE_WARNING.format(model=cfg.model.id))
-    selection = select_from_config(cfg)
+    selection = select_from_config(cfg)  # bad data fails here, before the heavy imports below
+    import pytorch_lightning as pl
+
+    from eatlab.eat.lightning import EATEvaluationModule, sentence_loader
+
     client = build_client(cfg)
     client.cache.ensure_open()  # a damaged cache file fails now, in one line naming the repair command
     pipeline = build_pipeline(cfg, client, language, run_dir)
@@ -77,7 +76,10 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                 "model": cfg.model.id,
                 "smoke_model": bool(cfg.model.get("smoke", False)),
                 "prompts": pipeline.prompts.name,
-                "prompt_rounds": {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)},
+                "prompt_rounds": {
+                    "forward": int(cfg.prompt_rounds.forward),
+                    "backward": int(cfg.prompt_rounds.backward),
+                },
                 "extractor": cfg.extractor.name,
                 "finetune": cfg.finetune.name,
                 "split": cfg.data.split,
@@ -89,8 +91,12 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             "answer_faults": {k: dict(v) for k, v in sorted(getattr(pipeline, "answer_faults", {}).items())},
             "reference_recovery": ev["reference_recovery"],
         }
-        metrics = build_metrics(ev["scores"], ev["failures"], client.counters_dict(), dict(pipeline.timer.seconds), extra)
-        finalize_artifacts(run_dir)  # complete artifacts under their final names before metrics.json says "done"
+        metrics = build_metrics(
+            ev["scores"], ev["failures"], client.counters_dict(), dict(pipeline.timer.seconds), extra
+        )
+        finalize_artifacts(
+            run_dir
+        )  # complete artifacts under their final names before metrics.json says "done"
         atomic_write_json(run_dir / "metrics.json", metrics)
         return metrics
 
@@ -106,23 +112,23 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         enable_progress_bar=True,
         default_root_dir=str(run_dir),
     )
+    failed = True
     try:
-        trainer.test(module, dataloaders=sentence_loader(selection.sentences, int(cfg.eval.batch_size)), verbose=False)
+        trainer.test(
+            module, dataloaders=sentence_loader(selection.sentences, int(cfg.eval.batch_size)), verbose=False
+        )
         metrics = module.summary
         if metrics is None:  # not rank 0
+            failed = False
             return {}
         record_run(cfg, run_dir, metrics, loggers, module.results)
         print_summary(metrics, run_dir)
         print_failures(metrics)
+        failed = False
         return metrics
     finally:
         client.close()
-        for lg in loggers:
-            if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
-                import wandb
-
-                if wandb.run is not None:
-                    wandb.finish()
+        finish_loggers(loggers, failed=failed)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -14,7 +14,6 @@ from eatlab.data.record import Sentence
 from eatlab.errors import DataError
 
 
-
 def read_conll(
     path: str | Path,
     language: str = "xx",
@@ -57,7 +56,9 @@ def read_conll(
                 cols = line.split("\t") if "\t" in line else line.split()
                 cols = [c for c in cols if c != ""] if "\t" in line else cols
                 if len(cols) < 2:
-                    raise DataError(path, f"expected 'token<TAB>tag', got a single column: {line[:40]!r}", lineno)
+                    raise DataError(
+                        path, f"expected 'token<TAB>tag', got a single column: {line[:40]!r}", lineno
+                    )
                 token, tag = cols[0].strip(), cols[-1].strip()
                 if strip_prefix and token.startswith(prefix) and len(token) > len(prefix):
                     token = token[len(prefix) :]
@@ -73,7 +74,9 @@ def read_conll(
     return sentences
 
 
-def write_conll(path: str | Path, sentences: list[Sentence], pred_tags: list[list[str]] | None = None) -> None:
+def write_conll(
+    path: str | Path, sentences: list[Sentence], pred_tags: list[list[str]] | None = None
+) -> None:
     """Write `token gold` (or `token gold pred` with predictions) lines, a blank line after each sentence."""
     lines: list[str] = []
     for i, s in enumerate(sentences):

@@ -50,7 +50,11 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
     examples.write(records)
     failures = summarize(gold_all, pred_all)
     failures["dropped_entities"] = dict(sorted(dropped.items()))
-    return {"scores": scores, "failures": failures, "reference_recovery": reference_recovery_scores(results, language)}
+    return {
+        "scores": scores,
+        "failures": failures,
+        "reference_recovery": reference_recovery_scores(results, language),
+    }
 
 
 def reference_recovery_scores(results: list[SentenceResult], language: str) -> dict:
@@ -64,9 +68,18 @@ def reference_recovery_scores(results: list[SentenceResult], language: str) -> d
     for r in results:
         answers = [(a["answer"], a["type"]) for a in r.alignments if a.get("answer") is not None]
         preds.append(reference_recover_sentence(answers, r.sentence).tags(len(r.sentence.tokens)))
-    s = score([r.sentence.tags for r in results], preds, [r.sentence.tokens for r in results], language, n_boot=200)
-    keys = ("entity_precision", "entity_recall", "entity_f1", "reference_token_micro_f1", "reference_token_macro_f1",
-            "reference_token_weighted_f1", "n_pred_entities")
+    s = score(
+        [r.sentence.tags for r in results], preds, [r.sentence.tokens for r in results], language, n_boot=200
+    )
+    keys = (
+        "entity_precision",
+        "entity_recall",
+        "entity_f1",
+        "reference_token_micro_f1",
+        "reference_token_macro_f1",
+        "reference_token_weighted_f1",
+        "n_pred_entities",
+    )
     return {k: s[k] for k in keys if k in s}
 
 
@@ -78,7 +91,12 @@ def build_metrics(scores: dict, failures: dict, counters: dict, stage_seconds: d
     stages = counters
     for stage, secs in stage_seconds.items():
         stages.setdefault(stage, {})["seconds"] = round(secs, 4)
-    totals = Counter({k: int(totals.get(k, 0)) for k in ("llm_calls", "llm_cache_hits", "llm_errors", "prompt_tokens", "completion_tokens")})
+    totals = Counter(
+        {
+            k: int(totals.get(k, 0))
+            for k in ("llm_calls", "llm_cache_hits", "llm_errors", "prompt_tokens", "completion_tokens")
+        }
+    )
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
         **scores,

@@ -32,6 +32,8 @@ def _split_file(cfg, key: str, split: str) -> str:
         raise ConfigError(
             f"extractor.train.{key}={path}: file not found (set data.root or extractor.train.{key})"
         )
+    if not value and not cfg.data.get("root"):
+        log.warning("%s: the in-repo sample (100 sentences); set data.root=DIR for the full WikiANN", path)
     return str(path)
 
 

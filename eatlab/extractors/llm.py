@@ -25,6 +25,10 @@ class LLMExtractor(Extractor):
         for s in sentences:
             conv, budget = self.prompts.single_turn("extractor", self.prompts.values("English", sentence=s))
             convs.append(conv)
-        replies = self.client.chat(convs, round_settings(self.generation, budget), stage="ner") if convs else []
-        self.last_conversations = [c + [{"role": "assistant", "content": r.text}] for c, r in zip(convs, replies)]
+        replies = (
+            self.client.chat(convs, round_settings(self.generation, budget), stage="ner") if convs else []
+        )
+        self.last_conversations = [
+            c + [{"role": "assistant", "content": r.text}] for c, r in zip(convs, replies)
+        ]
         return [parse_entity_list(r.text) if not r.error else [] for r in replies]

@@ -44,4 +44,8 @@ class SpacyExtractor(Extractor):
 
     def provenance(self) -> dict:
         meta = self.nlp.meta
-        return {"name": self.name, "model": self.model_name, "version": f"{meta.get('name')}-{meta.get('version')}"}
+        return {
+            "name": self.name,
+            "model": self.model_name,
+            "version": f"{meta.get('name')}-{meta.get('version')}",
+        }

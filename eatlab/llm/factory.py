@@ -137,6 +137,7 @@ def build_backend(cfg) -> LLMBackend:
             device=_get(b, "device", "auto"),
             compute_entropy=bool(_get(b, "compute_entropy", True)),
             quantization=_get(b, "quantization"),
+            cpu_malloc_tuning=bool(_get(b, "cpu_malloc_tuning", True)),
             **common,
         )
     from eatlab.llm.vllm_backend import VLLMBackend

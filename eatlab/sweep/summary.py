@@ -28,6 +28,7 @@ METRIC_COLUMNS = (
     "n_sentences",
 )
 COST_COLUMNS = ("llm_calls", "llm_cache_hits", "tokens_prompt", "tokens_completion", "seconds_total")
+NO_NUM = 10**9  # sorts jobs without a number last
 FIXED_COLUMNS = (
     "job",
     "status",
@@ -52,8 +53,16 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def _job_num(job_dir: Path) -> int:
+    """The job number: the `<num>_` prefix of the dir name, else hydra.job.num from .hydra/hydra.yaml (an
+    override value with a `/` nests the job dir, so its leaf name has no prefix)."""
     head = job_dir.name.split("_", 1)[0]
-    return int(head) if head.isdigit() else 10**9
+    if head.isdigit():
+        return int(head)
+    try:
+        hydra_cfg = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))
+        return int(hydra_cfg["hydra"]["job"]["num"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return NO_NUM
 
 
 def _read_json(path: Path) -> dict | None:
@@ -83,7 +92,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict:
     error = _read_json(job_dir / "error.json")
     status = "failed" if error else "ok" if metrics else "incomplete"
     row: dict = {
-        "job": _job_num(job_dir) if _job_num(job_dir) < 10**9 else job_dir.name,
+        "job": _job_num(job_dir) if _job_num(job_dir) != NO_NUM else job_dir.name,
         "status": status,
         "overrides": " ".join(str(o) for o in overrides),
     }
