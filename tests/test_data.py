@@ -12,7 +12,17 @@ from eatlab.data.languages import ALL_CODES, get_language
 from eatlab.data.loader import is_redirect, select_sentences
 from eatlab.errors import ConfigError, DataError
 
-SIZES = {"en": 10000, "zh": 10000, "ja": 10000, "ko": 10000, "ar": 10000, "ru": 10000, "hi": 1000, "ka": 10000, "hy": 1000}
+SIZES = {
+    "en": 10000,
+    "zh": 10000,
+    "ja": 10000,
+    "ko": 10000,
+    "ar": 10000,
+    "ru": 10000,
+    "hi": 1000,
+    "ka": 10000,
+    "hy": 1000,
+}
 
 
 def test_language_table_has_all_13_languages():
@@ -94,7 +104,11 @@ def test_missing_file(tmp_path):
 def test_selection_limit_sample_and_redirects():
     full = select_sentences("ar", "test")
     assert len(full.sentences) == 100 and full.files and all(len(h) == 64 for h in full.files.values())
-    assert [s.id for s in select_sentences("ar", "test", limit=3).sentences] == ["ar-test-0", "ar-test-1", "ar-test-2"]
+    assert [s.id for s in select_sentences("ar", "test", limit=3).sentences] == [
+        "ar-test-0",
+        "ar-test-1",
+        "ar-test-2",
+    ]
     a = select_sentences("ar", "test", sample=10, seed=3).sentences
     b = select_sentences("ar", "test", sample=10, seed=3).sentences
     c = select_sentences("ar", "test", sample=10, seed=4).sentences

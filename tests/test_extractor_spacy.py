@@ -82,6 +82,11 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     assert (
         json.loads((tmp_path / "run" / "train_summary.json").read_text())["model_best"] == cfg.extractor.model
     )
+    # continue training the result (init = a trained pipeline folder)
+    more = train_spacy_ner(
+        SAMPLE_TRAIN, SAMPLE_DEV, tmp_path / "more", init=cfg.extractor.model, max_steps=10
+    )
+    assert more.init == cfg.extractor.model and (tmp_path / "more" / "model-best").is_dir()
     ext = SpacyExtractor(cfg.extractor.model, name="spacy_wikiann")
     sentences = read_conll(split_path(None, "en", "test"), "en", "test")
     result = evaluate_extractor(ext, sentences, n_boot=10)

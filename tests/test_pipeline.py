@@ -26,16 +26,25 @@ def test_tiny_run_writes_artifacts_and_reruns_from_cache(compose, tmp_path, lang
     first = time.perf_counter() - t0
     assert first < 120  # the 60 s target is measured by the README command; CI machines vary
     run = tmp_path / "run1"
-    for name in ("metrics.json", "predictions.conll", "provenance.json", "resolved_config.yaml",
-                 "artifacts/forward.jsonl", "artifacts/ner.jsonl", "artifacts/backward.jsonl",
-                 "artifacts/attribution.jsonl"):
+    for name in (
+        "metrics.json",
+        "predictions.conll",
+        "provenance.json",
+        "resolved_config.yaml",
+        "artifacts/forward.jsonl",
+        "artifacts/ner.jsonl",
+        "artifacts/backward.jsonl",
+        "artifacts/attribution.jsonl",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["schema_version"] == 1 and metrics["n_sentences"] == 16
     assert metrics["llm_calls"] > 0 and metrics["run"]["smoke_model"] is True
     for key in ("entity_f1", "reference_token_micro_f1", "entity_f1_ci95", "per_type", "failures", "stages"):
         assert key in metrics
-    assert sum(metrics["failures"]["gold"].values()) == sum(v["support"] for v in metrics["per_type"].values())
+    assert sum(metrics["failures"]["gold"].values()) == sum(
+        v["support"] for v in metrics["per_type"].values()
+    )
     fwd = _read_jsonl(run / "artifacts/forward.jsonl")
     assert [r["sentence_id"] for r in fwd] == [f"{lang}-test-{i}" for i in range(16)]
     assert all(r["messages_sha256"] and r["entropies"] for r in fwd if not r["skipped_llm"])
@@ -47,7 +56,9 @@ def test_tiny_run_writes_artifacts_and_reruns_from_cache(compose, tmp_path, lang
     assert m2["llm_calls"] == 0 and m2["llm_cache_hits"] == m1["llm_calls"] + m1["llm_cache_hits"]
     for key in ("entity_f1", "reference_token_micro_f1", "reference_token_macro_f1"):
         assert m2[key] == m1[key]
-    assert (tmp_path / "run1/predictions.conll").read_text() == (tmp_path / "run2/predictions.conll").read_text()
+    assert (tmp_path / "run1/predictions.conll").read_text() == (
+        tmp_path / "run2/predictions.conll"
+    ).read_text()
 
 
 def test_reference_prompts_exist_only_for_three_rounds(compose, tmp_path):
@@ -65,13 +76,22 @@ def test_reference_prompt_set_reproduces_the_script(transcripts_dir):
     from eatlab.paths import PROMPTS_DIR
 
     ps = PromptSet(PROMPTS_DIR / "reference.yaml", 3, 3)
-    assert ps.sha256 == __import__("hashlib").sha256((transcripts_dir.parent / "prompts/reference_eat_prompts.yaml").read_bytes()).hexdigest()
+    assert (
+        ps.sha256
+        == __import__("hashlib")
+        .sha256((transcripts_dir.parent / "prompts/reference_eat_prompts.yaml").read_bytes())
+        .hexdigest()
+    )
     for rec in _read_jsonl(transcripts_dir / "ja.jsonl"):
         lang = get_language(rec["language"])
         if rec["kind"] == "forward":
             vals, direction = ps.values(lang.name, sentence=rec["text"]), ps.forward
         else:
-            text = next(r["text"] for r in _read_jsonl(transcripts_dir / "ja.jsonl") if r["sentence_id"] == rec["sentence_id"] and r["kind"] == "forward")
+            text = next(
+                r["text"]
+                for r in _read_jsonl(transcripts_dir / "ja.jsonl")
+                if r["sentence_id"] == rec["sentence_id"] and r["kind"] == "forward"
+            )
             vals, direction = ps.values(lang.name, sentence=text, phrase=rec["phrase"]), ps.backward
         conv = ps.start(direction, vals)
         assert conv == rec["messages"][:3]
@@ -83,11 +103,23 @@ def test_reference_prompt_set_reproduces_the_script(transcripts_dir):
 def test_transcript_replay_makes_no_model_call(compose, tmp_path, transcripts_dir, lang):
     cache = tmp_path / "cache.sqlite"
     subprocess.run(
-        [sys.executable, "-m", "eatlab.llm.cache_cli", "import", str(transcripts_dir / f"{lang}.jsonl"),
-         "--model", TRANSCRIPT_MODEL, "--cache", str(cache)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "eatlab.llm.cache_cli",
+            "import",
+            str(transcripts_dir / f"{lang}.jsonl"),
+            "--model",
+            TRANSCRIPT_MODEL,
+            "--cache",
+            str(cache),
+        ],
+        check=True,
+        capture_output=True,
     )
-    cfg = compose(["experiment=replay_transcripts", f"language={lang}", f"cache.path={cache}", "data.limit=8"])
+    cfg = compose(
+        ["experiment=replay_transcripts", f"language={lang}", f"cache.path={cache}", "data.limit=8"]
+    )
     m = run_eat(cfg, tmp_path / "run")
     assert m["llm_calls"] == 0 and m["n_sentences"] == 8
     recs = _read_jsonl(transcripts_dir / f"{lang}.jsonl")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from eatlab.eat.artifacts import messages_hash
-from eatlab.eat.conversation import round_settings
+from eatlab.eat.conversation import round_settings, sanitize_reply
 from eatlab.eat.parse import parse_entity_list
 from eatlab.eat.pipeline import EATPipeline, SentenceResult
 from eatlab.eat.recovery import recover_span
@@ -41,7 +41,8 @@ class DirectLLMPipeline(EATPipeline):
                     c.append({"role": "user", "content": CHECK_ROUND})
             replies = self.client.chat(convs, settings, stage="direct")
             for c, rep in zip(convs, replies):
-                c.append({"role": "assistant", "content": (rep.text or "").strip()})
+                self.counts.update(sanitize_reply(rep))
+                c.append({"role": "assistant", "content": rep.text})
         self.timer.add("direct", t0)
         t0 = time.perf_counter()
         records = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eatlab.eat.conversation import round_settings
+from eatlab.eat.conversation import round_settings, sanitize_reply
 from eatlab.eat.parse import parse_entity_list
 from eatlab.extractors.base import EntityList, Extractor
 
@@ -28,6 +28,8 @@ class LLMExtractor(Extractor):
         replies = (
             self.client.chat(convs, round_settings(self.generation, budget), stage="ner") if convs else []
         )
+        for rep in replies:
+            sanitize_reply(rep)  # control characters out, white space trimmed
         self.last_conversations = [
             c + [{"role": "assistant", "content": r.text}] for c, r in zip(convs, replies)
         ]

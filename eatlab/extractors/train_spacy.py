@@ -97,11 +97,17 @@ def build_config(
     dropout: float = 0.1,
     learn_rate: float = 0.001,
 ):
-    """A spaCy training config for an `ner`-only pipeline (one self-contained NER component with its own tok2vec)."""
+    """A spaCy training config for an `ner`-only pipeline (one self-contained NER component with its own tok2vec).
+
+    `init`: en_core_web_sm (source its NER), blank (same architecture, random weights), or the folder of a
+    pipeline trained before (e.g. `model-best`, to continue training it).
+    """
     from spacy.cli.init_config import init_config
 
-    if init not in ("en_core_web_sm", "blank"):
-        raise ConfigError(f"extractor.train.init={init}: expected en_core_web_sm or blank")
+    if init not in ("en_core_web_sm", "blank") and not (Path(init) / "config.cfg").is_file():
+        raise ConfigError(
+            f"extractor.train.init={init}: expected en_core_web_sm, blank or a trained pipeline folder (model-best)"
+        )
     cfg = init_config(lang="en", pipeline=["ner"], optimize="efficiency", gpu=False)
     cfg["nlp"]["pipeline"] = ["ner"]
     cfg["components"].pop("tok2vec", None)
@@ -124,8 +130,10 @@ def build_config(
                 "maxout_pieces": 3,
             },
         }
-    else:
+    elif init == "en_core_web_sm":
         cfg["components"]["ner"] = {"source": sm_package()}
+    else:  # continue training a pipeline trained before
+        cfg["components"]["ner"] = {"source": str(Path(init).resolve())}
     cfg["paths"]["train"] = str(train_path)
     cfg["paths"]["dev"] = str(dev_path)
     cfg["system"]["seed"] = int(seed)

@@ -117,6 +117,7 @@ def build_backend(cfg) -> LLMBackend:
             logprobs=bool(_get(b, "logprobs", False)),
             top_logprobs=int(_get(b, "top_logprobs", 20)),
             extra_sampling_params=bool(_get(b, "extra_sampling_params", True)),
+            fail_fast_after=int(_get(b, "fail_fast_after", 8)),
             model_key=key,
         )
     source, _ = model_source(cfg)
