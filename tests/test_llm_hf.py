@@ -177,3 +177,14 @@ def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
     assert second.counters["forward"].llm_calls == 0
     assert second.counters["forward"].llm_cache_hits == len(SENTENCES)
     assert not fresh.loaded
+
+
+def test_bench_command_runs_and_reports(tiny, capsys):
+    from eatlab.llm.bench import main as bench_main
+
+    assert (
+        bench_main(["--n", "4", "--max-new-tokens", "3,3,2", "--model-dir", str(tiny), "--threads", "1"]) == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "replies identical: 12/12 (4 conversations x 3 rounds)"
+    assert lines[-1].startswith("speedup: ") and lines[-1].endswith("x")

@@ -103,7 +103,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def server():
     srv = FakeServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()

@@ -7,9 +7,10 @@ replies must be identical; the command prints both timings and ends with `speedu
 
 What bounds the ratio: the tiny model's hidden size is 64 but its vocabulary has 151,936 entries, so every
 generated token costs a vocabulary-wide projection, an exact entropy and an argmax per row, which batching cannot
-share; what batching does share is the per-step Python overhead and the read of the 39 MB output projection. On an
-idle machine that gives about 5x; on a busy one (other processes on the same cores) one-at-a-time decoding
-suffers far more than batched decoding, and the ratio rises. `--threads 1` gives the most stable numbers.
+share; what batching shares is the per-step Python overhead and the read of the 39 MB output projection. The
+ratio is therefore far below the batch size, and it moves with the machine's load: with other processes on the
+same cores, one-at-a-time decoding (many tiny multi-threaded operations) suffers much more than batched decoding.
+`--threads 1` gives the steadiest numbers; the load average is printed with the timings.
 """
 
 from __future__ import annotations
@@ -90,11 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = Path(os.environ.get("EATLAB_OUTPUTS") or "outputs") / "models" / "tiny-qwen2"
     p.add_argument("--model-dir", type=Path, default=default_dir, help="where the tiny smoke model is kept")
     args = p.parse_args(argv)
+    import torch
+
+    threads = torch.get_num_threads()
     try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         return run(args)
     except EatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
 
 
 def run(args) -> int:
@@ -103,8 +111,6 @@ def run(args) -> int:
     from eatlab.llm.hf import HFBackend
     from eatlab.llm.tiny import ensure_tiny_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     budgets = [int(x) for x in args.max_new_tokens.split(",")]
     items = load_sentences(args.data, args.lang, args.n)
     prefixes, rounds = build_conversations(items)

@@ -145,8 +145,25 @@ def header_problem(path: Path) -> str | None:
 
     Catches the common damage cheaply at every open: a file cut short (an interrupted copy, a full disk), whose
     size is no longer the page count recorded in its header, and files that are not SQLite databases at all.
+
+    A live WAL database is legitimately "short" for a moment: a checkpoint in another process writes page 1 (with
+    the new page count) before the pages that grow the file. So a size mismatch counts only when it persists over
+    a few looks and no `-wal` file (a writer at work) is beside the database; real damage in a live database
+    still surfaces as SQLite's own "malformed" error on the first read.
     """
     path = Path(path)
+    problem = None
+    for attempt in range(4):
+        problem = _header_problem_once(path)
+        if problem is None or not problem.startswith("truncated"):
+            return problem
+        if Path(f"{path}-wal").exists():
+            return None
+        time.sleep(0.05 * (attempt + 1))
+    return problem
+
+
+def _header_problem_once(path: Path) -> str | None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:

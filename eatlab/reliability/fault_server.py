@@ -304,13 +304,23 @@ class FaultServer:
                     if server._down.is_set():
                         self.close_connection = True
                         return
+                if server.shutdown_after is not None:
+                    # take a slot before answering, so concurrent requests never overshoot the limit
+                    with server._state.lock:
+                        if server._state.answered >= server.shutdown_after:
+                            self.close_connection = True
+                            return
+                        server._state.answered += 1
+                        done = server._state.answered
+                    self._answer(info, payload)
+                    info.answered = info.fault not in HTTP_FAULTS
+                    if done >= server.shutdown_after:
+                        threading.Thread(target=server.stop, daemon=True).start()
+                    return
                 self._answer(info, payload)
                 info.answered = info.fault not in HTTP_FAULTS
                 with server._state.lock:
                     server._state.answered += 1
-                    done = server._state.answered
-                if server.shutdown_after is not None and done >= server.shutdown_after:
-                    threading.Thread(target=server.stop, daemon=True).start()
 
             def _answer(self, info: RequestInfo, payload: dict):
                 fault = info.fault
