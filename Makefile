@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint format bench train-spacy clean
 
+DATA ?= ../shared/data/wikiann
+
 install: $(STAMP)
 
 # torch first (the CPU wheel), then everything else constrained to it so nothing pulls a CUDA build
@@ -32,6 +34,11 @@ format:
 
 bench: install
 	$(BIN)/eatlab-bench
+
+# spaCy NER trained on English WikiANN (CPU, ~30 min), then scored on the full English test; not part of CI
+train-spacy: install
+	nice -n 10 $(BIN)/eatlab-train-extractor extractor=spacy_wikiann data.root=$(DATA)
+	$(BIN)/eatlab-eval-extractor extractor=spacy_wikiann data.root=$(DATA)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from eatlab.eat.prompts import Direction, fill
-from eatlab.llm.base import Conversation, GenerationSettings, Reply
+from eatlab.llm.base import Conversation, GenerationSettings, Reply, settings_for_round
 from eatlab.reliability.answers import strip_control
 
 # model faults counted per reply (any round): see `sanitize_reply`
@@ -54,19 +54,7 @@ def sanitize_reply(rep: Reply) -> Counter:
 
 def round_settings(base: dict, round_budget: int) -> GenerationSettings:
     """GenerationSettings of one round: the `generation` config, with the round's token budget unless fixed."""
-    budget = base.get("max_new_tokens") or round_budget
-    cap = base.get("max_new_tokens_cap")  # set by smoke models: their random answers only cost time
-    if cap:
-        budget = min(int(budget), int(cap))
-    return GenerationSettings(
-        max_new_tokens=int(budget),
-        do_sample=bool(base.get("do_sample", False)),
-        temperature=float(base.get("temperature", 1.0)),
-        top_p=float(base.get("top_p", 1.0)),
-        top_k=int(base.get("top_k", 0)),
-        repetition_penalty=float(base.get("repetition_penalty", 1.0)),
-        seed=base.get("seed"),
-    )
+    return settings_for_round(base, round_budget)
 
 
 def run_conversations(

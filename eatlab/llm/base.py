@@ -39,6 +39,32 @@ class GenerationSettings:
         return not self.do_sample or self.seed is not None
 
 
+def settings_for_round(generation, round_budget: int | None) -> GenerationSettings:
+    """GenerationSettings of one call from a `generation` config mapping.
+
+    The config's `max_new_tokens` wins over the round's budget when set; `max_new_tokens_cap` (smoke models, whose
+    random answers only cost time) caps either.
+    """
+    budget = generation.get("max_new_tokens") or round_budget
+    if not budget:
+        from eatlab.errors import ConfigError
+
+        raise ConfigError("generation.max_new_tokens: null and no per-round budget given")
+    cap = generation.get("max_new_tokens_cap")
+    if cap:
+        budget = min(int(budget), int(cap))
+    seed = generation.get("seed")
+    return GenerationSettings(
+        max_new_tokens=int(budget),
+        do_sample=bool(generation.get("do_sample", False)),
+        temperature=float(generation.get("temperature", 1.0)),
+        top_p=float(generation.get("top_p", 1.0)),
+        top_k=int(generation.get("top_k", 0)),
+        repetition_penalty=float(generation.get("repetition_penalty", 1.0)),
+        seed=int(seed) if seed is not None else None,
+    )
+
+
 @dataclass
 class Reply:
     """One model answer with its cost and, where the backend gives them, per-step entropies (nats)."""

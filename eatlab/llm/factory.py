@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import GenerationSettings, LLMBackend
+from eatlab.llm.base import GenerationSettings, LLMBackend, settings_for_round
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
 from eatlab.llm.identity import make_model_key
@@ -169,18 +169,4 @@ def build_client(cfg, cache: ResponseCache | None = None) -> LLMClient:
 def generation_settings(cfg, max_new_tokens: int | None = None) -> GenerationSettings:
     """GenerationSettings from `cfg.generation`; `max_new_tokens` (a round's budget) applies where the config has
     none (`generation.max_new_tokens: null`)."""
-    g = cfg.generation
-    budget = _get(g, "max_new_tokens") or max_new_tokens
-    if not budget:
-        raise ConfigError("generation.max_new_tokens: null and no per-round budget given")
-    do_sample = bool(_get(g, "do_sample", False))
-    seed = _get(g, "seed")
-    return GenerationSettings(
-        max_new_tokens=int(budget),
-        do_sample=do_sample,
-        temperature=float(_get(g, "temperature", 1.0)),
-        top_p=float(_get(g, "top_p", 1.0)),
-        top_k=int(_get(g, "top_k", 0)),
-        repetition_penalty=float(_get(g, "repetition_penalty", 1.0)),
-        seed=int(seed) if seed is not None else None,
-    )
+    return settings_for_round(cfg.generation, max_new_tokens)
