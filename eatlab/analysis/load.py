@@ -19,6 +19,7 @@ from eatlab.data.languages import get_language
 from eatlab.data.loader import is_redirect
 from eatlab.data.record import Sentence
 from eatlab.errors import ConfigError, DataError
+from eatlab.eval.scores import SCORE_KEYS
 
 SETTING_COLUMNS = (
     "method",
@@ -153,17 +154,7 @@ def run_row(rd: RunDir) -> dict:
         "drop_redirects": bool(_get(c, "data.drop_redirects", False)),
         "generation": "sampled" if do_sample else "greedy",
     }
-    for k in (
-        "entity_f1",
-        "entity_precision",
-        "entity_recall",
-        "reference_token_micro_f1",
-        "reference_token_macro_f1",
-        "reference_token_weighted_f1",
-        "n_sentences",
-        "llm_calls",
-        "llm_cache_hits",
-    ):
+    for k in (*SCORE_KEYS, "n_sentences", "llm_calls", "llm_cache_hits"):
         row[k] = m.get(k)
     lo, hi = (m.get("entity_f1_ci95") or [None, None])[:2]
     row["entity_f1_ci_low"], row["entity_f1_ci_high"] = lo, hi

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from eatlab.cli.common import current_run_dir, guarded
 from eatlab.data.languages import LSL_CODES, NSL_CODES, get_language
 from eatlab.errors import ConfigError, DataError
+from eatlab.eval.scores import SCORE_KEYS
 from eatlab.paths import CONF_DIR
 
 log = logging.getLogger("eatlab")
@@ -32,14 +33,7 @@ METRICS_SCHEMA_VERSION = 1
 SMOKE_WARNING = (
     "encoder={name}: a tiny random SMOKE model. It checks that the baseline runs; its scores mean nothing."
 )
-SUMMARY_KEYS = (
-    "entity_f1",
-    "entity_precision",
-    "entity_recall",
-    "reference_token_micro_f1",
-    "reference_token_macro_f1",
-    "reference_token_weighted_f1",
-)
+SUMMARY_KEYS = SCORE_KEYS
 
 
 def target_languages(cfg) -> list[str]:

@@ -113,11 +113,11 @@ def select_sentences(
     return DataSelection(sentences, files, n_read, removed, source)
 
 
-def select_from_config(cfg) -> DataSelection:
-    """`select_sentences` driven by the composed Hydra config (`data.*`, `language.code`)."""
+def select_from_config(cfg, language: str | None = None) -> DataSelection:
+    """`select_sentences` driven by the composed Hydra config (`data.*`, and `language.code` unless given)."""
     d = cfg.data
     return select_sentences(
-        cfg.language.code,
+        language or cfg.language.code,
         split=d.split,
         root=d.root,
         limit=d.limit,

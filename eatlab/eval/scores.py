@@ -9,6 +9,16 @@ from eatlab.eval.bootstrap import bootstrap_f1_ci
 from eatlab.eval.entity import entity_counts, entity_scores
 from eatlab.eval.reference import reference_scores
 
+# The headline numbers of a run, in the order tables show them.
+SCORE_KEYS = (
+    "entity_f1",
+    "entity_precision",
+    "entity_recall",
+    "reference_token_micro_f1",
+    "reference_token_macro_f1",
+    "reference_token_weighted_f1",
+)
+
 
 def score(
     gold_sentences_tags: Sequence[Sequence[str]],

@@ -213,24 +213,14 @@ def train_extractor(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Score `cfg.extractor` on English WikiANN (`data.split`, default test); writes JSON and predictions."""
     from eatlab.data.conll import write_conll
-    from eatlab.data.loader import select_sentences
+    from eatlab.data.loader import select_from_config
     from eatlab.eval.table import format_scores
     from eatlab.extractors.base import build_extractor
     from eatlab.extractors.evaluate import evaluate_extractor
 
     run_dir = Path(run_dir or current_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
-    d = cfg.data
-    selection = select_sentences(
-        "en",
-        split=d.split,
-        root=d.root,
-        limit=d.limit,
-        sample=d.sample,
-        seed=d.seed,
-        drop_redirects=d.drop_redirects,
-        source=d.source,
-    )
+    selection = select_from_config(cfg, language="en")
     client = None
     if cfg.extractor.name == "llm":
         from eatlab.llm.factory import build_client
@@ -248,15 +238,13 @@ def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         "extractor": result["extractor"],
         "counts": result["counts"],
         "seconds": result["seconds"],
-        "split": str(d.split),
+        "split": str(cfg.data.split),
         "data": selection.provenance(),
     }
     if client is not None:
         metrics["llm"] = client.counters_dict()
     atomic_write_json(run_dir / "extractor_metrics.json", metrics)
-    title = (
-        f"extractor={cfg.extractor.name} on English WikiANN {d.split} ({len(selection.sentences)} sentences)"
-    )
+    title = f"extractor={cfg.extractor.name} on English WikiANN {cfg.data.split} ({len(selection.sentences)} sentences)"
     print(format_scores(result["scores"], title))
     c = result["counts"]
     print(

@@ -16,17 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from eatlab.eval.scores import SCORE_KEYS
 from eatlab.utils.io import atomic_write_json, atomic_write_text
 
-METRIC_COLUMNS = (
-    "entity_f1",
-    "entity_precision",
-    "entity_recall",
-    "reference_token_micro_f1",
-    "reference_token_macro_f1",
-    "reference_token_weighted_f1",
-    "n_sentences",
-)
+METRIC_COLUMNS = (*SCORE_KEYS, "n_sentences")
 COST_COLUMNS = ("llm_calls", "llm_cache_hits", "tokens_prompt", "tokens_completion", "seconds_total")
 NO_NUM = 10**9  # sorts jobs without a number last
 FIXED_COLUMNS = (
