@@ -103,7 +103,7 @@ class EATPipeline:
         t0 = time.perf_counter()
         todo = [r for r in results if len(r.source.strip()) >= MIN_FORWARD_CHARS]
         for r in results:
-            if r not in todo:
+            if len(r.source.strip()) < MIN_FORWARD_CHARS:
                 r.english = r.source.strip()
                 self.counts["skipped_short"] += 1
         values = [self.prompts.values(self.language.name, sentence=r.source) for r in todo]
@@ -122,9 +122,8 @@ class EATPipeline:
                 log.warning(
                     "%s: the English translation is not in Latin script: %r", r.sentence.id, c.answer[:80]
                 )
-        self.art_forward.write(
-            [self._forward_record(r, convs[todo.index(r)] if r in todo else None) for r in results]
-        )
+        conv_of = {r.sentence.id: c for r, c in zip(todo, convs)}
+        self.art_forward.write([self._forward_record(r, conv_of.get(r.sentence.id)) for r in results])
         self.timer.add("forward", t0)
 
     def _forward_record(self, r: SentenceResult, conv: ConversationResult | None) -> dict:
