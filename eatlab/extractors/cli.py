@@ -2,7 +2,7 @@
 
 eatlab-train-extractor                                  # Flan-T5-base on English WikiANN (GPU)
 eatlab-train-extractor extractor=spacy_wikiann          # spaCy NER on English WikiANN (CPU)
-eatlab-eval-extractor extractor=spacy data.root=../shared/data/wikiann
+eatlab-eval-extractor extractor=spacy data.root=/path/to/wikiann
 eatlab-eval-extractor extractor=flan_t5 extractor.checkpoint=outputs/extractors/flan_t5_base/best
 """
 

@@ -1,4 +1,4 @@
-"""Recorded conversations <-> cached calls: the layout of ../shared/data/llm_transcripts, both ways.
+"""Recorded conversations <-> cached calls: the layout of the shared LLM transcripts (a copy ships in eatlab/resources/transcripts/), both ways.
 
 A record is one conversation: `messages` (system, a scripted preamble, then user rounds each followed by the
 model's reply) and `generation` (`do_sample`, `max_new_tokens_by_round`, `seed`). The reply at
