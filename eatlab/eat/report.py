@@ -5,34 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+from eatlab.eval.table import format_scores
 
 
 def print_summary(metrics: dict, run_dir: Path, console: Console | None = None) -> None:
+    """The score table shared with `eatlab-score`, then what only a pipeline run has: attribution and cost."""
     console = console or Console()
     run = metrics.get("run", {})
     title = f"{run.get('method', 'eat')} | {run.get('language')} | {run.get('model')} | {metrics.get('n_sentences')} sentences"
-    t = Table(title=title)
-    t.add_column("metric")
-    t.add_column("value (%)", justify="right")
-    lo, hi = metrics.get("entity_f1_ci95", [None, None])
-    t.add_row(
-        "entity P / R / F1",
-        f"{_pct(metrics['entity_precision'])} / {_pct(metrics['entity_recall'])} / {_pct(metrics['entity_f1'])}",
-    )
-    t.add_row("entity F1 95% CI", f"[{_pct(lo)}, {_pct(hi)}]")
-    for typ, v in metrics.get("per_type", {}).items():
-        t.add_row(f"  {typ} F1 (support {v['support']})", _pct(v["f1"]))
-    t.add_row(
-        "reference token micro / macro / weighted F1",
-        f"{_pct(metrics['reference_token_micro_f1'])} / {_pct(metrics['reference_token_macro_f1'])} / "
-        f"{_pct(metrics['reference_token_weighted_f1'])}",
-    )
-    console.print(t)
+    console.print(format_scores(metrics, title), markup=False, highlight=False)
     f = metrics.get("failures", {})
     g, p = f.get("gold", {}), f.get("predicted", {})
     console.print("gold entities:     " + ", ".join(f"{k} {v}" for k, v in g.items()))
