@@ -57,6 +57,45 @@ def test_config_sources_the_ner_of_en_core_web_sm(tmp_path):
         build_config("t", "d", init="roberta")
 
 
+def test_config_architecture_overrides_apply_to_blank_only():
+    arch = {"width": 256, "depth": 6, "embed_rows": [20000, 5000, 5000, 2500], "hidden_width": 128}
+    cfg = build_config("t.spacy", "d.spacy", init="blank", architecture=arch)
+    model = cfg["components"]["ner"]["model"]
+    assert model["hidden_width"] == 128
+    assert model["tok2vec"]["embed"]["width"] == model["tok2vec"]["encode"]["width"] == 256
+    assert model["tok2vec"]["encode"]["depth"] == 6 and model["tok2vec"]["encode"]["window_size"] == 1
+    assert model["tok2vec"]["embed"]["rows"] == [20000, 5000, 5000, 2500]
+    with pytest.raises(ConfigError, match="unknown keys"):
+        build_config("t", "d", init="blank", architecture={"widht": 128})
+    with pytest.raises(ConfigError, match="init=blank only"):
+        build_config("t", "d", init="en_core_web_sm", architecture=arch)
+
+
+def test_untrained_spacy_wikiann_falls_back_loudly_but_never_when_scored(compose, caplog):
+    """A fresh clone has no trained pipeline: runs use en_core_web_sm and say so; eatlab-eval-extractor refuses."""
+    from eatlab.extractors.base import build_extractor
+
+    cfg = compose(["extractor=spacy_wikiann"])
+    with caplog.at_level("WARNING"):
+        ext = build_extractor(cfg)
+    assert ext.name == "spacy" and ext.model_name == "en_core_web_sm"
+    assert ext.identity() == {
+        "name": "spacy",
+        "fallback_from": {
+            "name": "spacy_wikiann",
+            "model": cfg.extractor.model,
+            "reason": "model not trained",
+        },
+    }
+    assert "make train-spacy" in caplog.text
+    assert ext.extract(["Barack Obama visited Paris ."])[0]  # en_core_web_sm really runs
+    strict = build_extractor(cfg, allow_fallback=False)
+    with pytest.raises(ConfigError, match="spaCy pipeline not found"):
+        strict.extract(["Paris"])
+    no_fallback = build_extractor(compose(["extractor=spacy_wikiann", "extractor.fallback=null"]))
+    assert no_fallback.name == "spacy_wikiann" and no_fallback.identity() == {"name": "spacy_wikiann"}
+
+
 def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     """The Hydra path end to end on the in-repo samples: 40 steps from en_core_web_sm, then score it."""
     from eatlab.data.conll import read_conll

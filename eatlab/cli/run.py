@@ -59,7 +59,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             "data": selection.provenance(),
             "prompts": pipeline.prompts.provenance(),
             "model_key": client.model_key if hasattr(client, "model_key") else None,
-            "extractor": {"name": cfg.extractor.name},
+            "extractor": pipeline.extractor.identity(),
             "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
         },
     )
@@ -80,7 +80,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                     "forward": int(cfg.prompt_rounds.forward),
                     "backward": int(cfg.prompt_rounds.backward),
                 },
-                "extractor": cfg.extractor.name,
+                "extractor": pipeline.extractor.name,
                 "finetune": cfg.finetune.name,
                 "split": cfg.data.split,
                 "seed": int(cfg.seed),

@@ -181,6 +181,7 @@ def train_spacy(cfg, run_dir: Path) -> dict:
         dev_limit=t.get("dev_limit"),
         dropout=float(t.dropout),
         learn_rate=float(t.learn_rate),
+        architecture=OmegaConf.to_container(t.architecture) if t.get("architecture") else None,
     )
     summary = {"extractor": "spacy_wikiann", **asdict(result), "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "train_summary.json", summary)
@@ -227,7 +228,7 @@ def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
         client = build_client(cfg)
     try:
-        extractor = build_extractor(cfg, client)
+        extractor = build_extractor(cfg, client, allow_fallback=False)
         result = evaluate_extractor(extractor, selection.sentences, seed=int(cfg.seed))
     finally:
         if client is not None:

