@@ -21,43 +21,60 @@ OOV_CLUSTER = 1 << 40  # not a cluster id: the word is not in the table
 MIN_LOGPROB = -21  # rounded log-probabilities below this (and unknown words) share one bucket
 
 
-def token_features(doc, attrs: list[str]) -> numpy.ndarray:
-    """One row per token: the attrs' values (as FeatureExtractor gives them), then cluster id and log-prob bucket."""
+def cluster_prefix(cluster: int, bits: int) -> int:
+    """The top `bits` bits of a cluster id (ids are Brown-tree paths read as binary): a coarser cluster."""
+    return cluster >> max(0, cluster.bit_length() - bits)
+
+
+def token_features(doc, attrs: list[str], prefixes: tuple[int, ...] = ()) -> numpy.ndarray:
+    """One row per token: the attrs' values (as FeatureExtractor gives them), then cluster id and log-prob bucket,
+    then one coarser cluster per entry of `prefixes` (bits of the tree path)."""
     base = doc.to_array(attrs) if len(doc) else numpy.zeros((0, len(attrs)), dtype="uint64")
     base = numpy.asarray(base, dtype="uint64").reshape(len(doc), len(attrs))
     lookups = doc.vocab.lookups
     clusters = lookups.get_table(CLUSTER_TABLE) if lookups.has_table(CLUSTER_TABLE) else {}
     probs = lookups.get_table(PROB_TABLE) if lookups.has_table(PROB_TABLE) else {}
-    extra = numpy.zeros((len(doc), 2), dtype="uint64")
+    extra = numpy.zeros((len(doc), 2 + len(prefixes)), dtype="uint64")
     for i, token in enumerate(doc):
         cluster = clusters.get(token.text)
         extra[i, 0] = OOV_CLUSTER if cluster is None else int(cluster)
+        for j, bits in enumerate(prefixes):
+            extra[i, 2 + j] = OOV_CLUSTER if cluster is None else cluster_prefix(int(cluster), bits)
         prob = probs.get(token.text)
         extra[i, 1] = -max(MIN_LOGPROB, round(prob)) if prob is not None else -MIN_LOGPROB + 1
     return numpy.hstack([base, extra])
 
 
 @registry.layers("eatlab.LexemeFeatures.v1")
-def lexeme_features(attrs: list[str]) -> Model:
-    """List[Doc] -> List[Ints2d]: `attrs` columns plus the cluster and frequency columns (no gradient)."""
+def lexeme_features(attrs: list[str], prefixes: list[int] | None = None) -> Model:
+    """List[Doc] -> List[Ints2d]: `attrs` columns plus the cluster, frequency and prefix columns (no gradient)."""
+    bits = tuple(int(b) for b in prefixes or ())
 
     def forward(model, docs, is_train):
-        return [model.ops.asarray(token_features(doc, attrs), dtype="uint64") for doc in docs], lambda d: []
+        return [
+            model.ops.asarray(token_features(doc, attrs, bits), dtype="uint64") for doc in docs
+        ], lambda d: []
 
-    return Model("lexeme_features", forward, attrs={"attrs": list(attrs)})
+    return Model("lexeme_features", forward, attrs={"attrs": list(attrs), "prefixes": list(bits)})
 
 
 @registry.architectures("eatlab.ClusterHashEmbed.v1")
 def cluster_hash_embed(
-    width: int, attrs: list[str], rows: list[int], cluster_rows: int, prob_rows: int
+    width: int,
+    attrs: list[str],
+    rows: list[int],
+    cluster_rows: int,
+    prob_rows: int,
+    cluster_prefixes: list[int] | None = None,
 ) -> Model:
-    """MultiHashEmbed's recipe with the cluster and frequency columns embedded next to `attrs`."""
+    """MultiHashEmbed's recipe with the cluster, frequency and coarser-cluster columns embedded next to `attrs`."""
     if len(rows) != len(attrs):
         raise ValueError(f"rows ({len(rows)}) and attrs ({len(attrs)}) differ in length")
-    all_rows = list(rows) + [cluster_rows, prob_rows]
+    prefixes = [int(b) for b in cluster_prefixes or ()]
+    all_rows = list(rows) + [cluster_rows, prob_rows] + [min(cluster_rows, 1 << b) for b in prefixes]
     embeddings = [HashEmbed(width, n, column=i, seed=101 + i, dropout=0.0) for i, n in enumerate(all_rows)]
     return chain(
-        lexeme_features(attrs),
+        lexeme_features(attrs, prefixes),
         list2ragged(),
         with_array(concatenate(*embeddings)),
         with_array(Maxout(width, width * len(embeddings), nP=3, dropout=0.0, normalize=True)),

@@ -35,6 +35,7 @@ DEFAULT_ARCHITECTURE = {
     "lexeme_features": False,
     "cluster_rows": 2000,
     "prob_rows": 64,
+    "cluster_prefixes": [],  # also embed the top 4/6/10... bits of the cluster path (coarser clusters)
 }
 LEXEME_TABLES = ["lexeme_cluster", "lexeme_prob"]
 
@@ -156,6 +157,7 @@ def build_config(
                 "rows": rows,
                 "cluster_rows": int(arch["cluster_rows"]),
                 "prob_rows": int(arch["prob_rows"]),
+                "cluster_prefixes": [int(b) for b in arch["cluster_prefixes"]],
             }
             # loaded into the vocab once, saved with the pipeline (vocab/lookups.bin)
             cfg["initialize"]["lookups"] = {
