@@ -51,6 +51,9 @@ def test_tiny_run_writes_artifacts_and_reruns_from_cache(compose, tmp_path, lang
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["prompts"]["name"] == "eatlab" and len(prov["prompts"]["sha256"]) == 64
     assert prov["git"]["commit"] is None or len(prov["git"]["commit"]) == 40
+    # the default extractor is spacy_wikiann; with no trained pipeline under this run's outputs it stood aside
+    assert cfg.extractor.name == "spacy_wikiann" and metrics["run"]["extractor"] == "spacy"
+    assert prov["extractor"]["fallback_from"]["name"] == "spacy_wikiann"
     # the same command again: everything from the cache, same scores
     m2 = run_eat(cfg, tmp_path / "run2")
     assert m2["llm_calls"] == 0 and m2["llm_cache_hits"] == m1["llm_calls"] + m1["llm_cache_hits"]
