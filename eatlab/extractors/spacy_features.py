@@ -45,15 +45,67 @@ def token_features(doc, attrs: list[str], prefixes: tuple[int, ...] = ()) -> num
     return numpy.hstack([base, extra])
 
 
+class OntoNotesTags:
+    """en_core_web_sm's own NER tags (`B-PERSON`, `I-GPE`, `O`...) on given tokens, memoised by token sequence.
+
+    Stacking: an NER trained on the much larger OntoNotes corpus knows many names that WikiANN train never shows;
+    its guesses, embedded as a feature, help the WikiANN model decide entity-or-not and the type.
+    """
+
+    def __init__(self) -> None:
+        self._nlp = None
+        self._memo: dict[tuple[str, ...], list[int]] = {}
+
+    @property
+    def nlp(self):
+        if self._nlp is None:
+            import spacy
+
+            from eatlab.extractors.train_spacy import sm_package
+
+            self._nlp = spacy.load(
+                sm_package(), exclude=["parser", "lemmatizer", "attribute_ruler", "tagger"]
+            )
+        return self._nlp
+
+    def __call__(self, docs) -> list[list[int]]:
+        from spacy.strings import get_string_id
+        from spacy.tokens import Doc
+
+        keys = [tuple(t.text for t in doc) for doc in docs]
+        todo = {k: doc for k, doc in zip(keys, docs) if k not in self._memo and k}
+        if todo:
+            fresh = [
+                Doc(self.nlp.vocab, words=list(k), spaces=[bool(t.whitespace_) for t in d])
+                for k, d in todo.items()
+            ]
+            for k, tagged in zip(todo, self.nlp.pipe(fresh, batch_size=256)):
+                self._memo[k] = [
+                    get_string_id(f"{t.ent_iob_}-{t.ent_type_}" if t.ent_type_ else "O") for t in tagged
+                ]
+        return [self._memo.get(k, []) for k in keys]
+
+
+ONTONOTES_TAGS = OntoNotesTags()
+
+
 @registry.layers("eatlab.LexemeFeatures.v1")
-def lexeme_features(attrs: list[str], prefixes: list[int] | None = None) -> Model:
-    """List[Doc] -> List[Ints2d]: `attrs` columns plus the cluster, frequency and prefix columns (no gradient)."""
+def lexeme_features(
+    attrs: list[str], prefixes: list[int] | None = None, ontonotes_tags: bool = False
+) -> Model:
+    """List[Doc] -> List[Ints2d]: `attrs` columns plus the cluster, frequency and prefix columns, and optionally
+    en_core_web_sm's NER tag (no gradient)."""
     bits = tuple(int(b) for b in prefixes or ())
 
     def forward(model, docs, is_train):
-        return [
-            model.ops.asarray(token_features(doc, attrs, bits), dtype="uint64") for doc in docs
-        ], lambda d: []
+        feats = [token_features(doc, attrs, bits) for doc in docs]
+        if ontonotes_tags:
+            tags = ONTONOTES_TAGS(docs)
+            feats = [
+                numpy.hstack([f, numpy.asarray(t, dtype="uint64").reshape(-1, 1)])
+                for f, t in zip(feats, tags)
+            ]
+        return [model.ops.asarray(f, dtype="uint64") for f in feats], lambda d: []
 
     return Model("lexeme_features", forward, attrs={"attrs": list(attrs), "prefixes": list(bits)})
 
@@ -66,15 +118,17 @@ def cluster_hash_embed(
     cluster_rows: int,
     prob_rows: int,
     cluster_prefixes: list[int] | None = None,
+    ontonotes_tags: bool = False,
 ) -> Model:
     """MultiHashEmbed's recipe with the cluster, frequency and coarser-cluster columns embedded next to `attrs`."""
     if len(rows) != len(attrs):
         raise ValueError(f"rows ({len(rows)}) and attrs ({len(attrs)}) differ in length")
     prefixes = [int(b) for b in cluster_prefixes or ()]
     all_rows = list(rows) + [cluster_rows, prob_rows] + [min(cluster_rows, 1 << b) for b in prefixes]
+    all_rows += [256] if ontonotes_tags else []
     embeddings = [HashEmbed(width, n, column=i, seed=101 + i, dropout=0.0) for i, n in enumerate(all_rows)]
     return chain(
-        lexeme_features(attrs, prefixes),
+        lexeme_features(attrs, prefixes, ontonotes_tags),
         list2ragged(),
         with_array(concatenate(*embeddings)),
         with_array(Maxout(width, width * len(embeddings), nP=3, dropout=0.0, normalize=True)),

@@ -36,6 +36,7 @@ DEFAULT_ARCHITECTURE = {
     "cluster_rows": 2000,
     "prob_rows": 64,
     "cluster_prefixes": [],  # also embed the top 4/6/10... bits of the cluster path (coarser clusters)
+    "ontonotes_tags": False,  # also embed en_core_web_sm's own NER tag of each token (stacking)
 }
 LEXEME_TABLES = ["lexeme_cluster", "lexeme_prob"]
 
@@ -158,6 +159,7 @@ def build_config(
                 "cluster_rows": int(arch["cluster_rows"]),
                 "prob_rows": int(arch["prob_rows"]),
                 "cluster_prefixes": [int(b) for b in arch["cluster_prefixes"]],
+                "ontonotes_tags": bool(arch["ontonotes_tags"]),
             }
             # loaded into the vocab once, saved with the pipeline (vocab/lookups.bin)
             cfg["initialize"]["lookups"] = {
