@@ -97,7 +97,7 @@ def test_untrained_spacy_wikiann_falls_back_loudly_but_never_when_scored(compose
 
 
 def test_train_extractor_spacy_wikiann_short_run(tmp_path):
-    """The Hydra path end to end on the in-repo samples: 40 steps from en_core_web_sm, then score it."""
+    """The Hydra path end to end on the in-repo samples: 40 steps of the default recipe, then score it."""
     from eatlab.data.conll import read_conll
     from eatlab.extractors.cli import train_extractor
     from eatlab.extractors.evaluate import evaluate_extractor
@@ -116,8 +116,11 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     assert cfg.extractor.model == str(tmp_path / "outputs" / "extractors" / "spacy_wikiann" / "model-best")
     summary = train_extractor(cfg, tmp_path / "run")
     assert summary["model_best"] == cfg.extractor.model
-    assert 0.0 <= summary["dev_ents_f"] <= 1.0 and summary["init"] == "en_core_web_sm"
+    assert 0.0 <= summary["dev_ents_f"] <= 1.0 and summary["init"] == "blank"  # the default recipe
     assert summary["data"]["train"]["n_sentences"] == 100
+    assert (
+        "eatlab.ClusterHashEmbed.v1" in (tmp_path / "outputs/extractors/spacy_wikiann/config.cfg").read_text()
+    )
     assert (
         json.loads((tmp_path / "run" / "train_summary.json").read_text())["model_best"] == cfg.extractor.model
     )
