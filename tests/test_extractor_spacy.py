@@ -57,7 +57,7 @@ def test_config_sources_the_ner_of_en_core_web_sm(tmp_path):
         build_config("t", "d", init="roberta")
 
 
-def test_config_architecture_overrides_apply_to_blank_only():
+def test_config_architecture_overrides_apply_to_blank_only(caplog):
     arch = {"width": 256, "depth": 6, "embed_rows": [20000, 5000, 5000, 2500], "hidden_width": 128}
     cfg = build_config("t.spacy", "d.spacy", init="blank", architecture=arch)
     model = cfg["components"]["ner"]["model"]
@@ -67,8 +67,12 @@ def test_config_architecture_overrides_apply_to_blank_only():
     assert model["tok2vec"]["embed"]["rows"] == [20000, 5000, 5000, 2500]
     with pytest.raises(ConfigError, match="unknown keys"):
         build_config("t", "d", init="blank", architecture={"widht": 128})
-    with pytest.raises(ConfigError, match="init=blank only"):
-        build_config("t", "d", init="en_core_web_sm", architecture=arch)
+    with caplog.at_level("WARNING"):
+        sourced = build_config("t", "d", init="en_core_web_sm", architecture=arch)
+    assert (
+        "source" in sourced["components"]["ner"]
+        and "architecture is ignored with init=en_core_web_sm" in caplog.text
+    )
 
 
 def test_untrained_spacy_wikiann_falls_back_loudly_but_never_when_scored(compose, caplog):
@@ -129,6 +133,10 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
         SAMPLE_TRAIN, SAMPLE_DEV, tmp_path / "more", init=cfg.extractor.model, max_steps=10
     )
     assert more.init == cfg.extractor.model and (tmp_path / "more" / "model-best").is_dir()
+    from eatlab.extractors.spacy_ner import load_spacy
+
+    continued = load_spacy(more.model_best)  # the cluster/frequency tables came along
+    assert set(continued.vocab.lookups.tables) == {"lexeme_cluster", "lexeme_prob"}
     ext = SpacyExtractor(cfg.extractor.model, name="spacy_wikiann")
     sentences = read_conll(split_path(None, "en", "test"), "en", "test")
     result = evaluate_extractor(ext, sentences, n_boot=10)

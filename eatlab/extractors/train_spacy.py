@@ -39,6 +39,7 @@ DEFAULT_ARCHITECTURE = {
     "ontonotes_tags": False,  # also embed en_core_web_sm's own NER tag of each token (stacking)
 }
 LEXEME_TABLES = ["lexeme_cluster", "lexeme_prob"]
+LOOKUPS_LOADER = {"@misc": "spacy.LookupsDataLoader.v1", "lang": "en", "tables": LEXEME_TABLES}
 
 
 class TimeBudgetReached(Exception):
@@ -126,8 +127,8 @@ def build_config(
     """A spaCy training config for an `ner`-only pipeline (one self-contained NER component with its own tok2vec).
 
     `init`: en_core_web_sm (source its NER), blank (same architecture, random weights), or the folder of a
-    pipeline trained before (e.g. `model-best`, to continue training it). `architecture` (blank only) overrides
-    the size of the network: width, depth, window_size, embed_rows (NORM, PREFIX, SUFFIX, SHAPE), hidden_width.
+    pipeline trained before (e.g. `model-best`, to continue training it). `architecture` (blank only; keys in
+    DEFAULT_ARCHITECTURE) sets the network: size, and the Brown-cluster / frequency / OntoNotes-tag features.
     """
     from spacy.cli.init_config import init_config
 
@@ -162,11 +163,7 @@ def build_config(
                 "ontonotes_tags": bool(arch["ontonotes_tags"]),
             }
             # loaded into the vocab once, saved with the pipeline (vocab/lookups.bin)
-            cfg["initialize"]["lookups"] = {
-                "@misc": "spacy.LookupsDataLoader.v1",
-                "lang": "en",
-                "tables": LEXEME_TABLES,
-            }
+            cfg["initialize"]["lookups"] = LOOKUPS_LOADER
         else:
             embed = {
                 "@architectures": "spacy.MultiHashEmbed.v2",
@@ -186,14 +183,15 @@ def build_config(
                 "maxout_pieces": 3,
             },
         }
-    elif architecture:
-        raise ConfigError(
-            "extractor.train.architecture applies to init=blank only (a sourced NER keeps its own)"
-        )
-    elif init == "en_core_web_sm":
-        cfg["components"]["ner"] = {"source": sm_package()}
-    else:  # continue training a pipeline trained before
-        cfg["components"]["ner"] = {"source": str(Path(init).resolve())}
+    else:
+        if architecture:  # a sourced or continued NER keeps its own network
+            log.warning(
+                "extractor.train.architecture is ignored with init=%s (it keeps its own network)", init
+            )
+        source = sm_package() if init == "en_core_web_sm" else str(Path(init).resolve())
+        cfg["components"]["ner"] = {"source": source}
+        if init != "en_core_web_sm" and "eatlab.ClusterHashEmbed" in (Path(init) / "config.cfg").read_text():
+            cfg["initialize"]["lookups"] = LOOKUPS_LOADER  # the continued network reads the same tables
     cfg["paths"]["train"] = str(train_path)
     cfg["paths"]["dev"] = str(dev_path)
     cfg["system"]["seed"] = int(seed)
