@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ def _only_offline_run(run_dir: Path):
 
     found = find_offline_runs(run_dir)
     assert len(found) == 1, found
-    return read_offline_run(found[0])
+    # wandb's service process writes the exit record after finish() returns: give it a few seconds
+    deadline = time.monotonic() + 20
+    run = read_offline_run(found[0])
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = read_offline_run(found[0])
+    return run
 
 
 def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path):
@@ -126,8 +133,6 @@ def test_offline_reader_follows_records_across_log_blocks(tmp_path):
     """3,000 history rows span many 32 KiB blocks, so records are split into first/middle/last fragments."""
     import wandb
 
-    from eatlab.tracking.offline import read_offline_run
-
     run = wandb.init(
         project="p", dir=str(tmp_path), mode="offline", group="blocks", tags=["t"], config={"a": {"b": 1}}
     )
@@ -135,7 +140,7 @@ def test_offline_reader_follows_records_across_log_blocks(tmp_path):
         run.log({"x": i, "pad": "y" * 40})
     run.summary["long"] = "z" * 70_000  # one record longer than two blocks
     run.finish()
-    read = read_offline_run(next((tmp_path / "wandb").glob("offline-run-*")))
+    read = _only_offline_run(tmp_path)
     xs = [h["x"] for h in read.history if "x" in h]
     assert xs == list(range(3000))
     assert read.summary["long"] == "z" * 70_000
