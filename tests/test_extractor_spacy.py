@@ -101,7 +101,8 @@ def test_untrained_spacy_wikiann_falls_back_loudly_but_never_when_scored(compose
 
 
 def test_train_extractor_spacy_wikiann_short_run(tmp_path):
-    """The Hydra path end to end on the in-repo samples: 40 steps of the default recipe, then score it."""
+    """The Hydra path end to end on the in-repo samples: 40 steps of the default recipe (cluster and frequency
+    features, GloVe 6B 50d), then score it."""
     from eatlab.data.conll import read_conll
     from eatlab.extractors.cli import train_extractor
     from eatlab.extractors.evaluate import evaluate_extractor
@@ -122,9 +123,8 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     assert summary["model_best"] == cfg.extractor.model
     assert 0.0 <= summary["dev_ents_f"] <= 1.0 and summary["init"] == "blank"  # the default recipe
     assert summary["data"]["train"]["n_sentences"] == 100
-    assert (
-        "eatlab.ClusterHashEmbed.v1" in (tmp_path / "outputs/extractors/spacy_wikiann/config.cfg").read_text()
-    )
+    train_cfg = (tmp_path / "outputs/extractors/spacy_wikiann/config.cfg").read_text()
+    assert "eatlab.ClusterHashEmbed.v1" in train_cfg and "static_vectors = true" in train_cfg
     assert (
         json.loads((tmp_path / "run" / "train_summary.json").read_text())["model_best"] == cfg.extractor.model
     )
@@ -135,8 +135,9 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     assert more.init == cfg.extractor.model and (tmp_path / "more" / "model-best").is_dir()
     from eatlab.extractors.spacy_ner import load_spacy
 
-    continued = load_spacy(more.model_best)  # the cluster/frequency tables came along
+    continued = load_spacy(more.model_best)  # the cluster/frequency tables and GloVe came along
     assert set(continued.vocab.lookups.tables) == {"lexeme_cluster", "lexeme_prob"}
+    assert continued.vocab.vectors.shape == (400000, 50)
     ext = SpacyExtractor(cfg.extractor.model, name="spacy_wikiann")
     sentences = read_conll(split_path(None, "en", "test"), "en", "test")
     result = evaluate_extractor(ext, sentences, n_boot=10)
