@@ -221,6 +221,9 @@ def test_text_vectors_are_read_with_clear_errors(tmp_path):
     gz = tmp_path / "w.txt.gz"
     gz.write_bytes(gzip.compress(w2v.read_bytes()))
     assert read_text_vectors(gz)[1].shape == (2, 3)
+    spaced = tmp_path / "s.txt"
+    spaced.write_text("a 1 2 3\n. . . 4 5 6\n", encoding="utf-8")
+    assert read_text_vectors(spaced)[0] == ["a", ". . ."]  # GloVe 840B has such keys
     bad = tmp_path / "bad.txt"
     bad.write_text("a 1 2 3\nb 1 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad.txt:2: 2 values, expected 3"):

@@ -66,13 +66,13 @@ def read_text_vectors(path: str | Path) -> tuple[list[str], numpy.ndarray]:
                 continue
             if dim is None:
                 dim = len(parts) - 1
-            if len(parts) - 1 != dim:
+            if len(parts) - 1 < dim:
                 raise ConfigError(f"{path}:{lineno}: {len(parts) - 1} values, expected {dim}")
             try:
-                rows.append(numpy.asarray(parts[1:], dtype="float32"))
+                rows.append(numpy.asarray(parts[-dim:], dtype="float32"))
             except ValueError as exc:
                 raise ConfigError(f"{path}:{lineno}: not a number ({exc})") from None
-            words.append(parts[0])
+            words.append(" ".join(parts[:-dim]))  # a few GloVe 840B keys contain spaces
     if not words:
         raise ConfigError(f"{path}: no vectors found")
     return words, numpy.vstack(rows)
