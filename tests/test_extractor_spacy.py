@@ -293,7 +293,10 @@ def test_training_with_static_vectors_carries_them_into_model_best(tmp_path):
     )
     cfg = (tmp_path / "sv" / "config.cfg").read_text()
     assert "include_static_vectors = true" in cfg and str(tmp_path / "sv" / "vectors") in cfg
-    info = build_vectors_pipeline(str(glove), tmp_path / "sv" / "vectors")  # cached: same fingerprint
+    built = tmp_path / "sv" / "vectors" / "vocab" / "vectors"
+    mtime = built.stat().st_mtime_ns
+    info = build_vectors_pipeline(str(glove), tmp_path / "sv" / "vectors")  # same source: reused, not rebuilt
+    assert built.stat().st_mtime_ns == mtime
     assert info["rows"] == 6 and info["width"] == 8 and info["keys"] == 6 + 10  # the, London, LONDON, ...
     nlp = load_spacy(result.model_best)
     assert nlp.vocab.vectors.shape == (6, 8)
