@@ -35,7 +35,7 @@ format:
 bench: install
 	$(BIN)/eatlab-bench
 
-# spaCy NER trained on English WikiANN (CPU, about 35 min, 60 min budget), then scored on the full English test; not in CI
+# spaCy NER trained on English WikiANN (CPU, about 30 min, 60 min budget), then scored on the full English test; not in CI
 train-spacy: install
 	nice -n 10 $(BIN)/eatlab-train-extractor extractor=spacy_wikiann data.root=$(DATA)
 	$(BIN)/eatlab-eval-extractor extractor=spacy_wikiann data.root=$(DATA)
