@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy
 
 from eatlab.errors import ConfigError
+from eatlab.llm.identity import folder_fingerprint
+from eatlab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,10 @@ def load_vectors(spec: str) -> tuple[list[str], numpy.ndarray, str]:
 
 
 def _fingerprint(spec: str) -> str:
-    files = _source_files(spec)
+    """The build version, the spec and the content fingerprint of its files (the LLM cache's weights hash)."""
     h = hashlib.sha256(f"v{BUILD_VERSION}:{spec}".encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in _source_files(spec):
+        h.update(folder_fingerprint(f).encode())
     return h.hexdigest()[:16]
 
 
@@ -161,7 +162,7 @@ def build_vectors_pipeline(spec: str, out_dir: str | Path) -> dict:
         "keys": len(words) + len(variants),
         "fingerprint": fingerprint,
     }
-    info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    atomic_write_json(info_path, info)  # written last: marks a complete build
     log.info(
         "static vectors: %d x %d (+%d case variants) from %s -> %s", *data.shape, len(variants), source, out
     )
