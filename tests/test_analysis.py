@@ -274,7 +274,7 @@ def sweep_dir(tmp_path_factory) -> Path:
 
 
 def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsys):
-    from eatlab.analysis.cli import main
+    from eatlab.cli.analyze import main
 
     out = tmp_path / "a"
     refs = tmp_path / "refs.tsv"
@@ -322,7 +322,7 @@ def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsy
 
 
 def test_analyze_without_round_trip_and_bad_input(sweep_dir, tmp_path, capsys):
-    from eatlab.analysis.cli import main
+    from eatlab.cli.analyze import main
 
     assert (
         main([str(sweep_dir), "--out", str(tmp_path / "b"), "--no-roundtrip", "--n-boot", "20", "--quiet"])

@@ -104,7 +104,7 @@ def test_truncated_words_are_counted_and_predicted_o(tiny_encoder, tokenizer):
 
 
 def test_tiny_encoder_trains_on_english_and_tests_zh_and_ar(tmp_path):
-    from eatlab.baselines.train_cli import run_baseline
+    from eatlab.cli.baseline import run_baseline
 
     cfg = compose_baseline(
         tmp_path,
@@ -156,7 +156,7 @@ def test_tiny_encoder_trains_on_english_and_tests_zh_and_ar(tmp_path):
 def test_cli_rejects_an_unknown_language_in_one_line(tmp_path, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from eatlab.baselines.train_cli import main
+    from eatlab.cli.baseline import main
 
     monkeypatch.setattr(
         sys,

@@ -6,13 +6,13 @@ import csv
 
 from test_sweep import eatlab_multirun, tiny_models_dir
 
-from eatlab.baselines.translate_test import fuzzy_align
+from eatlab.eat.translate_test import fuzzy_align
 from eatlab.data.record import Sentence
 from eatlab.eat.pipeline import SentenceResult
 
 
 def test_methods_sweep_and_one_report_table(tmp_path):
-    from eatlab.analysis.cli import main as analyze
+    from eatlab.cli.analyze import main as analyze
 
     sweep = eatlab_multirun(
         tmp_path / "o",

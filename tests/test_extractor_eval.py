@@ -72,7 +72,7 @@ def test_gold_extractor_on_real_english_test(wikiann_dir):
 
 
 def test_spacy_on_the_sample_through_the_config(compose, tmp_path):
-    from eatlab.extractors.cli import evaluate_from_config
+    from eatlab.cli.extractor import evaluate_from_config
 
     cfg = compose(["extractor=spacy", "data.limit=null"])
     metrics = evaluate_from_config(cfg, tmp_path / "eval")
@@ -87,7 +87,7 @@ def test_spacy_on_the_sample_through_the_config(compose, tmp_path):
 
 
 def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    code = "from eatlab.extractors.cli import eval_main; eval_main()"
+    code = "from eatlab.cli.extractor import eval_main; eval_main()"
     env = {**os.environ, "EATLAB_OUTPUTS": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
     env.pop("EATLAB_DATA", None)
     return subprocess.run(
@@ -128,7 +128,7 @@ def test_missing_checkpoint_folder_is_a_config_error(checkpoint):
 
 def test_llm_extractor_through_the_eval_config(compose, tmp_path):
     """The run's own LLM as the extractor (the tiny smoke model here): the same scoring, its call counters."""
-    from eatlab.extractors.cli import evaluate_from_config
+    from eatlab.cli.extractor import evaluate_from_config
 
     cfg = compose(["extractor=llm", "data.limit=2", "model=tiny"])
     metrics = evaluate_from_config(cfg, tmp_path / "eval")

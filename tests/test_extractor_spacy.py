@@ -104,7 +104,7 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     """The Hydra path end to end on the in-repo samples: 40 steps of the default recipe (cluster and frequency
     features, GloVe 6B 50d), then score it."""
     from eatlab.data.conll import read_conll
-    from eatlab.extractors.cli import train_extractor
+    from eatlab.cli.extractor import train_extractor
     from eatlab.extractors.evaluate import evaluate_extractor
     from eatlab.extractors.spacy_ner import SpacyExtractor
 

@@ -76,7 +76,7 @@ def _one_thread():
 def trained(tmp_path_factory, request):
     """Train the tiny T5 once: 256 train sentences, 32 dev sentences, 2 epochs of 16 steps, CPU."""
     wikiann = request.getfixturevalue("wikiann_dir")
-    from eatlab.extractors.cli import train_extractor
+    from eatlab.cli.extractor import train_extractor
 
     tmp = tmp_path_factory.mktemp("t5")
     model_dir = make_tiny_t5(tmp / "tiny-t5")
@@ -168,7 +168,7 @@ def test_training_loss_falls_and_dev_f1_is_logged(trained):
 
 
 def test_best_checkpoint_reloads_and_reproduces_its_dev_outputs(trained):
-    from eatlab.eat.parse import parse_entity_list
+    from eatlab.llm.parse import parse_entity_list
     from eatlab.extractors.flan_t5 import FlanT5Extractor
 
     best = Path(trained["summary"]["checkpoint"])
@@ -198,7 +198,7 @@ def test_best_checkpoint_reloads_and_reproduces_its_dev_outputs(trained):
 
 
 def test_eval_extractor_scores_the_checkpoint(trained, tmp_path, compose):
-    from eatlab.extractors.cli import evaluate_from_config
+    from eatlab.cli.extractor import evaluate_from_config
 
     pytest.importorskip("eatlab.llm.factory", reason="the main config composes once the LLM layer has landed")
     best = trained["summary"]["checkpoint"]

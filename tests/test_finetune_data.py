@@ -282,7 +282,7 @@ def test_builder_errors_name_the_line(tmp_path, capsys):
 def test_cli_report_only_prints_and_saves_the_table(tmp_path):
     """`eatlab-finetune finetune.report_only=true`: the filter table without loading any model."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "eatlab.finetune.cli", "tracking=none", f"paths.output_dir={out}",
+    cmd = [sys.executable, "-m", "eatlab.cli.finetune", "tracking=none", f"paths.output_dir={out}",
            "finetune.report_only=true", "finetune.languages=[zh,ja]", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -55,7 +55,7 @@ def _forward_answers(run_dir: Path) -> list[str]:
 def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose):
     from eatlab.cli.run import run_eat
     from eatlab.finetune.adapter import adapter_provenance
-    from eatlab.finetune.cli import run_finetune
+    from eatlab.cli.finetune import run_finetune
 
     cfg = compose_finetune([
         "language=zh",
@@ -137,7 +137,7 @@ def test_trainer_group_strategies(compose_finetune):
     """trainer=default|ddp|fsdp compose; FSDP wraps the model's decoder layers and stores 4-bit weights in bf16."""
     from pytorch_lightning.strategies import FSDPStrategy
 
-    from eatlab.finetune.cli import base_model, build_strategy, resolve_precision, settings_from_config
+    from eatlab.cli.finetune import base_model, build_strategy, resolve_precision, settings_from_config
 
     default = compose_finetune([])
     assert default.trainer.name == "default" and build_strategy(default, "unused") == "auto"

@@ -180,7 +180,7 @@ def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
 
 
 def test_bench_command_runs_and_reports(tiny, capsys):
-    from eatlab.llm.bench import main as bench_main
+    from eatlab.cli.bench import main as bench_main
 
     assert (
         bench_main(["--n", "4", "--max-new-tokens", "3,3,2", "--model-dir", str(tiny), "--threads", "1"]) == 0

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from eatlab.errors import DataError
 from eatlab.llm.base import GenerationSettings
 from eatlab.llm.cache import ResponseCache
-from eatlab.llm.cache_cli import main as cache_main
+from eatlab.cli.cache import main as cache_main
 from eatlab.llm.client import LLMClient
 from eatlab.llm.factory import backend_identity, build_client
 from eatlab.llm.transcripts import read_transcript_calls

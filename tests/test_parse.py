@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eatlab.eat.parse import clean_translation, parse_entity_list
+from eatlab.llm.parse import clean_translation, parse_entity_list
 
 NSL = ("ar", "hi", "hy", "ja", "ka", "ko", "ru", "zh")
 

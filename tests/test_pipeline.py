@@ -75,7 +75,7 @@ def test_reference_prompts_exist_only_for_three_rounds(compose, tmp_path):
 def test_reference_prompt_set_reproduces_the_script(transcripts_dir):
     """The messages eatlab builds with prompts=reference are the transcripts' messages, turn for turn."""
     from eatlab.data.languages import get_language
-    from eatlab.eat.prompts import PromptSet, fill
+    from eatlab.llm.prompts import PromptSet, fill
     from eatlab.paths import PROMPTS_DIR
 
     ps = PromptSet(PROMPTS_DIR / "reference.yaml", 3, 3)
@@ -109,7 +109,7 @@ def test_transcript_replay_makes_no_model_call(compose, tmp_path, transcripts_di
         [
             sys.executable,
             "-m",
-            "eatlab.llm.cache_cli",
+            "eatlab.cli.cache",
             "import",
             str(transcripts_dir / f"{lang}.jsonl"),
             "--model",

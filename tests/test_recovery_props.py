@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from eatlab.data.bio import ENTITY_TYPES, VALID_TAGS, tags_to_spans
 from eatlab.data.record import Sentence
-from eatlab.eat.parse import clean_translation, parse_entity_list
+from eatlab.llm.parse import clean_translation, parse_entity_list
 from eatlab.eat.recovery import REASONS, fold, recover_sentence, recover_span, tags_from_recoveries
 from eatlab.eat.reference_recovery import reference_recover_sentence
 

@@ -13,8 +13,8 @@ import pytest
 from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
 from eatlab.errors import ConfigError
-from eatlab.reliability.config_check import precheck_overrides, validate_config
-from eatlab.reliability.fault_server import FaultServer, OracleModel
+from eatlab.cli.config_check import precheck_overrides, validate_config
+from eatlab.testing.fault_server import FaultServer, OracleModel
 
 EATLAB = Path(sys.executable).with_name("eatlab")
 

@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_recovery_props import LANGS, SCRIPTS, _check_tags, answers_for, sentences
 
-from eatlab.baselines.translate_test import fuzzy_align
+from eatlab.eat.translate_test import fuzzy_align
 from eatlab.data.bio import ENTITY_TYPES, Span
-from eatlab.eat.conversation import sanitize_reply
-from eatlab.eat.parse import parse_entity_list
+from eatlab.llm.conversation import sanitize_reply
+from eatlab.llm.parse import parse_entity_list
 from eatlab.eat.pipeline import SentenceResult
 from eatlab.eat.recovery import recover_sentence, tags_from_recoveries
 from eatlab.llm.base import Reply
-from eatlab.reliability.answers import char_script, scripts, strip_control, wrong_script
+from eatlab.llm.answers import char_script, scripts, strip_control, wrong_script
 
 NOISE = [
     "\x00",

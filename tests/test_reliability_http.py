@@ -1,6 +1,6 @@
 """HTTP backend and model faults through full pipeline runs against a real server on 127.0.0.1 that injects them.
 
-The server (eatlab.reliability.fault_server) answers as an oracle from the gold entities, so a clean run scores
+The server (eatlab.testing.fault_server) answers as an oracle from the gold entities, so a clean run scores
 near 1.0 and every fault's effect is exact: transient faults are cured by the retries (same result as the
 clean run), persistent ones fail exactly the samples they hit (recorded with the reason, the rest untouched),
 a server going away mid-run ends in counted failures instead of a crash, and model faults are counted.
@@ -17,7 +17,7 @@ import pytest
 
 from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
-from eatlab.reliability.fault_server import HTTP_FAULTS, FaultRule, FaultServer, OracleModel
+from eatlab.testing.fault_server import HTTP_FAULTS, FaultRule, FaultServer, OracleModel
 
 SECRET = "sk-" + secrets.token_hex(20)  # made at run time: it is in no file, git.diff included
 SENTENCES = select_sentences("zh", "test", limit=8).sentences

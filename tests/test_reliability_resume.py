@@ -25,7 +25,7 @@ import pytest
 
 from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
-from eatlab.reliability.fault_server import FaultServer, OracleModel
+from eatlab.testing.fault_server import FaultServer, OracleModel
 
 EATLAB = Path(sys.executable).with_name("eatlab")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def child_env(tmp: Path, killpoint: str | None = None) -> dict:
         hook = tmp / "killhook"
         hook.mkdir(exist_ok=True)
         (hook / "sitecustomize.py").write_text(
-            "from eatlab.reliability.killpoint import install_from_env\ninstall_from_env()\n"
+            "from eatlab.testing.killpoint import install_from_env\ninstall_from_env()\n"
         )
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
         env["EATLAB_KILLPOINT"] = killpoint

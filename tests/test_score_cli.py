@@ -54,7 +54,7 @@ KEYS = {
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "eatlab.eval.cli", *map(str, args)],
+        [sys.executable, "-m", "eatlab.cli.score", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -84,7 +84,7 @@ def check_failed_split_sweep(sweep: Path) -> None:
 def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models_dir):
     """The issue's sweep: 2 languages x 2 round counts -> 4 runs, 4 offline W&B runs in one group, a summary;
     then eatlab-analyze writes tables, correlations, plots and report.html."""
-    from eatlab.analysis.cli import main as analyze_main
+    from eatlab.cli.analyze import main as analyze_main
     from eatlab.tracking.offline import find_offline_runs, read_offline_run
 
     sweep = eatlab_multirun(

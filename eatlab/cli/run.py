@@ -33,7 +33,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     from eatlab.finetune.adapter import adapter_provenance
     from eatlab.llm.factory import build_client
     from eatlab.provenance import write_provenance
-    from eatlab.reliability.report import print_failures
+    from eatlab.eat.report import print_failures
     from eatlab.tracking.loggers import build_loggers, finish_loggers
     from eatlab.tracking.record import record_run
     from eatlab.utils.io import atomic_write_json
@@ -134,7 +134,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @guarded
 def _main(cfg: DictConfig) -> dict | None:
-    from eatlab.reliability.config_check import resolve_or_fail, validate_config
+    from eatlab.cli.config_check import resolve_or_fail, validate_config
 
     resolve_or_fail(cfg)
     validate_config(cfg)  # one line naming the key, before any model or data is loaded
@@ -142,7 +142,7 @@ def _main(cfg: DictConfig) -> dict | None:
 
 
 def main() -> None:
-    from eatlab.reliability.config_check import precheck_overrides
+    from eatlab.cli.config_check import precheck_overrides
 
     problem = precheck_overrides(sys.argv[1:])  # Hydra's composition errors, as one line naming the override
     if problem:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from eatlab.data.languages import Language
 from eatlab.eat.pipeline import EATPipeline
-from eatlab.eat.prompts import load_prompt_set
+from eatlab.llm.prompts import load_prompt_set
 from eatlab.errors import ConfigError
 from eatlab.extractors.base import build_extractor
 
@@ -23,9 +23,9 @@ def build_pipeline(cfg, client, language: Language, run_dir: Path):
     if name == "eat":
         cls = EATPipeline
     elif name == "translate_test":
-        from eatlab.baselines.translate_test import TranslateTestPipeline as cls
+        from eatlab.eat.translate_test import TranslateTestPipeline as cls
     elif name == "direct_llm":
-        from eatlab.baselines.direct_llm import DirectLLMPipeline as cls
+        from eatlab.eat.direct_llm import DirectLLMPipeline as cls
     else:
         raise ConfigError(f"method.name={name}: unknown method (eat, direct_llm, translate_test)")
     pipe = cls(

@@ -16,11 +16,11 @@ from eatlab.data.bio import Span, spans_to_tags
 from eatlab.data.languages import Language
 from eatlab.data.record import Sentence
 from eatlab.eat.artifacts import JsonlArtifact, messages_hash
-from eatlab.eat.conversation import ConversationResult, run_conversations
-from eatlab.eat.prompts import PromptSet
+from eatlab.llm.conversation import ConversationResult, run_conversations
+from eatlab.llm.prompts import PromptSet
 from eatlab.eat.recovery import recover_span
 from eatlab.extractors.base import Extractor
-from eatlab.reliability.answers import scripts, wrong_script
+from eatlab.llm.answers import scripts, wrong_script
 from eatlab.utils.io import sha256_text
 
 log = logging.getLogger(__name__)

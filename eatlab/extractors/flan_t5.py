@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eatlab.eat.parse import parse_entity_list
+from eatlab.llm.parse import parse_entity_list
 from eatlab.errors import ConfigError
 from eatlab.extractors.base import EntityList, Extractor
 

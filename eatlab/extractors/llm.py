@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eatlab.eat.conversation import round_settings, sanitize_reply
-from eatlab.eat.parse import parse_entity_list
+from eatlab.llm.conversation import round_settings, sanitize_reply
+from eatlab.llm.parse import parse_entity_list
 from eatlab.extractors.base import EntityList, Extractor
 
 
@@ -11,7 +11,7 @@ class LLMExtractor(Extractor):
     name = "llm"
 
     def __init__(self, client, cfg):
-        from eatlab.eat.prompts import load_prompt_set
+        from eatlab.llm.prompts import load_prompt_set
 
         self.client = client
         from eatlab.eat.methods import generation_config

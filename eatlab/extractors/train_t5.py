@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eatlab.data.bio import VALID_TAGS, tags_to_spans
 from eatlab.data.record import Sentence
-from eatlab.eat.parse import parse_entity_list
+from eatlab.llm.parse import parse_entity_list
 from eatlab.errors import ConfigError, DataError
 from eatlab.extractors.evaluate import entity_tags
 from eatlab.extractors.flan_t5 import INSTRUCTION

@@ -17,7 +17,7 @@ settings JSON so that `eatlab-cache export` can write the calls back out as conv
 
 A process killed mid-write loses nothing committed (WAL). A file damaged otherwise (cut short by an interrupted
 copy or a full disk, overwritten) is detected when it is opened or read and reported in one line
-(CacheDamagedError) naming `eatlab-cache check|repair` (eatlab.reliability.repair).
+(CacheDamagedError) naming `eatlab-cache check|repair` (eatlab.cli.repair).
 """
 
 from __future__ import annotations

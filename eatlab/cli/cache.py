@@ -81,7 +81,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from eatlab.reliability.repair import check_cache, check_run_dir
+    from eatlab.cli.repair import check_cache, check_run_dir
 
     if args.cache is None and not args.run_dir:
         args.cache = default_cache_path()
@@ -98,7 +98,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_repair(args) -> int:
-    from eatlab.reliability.repair import repair_cache, repair_run_dir
+    from eatlab.cli.repair import repair_cache, repair_run_dir
 
     if args.cache is None and not args.run_dir:
         args.cache = default_cache_path()

@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from eatlab.eat.prompts import Direction, fill
+from eatlab.llm.prompts import Direction, fill
 from eatlab.llm.base import Conversation, GenerationSettings, Reply, settings_for_round
-from eatlab.reliability.answers import strip_control
+from eatlab.llm.answers import strip_control
 
 # model faults counted per reply (any round): see `sanitize_reply`
 ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 from eatlab.eat.artifacts import messages_hash
-from eatlab.eat.conversation import round_settings, sanitize_reply
-from eatlab.eat.parse import parse_entity_list
+from eatlab.llm.conversation import round_settings, sanitize_reply
+from eatlab.llm.parse import parse_entity_list
 from eatlab.eat.pipeline import EATPipeline, SentenceResult
 from eatlab.eat.recovery import recover_span
 

@@ -15,7 +15,7 @@ Faults (`FaultRule.kind`):
   stops), so that a test can kill the client at a known point (`blocked` is set then); `requests` records every
   request (body hash, stage, fault, whether it was answered, the authorization header seen).
 
-    python -m eatlab.reliability.fault_server --port 8123 --data-root DIR --language zh --fault 503:first=2
+    python -m eatlab.testing.fault_server --port 8123 --data-root DIR --language zh --fault 503:first=2
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ class FaultServer:
 def main(argv: list[str] | None = None) -> int:
     """Serve the oracle model (gold entities of one language's split) with faults, until interrupted."""
     p = argparse.ArgumentParser(
-        prog="python -m eatlab.reliability.fault_server", description=__doc__.split("\n\n")[0]
+        prog="python -m eatlab.testing.fault_server", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--port", type=int, default=8123)
     p.add_argument("--language", default="zh")

@@ -2,7 +2,7 @@
 
 A test tool, installed from outside the package code: put a `sitecustomize.py` containing
 
-    from eatlab.reliability.killpoint import install_from_env; install_from_env()
+    from eatlab.testing.killpoint import install_from_env; install_from_env()
 
 on the child's PYTHONPATH and set `EATLAB_KILLPOINT=EVENT:SUFFIX[:N]`, e.g. `rename:forward.jsonl.partial` (the
 moment the first artifact gets its final name) or `append:backward.jsonl.partial:2` (the second time records

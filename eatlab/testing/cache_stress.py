@@ -1,6 +1,6 @@
 """Many processes writing and reading one response cache at once, as the jobs of a parallel sweep do.
 
-`hammer` is what one worker process runs; `python -m eatlab.reliability.cache_stress CACHE` runs 4 workers with
+`hammer` is what one worker process runs; `python -m eatlab.testing.cache_stress CACHE` runs 4 workers with
 joblib (the backend of Hydra's joblib launcher) and checks that no write failed and no row was lost.
 """
 
@@ -66,7 +66,7 @@ def run(path: Path, workers: int = 4, n_batches: int = 200) -> tuple[int, int, i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eatlab.reliability.cache_stress")
+    p = argparse.ArgumentParser(prog="python -m eatlab.testing.cache_stress")
     p.add_argument("cache", type=Path)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--batches", type=int, default=200)

@@ -1,0 +1,1 @@
+"""Tools for testing eatlab itself: a fault-injecting OpenAI-compatible server, kill points, cache stress."""
