@@ -6,9 +6,9 @@ import csv
 
 from test_sweep import eatlab_multirun, tiny_models_dir
 
-from eatlab.eat.translate_test import fuzzy_align
 from eatlab.data.record import Sentence
-from eatlab.eat.pipeline import SentenceResult
+from eatlab.eat.methods.translate_test import fuzzy_align
+from eatlab.eat.stages import SentenceResult
 
 
 def test_methods_sweep_and_one_report_table(tmp_path):

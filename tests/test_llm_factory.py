@@ -11,8 +11,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import GenerationSettings
-from eatlab.llm.factory import backend_identity, build_backend, build_client, generation_settings
+from eatlab.llm.base import GenerationSettings, generation_config, settings_for_round
+from eatlab.llm.factory import backend_identity, build_backend, build_client
 from eatlab.llm.hf import HFBackend
 from eatlab.llm.openai_http import OpenAIBackend
 from eatlab.llm.tiny import TINY_VERSION
@@ -79,18 +79,22 @@ def test_vllm_is_imported_only_when_used():
 
 
 def test_bad_backend_and_model_settings():
-    with pytest.raises(ConfigError, match="backend.kind"):
-        backend_identity(cfg_for("backend.kind=tgi"))
+    with pytest.raises(ConfigError, match="backend._target_=eatlab.llm.tgi.TGIBackend: cannot import"):
+        backend_identity(cfg_for("backend._target_=eatlab.llm.tgi.TGIBackend"))
+    with pytest.raises(ConfigError, match="backend._target_=eatlab.llm.cache.ResponseCache: not a subclass"):
+        backend_identity(cfg_for("backend._target_=eatlab.llm.cache.ResponseCache"))
     with pytest.raises(ConfigError, match="model.path"):
         build_backend(cfg_for("model=qwen2.5-7b", "model.path=/nonexistent/weights"))
 
 
 def test_generation_settings_from_config():
-    greedy = generation_settings(cfg_for("generation=greedy"), max_new_tokens=200)
+    greedy = settings_for_round(generation_config(cfg_for("generation=greedy", "model=qwen2.5-7b")), 200)
     assert greedy == GenerationSettings(max_new_tokens=200)
-    ref = generation_settings(cfg_for("generation=reference", "seed=5"), max_new_tokens=200)
+    ref = settings_for_round(
+        generation_config(cfg_for("generation=reference", "seed=5", "model=qwen2.5-7b")), 200
+    )
     assert ref == GenerationSettings(max_new_tokens=512, do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
                                      repetition_penalty=1.05, seed=5)  # fmt: skip
     assert ref.cacheable
     with pytest.raises(ConfigError, match="max_new_tokens"):
-        generation_settings(cfg_for("generation=greedy"))
+        settings_for_round(generation_config(cfg_for("generation=greedy", "model=qwen2.5-7b")), None)

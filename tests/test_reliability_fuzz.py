@@ -13,16 +13,23 @@ import unicodedata
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_recovery_props import LANGS, SCRIPTS, _check_tags, answers_for, sentences
+from test_recovery_props import (
+    LANGS,
+    SCRIPTS,
+    _check_tags,
+    answers_for,
+    recover_all,
+    recovered_tags,
+    sentences,
+)
 
-from eatlab.eat.translate_test import fuzzy_align
 from eatlab.data.bio import ENTITY_TYPES, Span
+from eatlab.eat.methods.translate_test import fuzzy_align
+from eatlab.eat.stages import SentenceResult
+from eatlab.llm.answers import char_script, scripts, strip_control, wrong_script
+from eatlab.llm.base import Reply
 from eatlab.llm.conversation import sanitize_reply
 from eatlab.llm.parse import parse_entity_list
-from eatlab.eat.pipeline import SentenceResult
-from eatlab.eat.recovery import recover_sentence, tags_from_recoveries
-from eatlab.llm.base import Reply
-from eatlab.llm.answers import char_script, scripts, strip_control, wrong_script
 
 NOISE = [
     "\x00",
@@ -65,11 +72,11 @@ def test_raw_model_answers_through_sanitize_and_recovery(data):
         assert ("truncated_answers" in faults) == (rep.finish_reason == "length")
         assert strip_control(rep.text) == (rep.text, 0)  # idempotent
         cleaned.append((rep.text, data.draw(st.sampled_from(ENTITY_TYPES))))
-    recs = recover_sentence(cleaned, s, s.language)
+    recs = recover_all(cleaned, s, s.language)
     for rec in recs:
         if rec.span is not None:
             assert 0 <= rec.span.start < rec.span.end <= len(s.tokens)
-    _check_tags(tags_from_recoveries(recs, len(s.tokens)), len(s.tokens))
+    _check_tags(recovered_tags(recs, len(s.tokens)), len(s.tokens))
 
 
 @settings(max_examples=300, deadline=None)

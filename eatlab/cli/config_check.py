@@ -176,8 +176,14 @@ def validate_config(cfg: DictConfig) -> None:
     _check_int(cfg, "generation.seed", null=True)
     _check_int(cfg, "generation.max_new_tokens", minimum=1, null=True)
     _check_choice(cfg, "cache.mode", MODES)
-    _check_choice(cfg, "backend.kind", ("hf", "openai", "vllm"))
-    if _get(cfg, "backend.kind") == "openai":
+    from eatlab.eat.methods import method_class
+    from eatlab.extractors.base import extractor_factory
+    from eatlab.llm.factory import backend_class
+
+    kind = backend_class(cfg).kind  # each component's `_target_` must import (one line naming the key)
+    extractor_factory(cfg)
+    method_class(cfg)
+    if kind == "openai":
         url = _get(cfg, "backend.base_url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             _fail("backend.base_url", url, "an http:// or https:// URL")

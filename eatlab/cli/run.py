@@ -27,16 +27,15 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     from eatlab.data.languages import get_language
     from eatlab.data.loader import select_from_config
     from eatlab.eat.artifacts import finalize_artifacts
-    from eatlab.eat.evaluate import build_metrics, evaluate_results
-    from eatlab.eat.methods import build_pipeline
-    from eatlab.eat.report import print_summary
+    from eatlab.eat.evaluate import evaluate_results
+    from eatlab.eat.methods import build_method
+    from eatlab.eat.report import print_failures, print_summary
     from eatlab.finetune.adapter import adapter_provenance
     from eatlab.llm.factory import build_client
     from eatlab.provenance import write_provenance
-    from eatlab.eat.report import print_failures
+    from eatlab.rundir import build_metrics, write_metrics
     from eatlab.tracking.loggers import build_loggers, finish_loggers
     from eatlab.tracking.record import record_run
-    from eatlab.utils.io import atomic_write_json
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir or current_run_dir(cfg))
@@ -51,7 +50,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
     client = build_client(cfg)
     client.cache.ensure_open()  # a damaged cache file fails now, in one line naming the repair command
-    pipeline = build_pipeline(cfg, client, language, run_dir)
+    pipeline = build_method(cfg, client, language, run_dir)
     prov = write_provenance(
         run_dir,
         cfg,
@@ -59,7 +58,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             "data": selection.provenance(),
             "prompts": pipeline.prompts.provenance(),
             "model_key": client.model_key if hasattr(client, "model_key") else None,
-            "extractor": pipeline.extractor.identity(),
+            "extractor": pipeline.extractor.identity() if pipeline.extractor else None,
             "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
         },
     )
@@ -77,10 +76,10 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                 "smoke_model": bool(cfg.model.get("smoke", False)),
                 "prompts": pipeline.prompts.name,
                 "prompt_rounds": {
-                    "forward": int(cfg.prompt_rounds.forward),
-                    "backward": int(cfg.prompt_rounds.backward),
+                    "forward": len(pipeline.prompts.forward.rounds),
+                    "backward": len(pipeline.prompts.backward.rounds),
                 },
-                "extractor": pipeline.extractor.name,
+                "extractor": pipeline.extractor.name if pipeline.extractor else None,
                 "finetune": cfg.finetune.name,
                 "split": cfg.data.split,
                 "seed": int(cfg.seed),
@@ -92,12 +91,16 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             "reference_recovery": ev["reference_recovery"],
         }
         metrics = build_metrics(
-            ev["scores"], ev["failures"], client.counters_dict(), dict(pipeline.timer.seconds), extra
+            ev["scores"],
+            failures=ev["failures"],
+            counters=client.counters_dict(),
+            stage_seconds=dict(pipeline.timer.seconds),
+            **extra,
         )
         finalize_artifacts(
             run_dir
         )  # complete artifacts under their final names before metrics.json says "done"
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        write_metrics(run_dir, metrics)
         return metrics
 
     module = EATEvaluationModule(pipeline, finish)

@@ -9,10 +9,8 @@ from eatlab.data.bio import tags_to_spans
 from eatlab.data.conll import write_conll
 from eatlab.eat.artifacts import JsonlArtifact
 from eatlab.eat.attribution import attribute_sentence, summarize
-from eatlab.eat.pipeline import SentenceResult
+from eatlab.eat.stages import SentenceResult
 from eatlab.eval.scores import score
-
-METRICS_SCHEMA_VERSION = 1
 
 
 def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path, seed: int = 0) -> dict:
@@ -81,31 +79,3 @@ def reference_recovery_scores(results: list[SentenceResult], language: str) -> d
         "n_pred_entities",
     )
     return {k: s[k] for k in keys if k in s}
-
-
-def build_metrics(scores: dict, failures: dict, counters: dict, stage_seconds: dict, extra: dict) -> dict:
-    # `extra` may carry "reference_recovery" (scores of the reference's span recovery on the same answers)
-    """The versioned metrics.json: a superset of `eatlab-score --json` plus cost and failure attribution."""
-    counters = {k: dict(v) for k, v in counters.items()}
-    totals = counters.pop("total", None) or {}
-    stages = counters
-    for stage, secs in stage_seconds.items():
-        stages.setdefault(stage, {})["seconds"] = round(secs, 4)
-    totals = Counter(
-        {
-            k: int(totals.get(k, 0))
-            for k in ("llm_calls", "llm_cache_hits", "llm_errors", "prompt_tokens", "completion_tokens")
-        }
-    )
-    return {
-        "schema_version": METRICS_SCHEMA_VERSION,
-        **scores,
-        "llm_calls": totals["llm_calls"],
-        "llm_cache_hits": totals["llm_cache_hits"],
-        "llm_errors": totals["llm_errors"],
-        "tokens": {"prompt": totals["prompt_tokens"], "completion": totals["completion_tokens"]},
-        "seconds": {k: round(v, 4) for k, v in stage_seconds.items()},
-        "stages": stages,
-        "failures": failures,
-        **extra,
-    }

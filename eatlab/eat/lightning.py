@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eatlab.data.record import Sentence
-from eatlab.eat.pipeline import EATPipeline, SentenceResult
+from eatlab.eat.methods.base import Method
+from eatlab.eat.stages import SentenceResult
 
 
 class SentenceDataset(Dataset):
@@ -32,9 +33,9 @@ def sentence_loader(sentences: list[Sentence], batch_size: int) -> DataLoader:
 
 
 class EATEvaluationModule(pl.LightningModule):
-    """Runs `EATPipeline` on each test batch; `on_test_epoch_end` calls `finish(results)` on rank 0."""
+    """Runs the method on each test batch; `on_test_epoch_end` calls `finish(results)` on rank 0."""
 
-    def __init__(self, pipeline: EATPipeline, finish):
+    def __init__(self, pipeline: Method, finish):
         super().__init__()
         self.pipeline = pipeline
         self.finish = finish

@@ -1,10 +1,23 @@
-"""The English NER interface: English sentences in, `(TYPE, entity text)` lists out (TYPE in PER/ORG/LOC)."""
+"""The English NER interface: English sentences in, `(TYPE, entity text)` lists out (TYPE in PER/ORG/LOC).
+
+Extractors are built from the `extractor` config node by `hydra.utils.instantiate` (`build_extractor`): the
+node's keys are the constructor's keyword parameters, except `train` (the recipe `eatlab-train-extractor`
+reads). The run injects what only it has, by parameter name:
+`client` (the run's LLM client), `prompts` (its prompt set), `generation` (its generation settings).
+"""
 
 from __future__ import annotations
 
 import abc
+import inspect
 import logging
-from pathlib import Path
+
+from hydra.utils import get_method, instantiate
+from omegaconf import OmegaConf
+
+from eatlab.errors import ConfigError
+from eatlab.llm.base import generation_config
+from eatlab.llm.prompts import load_prompt_set
 
 EntityList = list[tuple[str, str]]
 log = logging.getLogger(__name__)
@@ -29,38 +42,40 @@ class Extractor(abc.ABC):
         return {"name": self.name, **({"fallback_from": self.fallback_from} if self.fallback_from else {})}
 
 
+def extractor_factory(cfg):
+    """The callable named by `extractor._target_` (a class or a classmethod)."""
+    target = OmegaConf.select(cfg, "extractor._target_")
+    if not target:
+        raise ConfigError("extractor._target_: required (e.g. eatlab.extractors.spacy_ner.SpacyExtractor)")
+    try:
+        return get_method(str(target))
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in several types
+        raise ConfigError(
+            f"extractor._target_={target}: cannot import ({str(exc).splitlines()[0]})"
+        ) from None
+
+
 def build_extractor(cfg, client=None, allow_fallback: bool = True) -> Extractor:
-    """The extractor named by `extractor.name` (llm needs the run's LLM client).
+    """The configured extractor; `client`, `prompts` and `generation` are passed to constructors that take them.
 
     `allow_fallback=False` (scoring a named extractor) makes a missing trained spaCy pipeline an error.
     """
-    from eatlab.errors import ConfigError
-
-    name = cfg.extractor.name
-    if name == "llm":
-        from eatlab.extractors.llm import LLMExtractor
-
-        return LLMExtractor(client, cfg)
-    if name in ("spacy", "spacy_wikiann"):
-        from eatlab.extractors.spacy_ner import SpacyExtractor
-
-        model = str(cfg.extractor.model)
-        batch_size = cfg.extractor.get("batch_size", 64)
-        fallback = cfg.extractor.get("fallback") if allow_fallback else None
-        if name == "spacy_wikiann" and fallback and not Path(model).is_dir():
-            # a fresh clone has no trained pipeline yet: run with the fallback, loudly, and say so in provenance
-            log.warning(
-                "extractor=spacy_wikiann: no trained pipeline at %s (train it: make train-spacy); "
-                "using extractor.fallback=%s (en_core_web_sm, OntoNotes conventions, lower F1)",
-                model,
-                fallback,
-            )
-            ext = SpacyExtractor(fallback, name="spacy", batch_size=batch_size)
-            ext.fallback_from = {"name": name, "model": model, "reason": "model not trained"}
-            return ext
-        return SpacyExtractor(model, name=name, batch_size=batch_size)
-    if name == "flan_t5":
-        from eatlab.extractors.flan_t5 import FlanT5Extractor
-
-        return FlanT5Extractor.from_config(cfg.extractor)
-    raise ConfigError(f"extractor.name={name}: unknown extractor (llm, spacy, spacy_wikiann, flan_t5)")
+    factory = extractor_factory(cfg)
+    params = inspect.signature(factory).parameters
+    kwargs = {}
+    if "client" in params:
+        kwargs["client"] = client
+    if "prompts" in params:
+        kwargs["prompts"] = load_prompt_set(cfg)
+    if "generation" in params:
+        kwargs["generation"] = generation_config(cfg)
+    if not allow_fallback and "fallback" in params:
+        kwargs["fallback"] = None
+    node = {k: v for k, v in OmegaConf.to_container(cfg.extractor, resolve=True).items() if k != "train"}
+    try:
+        ext = instantiate(node, **kwargs, _convert_="all")
+    except TypeError as exc:
+        raise ConfigError(f"extractor: {exc}") from None
+    if not isinstance(ext, Extractor):
+        raise ConfigError(f"extractor._target_={cfg.extractor._target_}: does not build an Extractor")
+    return ext

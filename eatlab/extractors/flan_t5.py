@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eatlab.llm.parse import parse_entity_list
 from eatlab.errors import ConfigError
 from eatlab.extractors.base import EntityList, Extractor
+from eatlab.llm.parse import parse_entity_list
 
 # The same instruction at training and inference (the reference release formats them differently).
 INSTRUCTION = (
@@ -20,12 +20,16 @@ class FlanT5Extractor(Extractor):
 
     def __init__(
         self,
-        checkpoint: str,
+        checkpoint: str | None,
         batch_size: int = 32,
         max_new_tokens: int = 128,
         max_source_len: int = 256,
         device: str = "auto",
+        name: str = "flan_t5",
     ):
+        if not checkpoint:
+            raise ConfigError("extractor.checkpoint: set it to a trained Flan-T5 folder or a hub id")
+        self.name = name
         self.checkpoint = str(checkpoint)
         self.device = device  # auto: the first CUDA GPU when there is one, else the CPU
         self.batch_size = int(batch_size)
@@ -33,18 +37,6 @@ class FlanT5Extractor(Extractor):
         self.max_source_len = int(max_source_len)
         self._model = None
         self._tok = None
-
-    @classmethod
-    def from_config(cls, ecfg) -> FlanT5Extractor:
-        if not ecfg.get("checkpoint"):
-            raise ConfigError("extractor.checkpoint: set it to a trained Flan-T5 folder or a hub id")
-        return cls(
-            ecfg.checkpoint,
-            ecfg.get("batch_size", 32),
-            ecfg.get("max_new_tokens", 128),
-            ecfg.get("max_source_len", 256),
-            ecfg.get("device", "auto"),
-        )
 
     def _load(self):
         import torch

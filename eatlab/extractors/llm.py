@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from eatlab.llm.conversation import round_settings, sanitize_reply
-from eatlab.llm.parse import parse_entity_list
 from eatlab.extractors.base import EntityList, Extractor
+from eatlab.llm.base import settings_for_round
+from eatlab.llm.conversation import sanitize_reply
+from eatlab.llm.parse import parse_entity_list
+from eatlab.llm.prompts import PromptSet
 
 
 class LLMExtractor(Extractor):
-    name = "llm"
+    """Takes the run's `client`, `prompts` and `generation` (injected by `build_extractor`)."""
 
-    def __init__(self, client, cfg):
-        from eatlab.llm.prompts import load_prompt_set
-
+    def __init__(self, client, prompts: PromptSet, generation: dict, name: str = "llm"):
         self.client = client
-        from eatlab.eat.methods import generation_config
-
-        self.generation = generation_config(cfg)
-        self.prompts = load_prompt_set(cfg)
+        self.prompts = prompts
+        self.generation = dict(generation)
+        self.name = name
         self.last_conversations: list[list[dict]] = []
 
     def extract(self, sentences: list[str]) -> list[EntityList]:
@@ -26,7 +25,7 @@ class LLMExtractor(Extractor):
             conv, budget = self.prompts.single_turn("extractor", self.prompts.values("English", sentence=s))
             convs.append(conv)
         replies = (
-            self.client.chat(convs, round_settings(self.generation, budget), stage="ner") if convs else []
+            self.client.chat(convs, settings_for_round(self.generation, budget), stage="ner") if convs else []
         )
         for rep in replies:
             sanitize_reply(rep)  # control characters out, white space trimmed

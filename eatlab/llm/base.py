@@ -39,6 +39,14 @@ class GenerationSettings:
         return not self.do_sample or self.seed is not None
 
 
+def generation_config(cfg) -> dict:
+    """The `generation` group plus the model's token cap (smoke models have one): the mapping that
+    `settings_for_round` turns into each call's GenerationSettings."""
+    gen = dict(cfg.generation)
+    gen["max_new_tokens_cap"] = cfg.model.get("max_new_tokens_cap")
+    return gen
+
+
 def settings_for_round(generation, round_budget: int | None) -> GenerationSettings:
     """GenerationSettings of one call from a `generation` config mapping.
 
@@ -86,10 +94,47 @@ class Reply:
         return sum(self.entropies) / len(self.entropies)
 
 
-class LLMBackend(abc.ABC):
-    """A chat model behind one method. Implementations load weights lazily, on the first `generate`."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """The run's model (`model.*`, `finetune.adapter_path`, `seed`), as every backend receives it."""
 
-    kind: str = "abstract"
+    id: str
+    source: str  # hub id, or local folder
+    local: bool
+    revision: str | None = None
+    adapter_path: str | None = None
+    hash_weights: bool = True
+    seed: int = 0
+
+
+class LLMBackend(abc.ABC):
+    """A chat model behind one method. Implementations load weights lazily, on the first `generate`.
+
+    Built from the `backend` config node by `hydra.utils.instantiate` (eatlab.llm.factory): the node's keys are
+    constructor parameters, `model_kwargs` adds the run's model. A backend module imports its heavy libraries
+    (torch, vllm) inside methods, so that `cache_identity` can name the weights without loading anything.
+    """
+
+    kind: str = "abstract"  # enters the cache key: answers of different backends are never mixed
+    local_weights: bool = True  # False: the weights live elsewhere (a server); `model.path` is not read
+
+    @classmethod
+    def model_kwargs(cls, model: ModelSpec, params: dict) -> dict:
+        """The constructor arguments that come from the run's model (`params`: the backend node)."""
+        return {"model": model}
+
+    @classmethod
+    def cache_identity(cls, model: ModelSpec, params: dict) -> str:
+        """The model key from the config alone, equal to the built backend's `model_key`."""
+        from eatlab.llm.identity import make_model_key
+
+        return make_model_key(
+            model.id,
+            model.revision,
+            model.source if model.local else None,
+            model.adapter_path,
+            hash_weights=model.hash_weights,
+        )
 
     @property
     @abc.abstractmethod

@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from eatlab.llm.prompts import Direction, fill
-from eatlab.llm.base import Conversation, GenerationSettings, Reply, settings_for_round
 from eatlab.llm.answers import strip_control
+from eatlab.llm.base import Conversation, Reply, settings_for_round
+from eatlab.llm.prompts import Direction, fill
 
 # model faults counted per reply (any round): see `sanitize_reply`
 ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped")
@@ -52,11 +52,6 @@ def sanitize_reply(rep: Reply) -> Counter:
     return faults
 
 
-def round_settings(base: dict, round_budget: int) -> GenerationSettings:
-    """GenerationSettings of one round: the `generation` config, with the round's token budget unless fixed."""
-    return settings_for_round(base, round_budget)
-
-
 def run_conversations(
     client,
     starts: Sequence[Conversation],
@@ -79,7 +74,9 @@ def run_conversations(
         for i in active:
             results[i].messages.append({"role": "user", "content": fill(rnd.text, values[i])})
         replies = client.chat(
-            [results[i].messages for i in active], round_settings(generation, rnd.max_new_tokens), stage=stage
+            [results[i].messages for i in active],
+            settings_for_round(generation, rnd.max_new_tokens),
+            stage=stage,
         )
         for i, rep in zip(active, replies):
             rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each

@@ -55,6 +55,17 @@ class OpenAIBackend(LLMBackend):
 
     kind = "openai"
     streams_replies = True  # generate() accepts on_reply
+    local_weights = False
+
+    @classmethod
+    def model_kwargs(cls, model, params: dict) -> dict:
+        return {"model": params.get("model") or model.id, "model_key": cls.cache_identity(model, params)}
+
+    @classmethod
+    def cache_identity(cls, model, params: dict) -> str:
+        """The served model's name (and `model.revision` when set): the server's weights are not visible."""
+        name = params.get("model") or model.id
+        return f"{name}@{model.revision}" if model.revision else str(name)
 
     def __init__(
         self,

@@ -145,11 +145,14 @@ class PromptSet:
         }
 
 
-def load_prompt_set(cfg) -> PromptSet:
-    """The prompt set named by `prompts.file` for `prompt_rounds.forward/backward`."""
+def load_prompt_set(cfg, forward: int | None = None, backward: int | None = None) -> PromptSet:
+    """The prompt set named by `prompts.file` for `prompt_rounds.forward/backward` (or the rounds given)."""
     path = Path(cfg.prompts.file)
     if not path.is_absolute() and not path.exists():
         path = PROMPTS_DIR / path
     return PromptSet(
-        path, cfg.prompt_rounds.forward, cfg.prompt_rounds.backward, cfg.prompts.get("max_new_tokens")
+        path,
+        cfg.prompt_rounds.forward if forward is None else forward,
+        cfg.prompt_rounds.backward if backward is None else backward,
+        cfg.prompts.get("max_new_tokens"),
     )

@@ -41,6 +41,17 @@ class VLLMBackend(LLMBackend):
 
     kind = "vllm"
 
+    @classmethod
+    def model_kwargs(cls, model, params: dict) -> dict:
+        return {
+            "model_path_or_id": model.source,
+            "model_id": model.id,
+            "revision": model.revision,
+            "adapter_path": model.adapter_path,
+            "hash_weights": model.hash_weights,
+            "seed": model.seed,
+        }
+
     def __init__(
         self,
         model_path_or_id: str | Path,

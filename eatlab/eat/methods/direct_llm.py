@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 
+from eatlab.data.record import Sentence
+from eatlab.eat import stages
 from eatlab.eat.artifacts import messages_hash
-from eatlab.llm.conversation import round_settings, sanitize_reply
-from eatlab.llm.parse import parse_entity_list
-from eatlab.eat.pipeline import EATPipeline, SentenceResult
+from eatlab.eat.methods.base import Method
 from eatlab.eat.recovery import recover_span
+from eatlab.eat.stages import SentenceResult, StageContext
 
 CHECK_ROUND = (
     "Check your list: every entity must be copied exactly, character for character, from the sentence. "
@@ -22,36 +23,23 @@ CHECK_ROUND = (
 )
 
 
-class DirectLLMPipeline(EATPipeline):
-    rounds = 1
+class DirectLLM(Method):
+    """No translation and no English NER: the LLM lists the entities; spans are recovered as in EAT."""
 
-    def run(self, sentences) -> list[SentenceResult]:
-        results = [SentenceResult(s, s.text[: self.max_sentence_chars]) for s in sentences]
-        t0 = time.perf_counter()
-        convs, budget = [], 128
-        for r in results:
-            conv, budget = self.prompts.single_turn(
-                "direct", self.prompts.values(self.language.name, sentence=r.source)
-            )
-            convs.append(conv)
-        settings = round_settings(self.generation, budget)
-        for k in range(self.rounds):
-            if k:
-                for c in convs:
-                    c.append({"role": "user", "content": CHECK_ROUND})
-            replies = self.client.chat(convs, settings, stage="direct")
-            for c, rep in zip(convs, replies):
-                self.counts.update(sanitize_reply(rep))
-                c.append({"role": "assistant", "content": rep.text})
-        self.timer.add("direct", t0)
+    def __init__(self, ctx: StageContext, rounds: int = 1, name: str = "direct_llm"):
+        super().__init__(ctx, name)
+        self.rounds = int(rounds)
+
+    def run(self, sentences: list[Sentence]) -> list[SentenceResult]:
+        ctx = self.ctx
+        results = stages.prepare(ctx, sentences)
+        convs = stages.list_entities(ctx, results, self.rounds, CHECK_ROUND)
         t0 = time.perf_counter()
         records = []
         for r, conv in zip(results, convs):
-            answer = conv[-1]["content"]
-            r.entities = parse_entity_list(answer)
             for typ, ent in r.entities:
                 rec = recover_span(
-                    ent, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
+                    ent, r.sentence, typ, r.pred_spans, ctx.language.code, n_entities=len(r.entities)
                 )
                 if rec.span is not None:
                     r.pred_spans.append(rec.span)
@@ -63,7 +51,7 @@ class DirectLLMPipeline(EATPipeline):
                 {
                     "sentence_id": r.sentence.id,
                     "text": r.source,
-                    "answer": answer,
+                    "answer": conv[-1]["content"],
                     "entities": [list(e) for e in r.entities],
                     "spans": [[a["span"].start, a["span"].end] if a["span"] else None for a in r.alignments],
                     "dropped": [[a["phrase"], a["reason"]] for a in r.alignments if a["span"] is None],
@@ -71,6 +59,6 @@ class DirectLLMPipeline(EATPipeline):
                     "messages_sha256": messages_hash(conv),
                 }
             )
-        self.art_backward.write(records)
-        self.timer.add("recovery", t0)
+        ctx.art_backward.write(records)
+        ctx.timer.add("recovery", t0)
         return results

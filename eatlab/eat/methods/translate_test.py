@@ -14,8 +14,12 @@ from anyascii import anyascii
 from rapidfuzz import fuzz
 
 from eatlab.data.bio import Span
-from eatlab.eat.pipeline import EATPipeline, SentenceResult
+from eatlab.data.record import Sentence
+from eatlab.eat import stages
+from eatlab.eat.methods.base import Method
 from eatlab.eat.recovery import recover_span
+from eatlab.eat.stages import SentenceResult, StageContext
+from eatlab.extractors.base import Extractor
 
 
 def _romanise(text: str) -> str:
@@ -46,19 +50,33 @@ def fuzzy_align(phrase: str, result: SentenceResult, min_score: float) -> tuple[
     return Span(best[1], best[2], "X"), best[0]
 
 
-class TranslateTestPipeline(EATPipeline):
-    """Forward translation (the configured rounds; the `translate_test` method preset uses 1) + English NER +
-    string/fuzzy alignment."""
+class TranslateTest(Method):
+    """One-round forward translation + English NER + string/fuzzy alignment (no backward LLM)."""
 
-    min_score = 0.6
+    fixed_rounds = {"forward": 1}  # plain translate-test is one-round translation by definition
 
-    def backward(self, results: list[SentenceResult]) -> None:
+    def __init__(
+        self, ctx: StageContext, extractor: Extractor, min_score: float = 0.6, name: str = "translate_test"
+    ):
+        super().__init__(ctx, name)
+        self.extractor = extractor
+        self.min_score = float(min_score)
+
+    def run(self, sentences: list[Sentence]) -> list[SentenceResult]:
+        results = stages.prepare(self.ctx, sentences)
+        stages.translate_forward(self.ctx, results)
+        stages.extract(self.ctx, self.extractor, results)
+        self.align_by_string(results)
+        return results
+
+    def align_by_string(self, results: list[SentenceResult]) -> None:
+        ctx = self.ctx
         t0 = time.perf_counter()
         records = []
         for r in results:
             for typ, phrase in r.entities:
                 rec = recover_span(
-                    phrase, r.sentence, typ, r.pred_spans, self.language.code, n_entities=len(r.entities)
+                    phrase, r.sentence, typ, r.pred_spans, ctx.language.code, n_entities=len(r.entities)
                 )
                 span, how, score = rec.span, "exact", 1.0
                 if span is None:
@@ -82,5 +100,5 @@ class TranslateTestPipeline(EATPipeline):
                     }
                 )
             r.pred_spans.sort()
-        self.art_backward.write(records)
-        self.timer.add("recovery", t0)
+        ctx.art_backward.write(records)
+        ctx.timer.add("recovery", t0)

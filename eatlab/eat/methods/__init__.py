@@ -1,0 +1,85 @@
+"""Methods on the same harness (EAT, direct LLM NER, translate-test), each built from its `method` config node.
+
+`build_method` instantiates `method._target_` with the node's own parameters, the run's `StageContext`, and an
+English NER extractor only when the method's constructor asks for one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
+
+from eatlab.data.languages import Language
+from eatlab.eat.methods.base import Method
+from eatlab.eat.stages import StageContext
+from eatlab.errors import ConfigError
+from eatlab.extractors.base import build_extractor
+from eatlab.llm.base import generation_config
+from eatlab.llm.prompts import load_prompt_set
+
+__all__ = ["Method", "build_method", "method_class", "method_rounds"]
+
+
+def method_class(cfg) -> type[Method]:
+    target = OmegaConf.select(cfg, "method._target_")
+    if not target:
+        raise ConfigError("method._target_: required (the method's class, e.g. eatlab.eat.methods.eat.EAT)")
+    try:
+        cls = get_class(str(target))
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in several types
+        raise ConfigError(f"method._target_={target}: cannot import ({str(exc).splitlines()[0]})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"method._target_={target}: not a subclass of eatlab.eat.methods.Method")
+    return cls
+
+
+def _explicit_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
+        return []
+
+
+def method_rounds(cfg) -> dict[str, int]:
+    """The prompt rounds the method runs with: `prompt_rounds`, unless the method fixes some of them.
+
+    A method with fixed rounds (translate-test: one forward round) uses them; when the command line asks for
+    other rounds explicitly, that is a one-line error, never a silent override.
+    """
+    rounds = {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)}
+    fixed = method_class(cfg).fixed_rounds
+    asked = [o for o in _explicit_overrides() if o.lstrip("+~").startswith("prompt_rounds")]
+    for direction, n in fixed.items():
+        if asked and rounds[direction] != n:
+            raise ConfigError(
+                f"prompt_rounds.{direction}={rounds[direction]}: method={cfg.method.name} always runs {n} "
+                f"{direction} round(s); drop `{asked[0]}` or choose another method"
+            )
+        rounds[direction] = n
+    return rounds
+
+
+def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
+    """The configured method over a fresh StageContext; the extractor is built only if the method takes one."""
+    cls = method_class(cfg)
+    rounds = method_rounds(cfg)
+    ctx = StageContext(
+        client,
+        load_prompt_set(cfg, rounds["forward"], rounds["backward"]),
+        language,
+        generation_config(cfg),
+        run_dir,
+        max_sentence_chars=cfg.get("max_sentence_chars", 1000),
+    )
+    kwargs = {"ctx": ctx}
+    if "extractor" in inspect.signature(cls).parameters:
+        kwargs["extractor"] = build_extractor(cfg, client)
+    try:
+        return instantiate(cfg.method, **kwargs, _convert_="all")
+    except TypeError as exc:
+        raise ConfigError(f"method: {exc}") from None
