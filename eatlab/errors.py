@@ -21,3 +21,13 @@ class DataError(EatlabError):
 
 class ConfigError(EatlabError):
     """Bad configuration; the message names the key."""
+
+
+class RequestsFailed(EatlabError):
+    """Most model requests of a job failed after their retries: a failed job (exit status 1), not a score."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}

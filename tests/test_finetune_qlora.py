@@ -53,9 +53,9 @@ def _forward_answers(run_dir: Path) -> list[str]:
 
 
 def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose):
+    from eatlab.cli.finetune import run_finetune
     from eatlab.cli.run import run_eat
     from eatlab.finetune.adapter import adapter_provenance
-    from eatlab.cli.finetune import run_finetune
 
     cfg = compose_finetune([
         "language=zh",
@@ -137,11 +137,12 @@ def test_trainer_group_strategies(compose_finetune):
     """trainer=default|ddp|fsdp compose; FSDP wraps the model's decoder layers and stores 4-bit weights in bf16."""
     from pytorch_lightning.strategies import FSDPStrategy
 
-    from eatlab.cli.finetune import base_model, build_strategy, resolve_precision, settings_from_config
+    from eatlab.cli.finetune import base_model, build_strategy, settings_from_config
+    from eatlab.cli.task import resolve_precision
 
     default = compose_finetune([])
     assert default.trainer.name == "default" and build_strategy(default, "unused") == "auto"
-    assert resolve_precision(default.trainer) == "32-true"  # CPU here
+    assert resolve_precision(default.trainer.precision, default.trainer.accelerator) == "32-true"  # CPU here
     assert settings_from_config(default, "x").quant_storage is None
     ddp = compose_finetune(["trainer=ddp"])
     assert (ddp.trainer.strategy, ddp.trainer.devices, ddp.trainer.accelerator) == ("ddp", -1, "gpu")

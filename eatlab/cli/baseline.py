@@ -17,19 +17,17 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eatlab.cli.common import current_run_dir, guarded
+from eatlab.cli.task import Task, entry_point, resolve_precision
 from eatlab.data.languages import LSL_CODES, NSL_CODES, get_language
 from eatlab.errors import ConfigError, DataError
 from eatlab.eval.scores import SCORE_KEYS
-from eatlab.paths import CONF_DIR
+from eatlab.rundir import METRICS_SCHEMA_VERSION, build_metrics, write_metrics
 
 log = logging.getLogger("eatlab")
 
 METHOD = "encoder_zero_shot"
-METRICS_SCHEMA_VERSION = 1
 SMOKE_WARNING = (
     "encoder={name}: a tiny random SMOKE model. It checks that the baseline runs; its scores mean nothing."
 )
@@ -49,21 +47,6 @@ def target_languages(cfg) -> list[str]:
     if len(set(out)) != len(out):
         raise ConfigError(f"languages={out}: a language is listed twice")
     return out
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto` means bf16-mixed where a CUDA GPU supports it and will be used, else full fp32."""
-    if str(precision) != "auto":
-        return str(precision)
-    import torch
-
-    if (
-        str(accelerator) in ("auto", "gpu", "cuda")
-        and torch.cuda.is_available()
-        and torch.cuda.is_bf16_supported()
-    ):
-        return "bf16-mixed"
-    return "32-true"
 
 
 def tracking_view(cfg) -> DictConfig:
@@ -117,22 +100,18 @@ def language_metrics(
         for c in classes:
             pred_classes[c] += 1
     n_trunc_sent = sum(1 for e in encoded if e.n_truncated)
-    return {
-        "schema_version": METRICS_SCHEMA_VERSION,
-        **scores,
-        "llm_calls": 0,
-        "llm_cache_hits": 0,
-        "tokens": {"prompt": 0, "completion": 0},
-        "failures": {"predicted": pred_classes},
-        "counts": {
+    return build_metrics(
+        scores,
+        failures={"predicted": pred_classes},
+        counts={
             "n_words": sum(len(s.tokens) for s in sentences),
             "n_words_truncated": sum(e.n_truncated for e in encoded),
             "n_sentences_truncated": n_trunc_sent,
             "n_words_without_subtokens": sum(e.n_empty for e in encoded),
         },
-        "run": {**run_info, "language": language},
+        run={**run_info, "language": language},
         **extra,
-    }
+    )
 
 
 def summary_rows(per_language: dict[str, dict]) -> list[dict]:
@@ -230,7 +209,6 @@ def test_languages(cfg, module, dm, test_sels: dict, run_info: dict, run_dir: Pa
 
     from eatlab.baselines.encoder import predict_tags
     from eatlab.data.conll import write_conll
-    from eatlab.utils.io import atomic_write_json
 
     # a single-device trainer: every sentence is predicted once, on this process
     tester = pl.Trainer(
@@ -258,13 +236,19 @@ def test_languages(cfg, module, dm, test_sels: dict, run_info: dict, run_dir: Pa
             "predict": round(t_pred, 4),
             "evaluation": round(time.perf_counter() - t0, 4),
         }
-        atomic_write_json(run_dir / lang / "metrics.json", metrics)
+        write_metrics(run_dir / lang, metrics)
         per_language[lang] = metrics
     return per_language
 
 
 def run_baseline(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Fine-tune, select on dev, test every language; returns summary.json's content ({} on non-zero ranks)."""
+    with Task(cfg, METHOD, run_dir) as task:
+        return baseline_task(cfg, task)
+
+
+def baseline_task(cfg: DictConfig, task: Task) -> dict:
+    """The `eatlab-train-baseline` job in its Task."""
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -275,12 +259,9 @@ def run_baseline(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         ensure_tiny_encoder,
         load_tokenizer,
     )
-    from eatlab.provenance import write_provenance
-    from eatlab.tracking.loggers import build_loggers, finish_loggers
 
     t_start = time.perf_counter()
-    run_dir = Path(run_dir or current_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = task.run_dir
     languages = target_languages(cfg)
     enc, tr = cfg.encoder, cfg.train
     smoke = bool(enc.get("smoke", False))
@@ -294,9 +275,7 @@ def run_baseline(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     train_sel, dev_sel, test_sels = select_all(cfg, languages)
     tokenizer = load_tokenizer(enc.id)
-    prov = write_provenance(
-        run_dir,
-        cfg,
+    prov = task.provenance(
         {
             "data": {
                 "train": train_sel.provenance(),
@@ -334,7 +313,7 @@ def run_baseline(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         save_weights_only=True,
         auto_insert_metric_name=False,
     )
-    loggers = build_loggers(tracking_view(cfg), run_dir, job_type=METHOD)
+    loggers = task.loggers(tracking_view(cfg))
     trainer = pl.Trainer(
         max_epochs=int(enc.max_epochs),
         accelerator=tr.accelerator,
@@ -352,66 +331,55 @@ def run_baseline(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         default_root_dir=str(run_dir),
     )
     result: dict = {}
-    try:
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        t_train = time.perf_counter() - t0
-        if trainer.is_global_zero:
-            best_path = ckpt.best_model_path
-            best_epoch = best_step = None
-            if best_path:  # the checkpoint with the best English dev entity F1
-                state = torch.load(best_path, map_location="cpu", weights_only=False)
-                module.load_state_dict(state["state_dict"])
-                best_epoch, best_step = int(state["epoch"]), int(state["global_step"])
-            run_info = {
-                "method": METHOD,
-                "model": str(enc.id),
-                "encoder": str(enc.name),
-                "smoke_model": smoke,
-                "source_language": str(cfg.source_language),
-                "train_split": str(tr.split),
-                "split": str(cfg.data.split),
-                "seed": int(cfg.seed),
-                "git_commit": prov["git"]["commit"],
-                "max_length": int(enc.max_length),
-                "eval_max_length": int(enc.get("eval_max_length") or enc.max_length),
-                "precision": precision,
-                "best_dev_entity_f1": None if ckpt.best_model_score is None else float(ckpt.best_model_score),
-                "best_epoch": best_epoch,  # 0-based epoch of the selected checkpoint
-                "best_step": best_step,
-                "epochs": int(trainer.current_epoch),
-                "optimizer_steps": int(trainer.global_step),
-                "n_train_sentences": len(train_sel.sentences),
-                "n_dev_sentences": len(dev_sel.sentences),
-                "seconds_train": round(t_train, 4),
-            }
-            per_language = test_languages(cfg, module, dm, test_sels, run_info, run_dir, precision)
-            rows = summary_rows(per_language)
-            run_info["seconds_total"] = round(time.perf_counter() - t_start, 4)
-            write_summary(run_dir, run_info, rows)
-            log_summary(loggers, rows, trainer.global_step)
-            if bool(tr.save_model):
-                module.model.save_pretrained(str(run_dir / "model"))
-                tokenizer.save_pretrained(str(run_dir / "model"))
-            if best_path and not bool(tr.keep_checkpoint):
-                Path(best_path).unlink(missing_ok=True)
-                if not any(Path(best_path).parent.iterdir()):
-                    Path(best_path).parent.rmdir()
-            print_summary(rows, run_info, run_dir)
-            result = {"schema_version": METRICS_SCHEMA_VERSION, "run": run_info, "rows": rows}
-    except BaseException:
-        finish_loggers(loggers, failed=True)
-        raise
-    finish_loggers(loggers)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    t_train = time.perf_counter() - t0
+    if trainer.is_global_zero:
+        best_path = ckpt.best_model_path
+        best_epoch = best_step = None
+        if best_path:  # the checkpoint with the best English dev entity F1
+            state = torch.load(best_path, map_location="cpu", weights_only=False)
+            module.load_state_dict(state["state_dict"])
+            best_epoch, best_step = int(state["epoch"]), int(state["global_step"])
+        run_info = {
+            "method": METHOD,
+            "model": str(enc.id),
+            "encoder": str(enc.name),
+            "smoke_model": smoke,
+            "source_language": str(cfg.source_language),
+            "train_split": str(tr.split),
+            "split": str(cfg.data.split),
+            "seed": int(cfg.seed),
+            "git_commit": prov["git"]["commit"],
+            "max_length": int(enc.max_length),
+            "eval_max_length": int(enc.get("eval_max_length") or enc.max_length),
+            "precision": precision,
+            "best_dev_entity_f1": None if ckpt.best_model_score is None else float(ckpt.best_model_score),
+            "best_epoch": best_epoch,  # 0-based epoch of the selected checkpoint
+            "best_step": best_step,
+            "epochs": int(trainer.current_epoch),
+            "optimizer_steps": int(trainer.global_step),
+            "n_train_sentences": len(train_sel.sentences),
+            "n_dev_sentences": len(dev_sel.sentences),
+            "seconds_train": round(t_train, 4),
+        }
+        per_language = test_languages(cfg, module, dm, test_sels, run_info, run_dir, precision)
+        rows = summary_rows(per_language)
+        run_info["seconds_total"] = round(time.perf_counter() - t_start, 4)
+        write_summary(run_dir, run_info, rows)
+        log_summary(loggers, rows, trainer.global_step)
+        if bool(tr.save_model):
+            module.model.save_pretrained(str(run_dir / "model"))
+            tokenizer.save_pretrained(str(run_dir / "model"))
+        if best_path and not bool(tr.keep_checkpoint):
+            Path(best_path).unlink(missing_ok=True)
+            if not any(Path(best_path).parent.iterdir()):
+                Path(best_path).parent.rmdir()
+        print_summary(rows, run_info, run_dir)
+        result = {"schema_version": METRICS_SCHEMA_VERSION, "run": run_info, "rows": rows}
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_baseline")
-@guarded
-def _main(cfg: DictConfig) -> dict | None:
-    OmegaConf.resolve(cfg)
-    return run_baseline(cfg)
-
-
-def main() -> None:
-    _main()
+@entry_point("train_baseline", job_type=METHOD)
+def main(cfg: DictConfig, task: Task) -> dict:
+    return baseline_task(cfg, task)

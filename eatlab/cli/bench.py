@@ -11,6 +11,11 @@ share; what batching shares is the per-step Python overhead and the read of the 
 ratio is therefore far below the batch size, and it moves with the machine's load: with other processes on the
 same cores, one-at-a-time decoding (many tiny multi-threaded operations) suffers much more than batched decoding.
 `--threads 1` gives the steadiest numbers; the load average is printed with the timings.
+
+`eatlab-bench --timings` instead times what the tests deliberately do not assert on (a test checks counts and
+behaviour, never wall time): the bootstrap CI on 10k sentences x 1000 resamples (target 2 s), a 16-sentence tiny
+pipeline run, cold then from the cache (target 60 s cold), and full runs against the HTTP fault server with
+transient faults and with the server going away mid-run (target 60 s each). Each line ends `ok` or `SLOW`.
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     default_dir = Path(os.environ.get("EATLAB_OUTPUTS") or "outputs") / "models" / "tiny-qwen2"
     p.add_argument("--model-dir", type=Path, default=default_dir, help="where the tiny smoke model is kept")
+    p.add_argument(
+        "--timings",
+        action="store_true",
+        help="instead: time the bootstrap, a tiny pipeline run and the HTTP fault runs against their targets",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        return run(args)
+        return run_timings(args) if args.timings else run(args)
     except EatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -161,6 +171,103 @@ def run(args) -> int:
         print(f"replies DIFFER: {same}/{len(pairs)} identical")
     print(f"speedup: {t_single / t_batched:.1f}x")
     return 0 if same == len(pairs) else 1
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _compose(tmp: Path, model_dir: Path, name: str, overrides: list[str]):
+    """The main config, outputs and cache under `tmp/name`, W&B off, the tiny model from `model_dir`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from eatlab.paths import CONF_DIR
+
+    base = [f"paths.output_dir={tmp / 'outputs'}", f"paths.run_dir={tmp / name}",
+            f"paths.models_dir={model_dir.parent}", "tracking=none"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=base + overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _time_bootstrap() -> float:
+    import numpy as np
+
+    from eatlab.eval.bootstrap import bootstrap_f1_ci
+    from eatlab.eval.entity import EntityCounts
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 4, 10_000)
+    pred = rng.integers(0, 4, 10_000)
+    tp = np.minimum(gold, pred)
+    counts = EntityCounts(("PER",), tp.reshape(-1, 1), pred.reshape(-1, 1), gold.reshape(-1, 1))
+    return _timed(lambda: bootstrap_f1_ci(counts, n_boot=1000, seed=0))
+
+
+def _time_pipeline(tmp: Path, model_dir: Path) -> tuple[float, float]:
+    from eatlab.cli.run import run_eat
+
+    cfg = _compose(tmp, model_dir, "pipeline", ["language=zh", "data.limit=16"])
+    cold = _timed(lambda: run_eat(cfg, tmp / "pipeline"))
+    warm = _timed(lambda: run_eat(cfg, tmp / "pipeline-again"))
+    return cold, warm
+
+
+def _time_http_faults(tmp: Path, model_dir: Path) -> tuple[float, float]:
+    """tests/test_reliability_http.py's transient-fault and server-gone runs (8 zh sentences, LLM extractor)."""
+    from eatlab.cli.run import run_eat
+    from eatlab.data.loader import select_sentences
+    from eatlab.testing.fault_server import HTTP_FAULTS, FaultRule, FaultServer, OracleModel
+
+    sentences = select_sentences("zh", "test", limit=8).sentences
+    oracle = OracleModel.from_sentences(sentences)
+
+    def overrides(srv: FaultServer, name: str, *extra: str) -> list[str]:
+        return ["language=zh", "data.limit=8", "extractor=llm", "backend=openai", f"backend.base_url={srv.base_url}",
+                "backend.concurrency=4", "backend.max_retries=2", "backend.backoff_s=0.01", "backend.timeout_s=2",
+                f"cache.path={tmp / name / 'cache.sqlite'}", *extra]  # fmt: skip
+
+    slow = {oracle.english(sentences[0].text), oracle.english(sentences[1].text)}
+    rules = [
+        FaultRule("timeout", when=lambda r: r.stage == "ner" and r.sentence in slow, attempts=1, delay_s=1.5)
+    ]
+    kinds = [k for k in HTTP_FAULTS if k != "timeout"]
+    rules += [
+        FaultRule(k, when=lambda r, i=i: int(r.body_sha, 16) % 8 == i, attempts=1)
+        for i, k in enumerate(kinds)
+    ]
+    with FaultServer(oracle, rules) as srv:
+        cfg = _compose(tmp, model_dir, "transient", overrides(srv, "transient", "backend.timeout_s=0.5"))
+        transient = _timed(lambda: run_eat(cfg, tmp / "transient"))
+    with FaultServer(oracle, shutdown_after=30) as srv:
+        cfg = _compose(tmp, model_dir, "gone", overrides(srv, "gone", "backend.backoff_s=0.05"))
+        gone = _timed(lambda: run_eat(cfg, tmp / "gone"))
+    return transient, gone
+
+
+def run_timings(args) -> int:
+    """Wall times against their targets; prints `ok` or `SLOW` per line (exit 0 either way: timings vary)."""
+    import logging
+    import tempfile
+
+    logging.getLogger("eatlab").setLevel(logging.ERROR)  # the fault runs log every retry
+    rows = [("bootstrap CI, 10k sentences x 1000 resamples", _time_bootstrap(), 2.0)]
+    with tempfile.TemporaryDirectory(prefix="eatlab-bench-") as tmp:
+        cold, warm = _time_pipeline(Path(tmp), args.model_dir)
+        rows += [("tiny pipeline, zh, 16 sentences, cold", cold, 60.0),
+                 ("tiny pipeline, zh, 16 sentences, from the cache", warm, 60.0)]  # fmt: skip
+        transient, gone = _time_http_faults(Path(tmp), args.model_dir)
+        rows += [("HTTP backend, every transient fault kind, 8 sentences", transient, 60.0),
+                 ("HTTP backend, server gone after 30 requests, 8 sentences", gone, 60.0)]  # fmt: skip
+    for name, seconds, target in rows:
+        print(f"{name}: {seconds:.2f}s (target < {target:.0f}s) {'ok' if seconds < target else 'SLOW'}")
+    if hasattr(os, "getloadavg"):
+        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    return 0
 
 
 if __name__ == "__main__":

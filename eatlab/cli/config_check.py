@@ -166,6 +166,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_int(cfg, "max_sentence_chars", minimum=1)
     _check_int(cfg, "n_sample_predictions", minimum=0)
     _check_int(cfg, "eval.batch_size", minimum=1)
+    _check_num(cfg, "eval.max_failed_share", minimum=0, maximum=1)
     for key in ("prompt_rounds.forward", "prompt_rounds.backward"):
         _check_int(cfg, key, minimum=1, maximum=5)
     _check_bool(cfg, "generation.do_sample")
@@ -238,3 +239,75 @@ def resolve_or_fail(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_first_line(getattr(exc, 'msg', None) or exc)}") from None
+
+
+# ------------------------------------------------------------------------------------- the other entry points
+# key -> check, per config name; keys a composition lacks are skipped. `eatlab` (config) has validate_config.
+_INT, _POS, _NUM, _FRAC, _BOOL = "int", "positive int", "number", "fraction", "bool"
+SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {  # key -> (kind, null allowed)
+    "finetune": {
+        "seed": (_INT, False),
+        "finetune.batch_size": (_POS, False),
+        "finetune.eval_batch_size": (_POS, False),
+        "finetune.max_length": (_POS, False),
+        "finetune.val_fraction": (_FRAC, False),
+        "finetune.val_max": (_INT, False),
+        "finetune.lora.r": (_POS, False),
+        "finetune.lora.alpha": (_NUM, False),
+        "finetune.lora.dropout": (_FRAC, False),
+        "finetune.optim.lr": (_NUM, False),
+        "finetune.optim.warmup_ratio": (_FRAC, False),
+        "finetune.report_only": (_BOOL, False),
+        "trainer.max_epochs": (_INT, False),
+        "trainer.max_steps": (_INT, False),
+        "trainer.accumulate_grad_batches": (_POS, False),
+        "trainer.devices": (_POS, False),
+    },
+    "train_extractor": {
+        "seed": (_INT, False),
+        "extractor.batch_size": (_POS, False),
+        "extractor.train.batch_size": (_POS, False),
+        "extractor.train.max_epochs": (_INT, False),
+        "extractor.train.lr": (_NUM, False),
+        "extractor.train.learn_rate": (_NUM, False),
+        "extractor.train.train_limit": (_POS, True),
+        "extractor.train.dev_limit": (_POS, True),
+        "extractor.train.max_steps": (_INT, False),
+        "extractor.train.dropout": (_FRAC, False),
+        "trainer.accumulate_grad_batches": (_POS, False),
+    },
+    "train_baseline": {
+        "seed": (_INT, False),
+        "encoder.batch_size": (_POS, False),
+        "encoder.eval_batch_size": (_POS, False),
+        "encoder.max_length": (_POS, False),
+        "encoder.lr": (_NUM, False),
+        "encoder.warmup_ratio": (_FRAC, False),
+        "encoder.max_epochs": (_INT, False),
+        "train.limit": (_POS, True),
+        "train.dev_limit": (_POS, True),
+        "data.limit": (_INT, True),
+    },
+}
+
+
+def validate_for(config_name: str, cfg: DictConfig) -> None:
+    """The checks of one entry point's config: ConfigError naming the first bad key."""
+    from eatlab.extractors.base import extractor_factory
+
+    if config_name in ("config", "eval_extractor"):
+        validate_config(cfg)
+        return
+    if config_name == "train_extractor":
+        extractor_factory(cfg)
+    for key, (kind, null) in SCHEMAS.get(config_name, {}).items():
+        if kind == _INT:
+            _check_int(cfg, key, null=null)
+        elif kind == _POS:
+            _check_int(cfg, key, minimum=1, null=null)
+        elif kind == _NUM:
+            _check_num(cfg, key, minimum=0, null=null)
+        elif kind == _FRAC:
+            _check_num(cfg, key, minimum=0, maximum=1, null=null)
+        elif kind == _BOOL:
+            _check_bool(cfg, key)

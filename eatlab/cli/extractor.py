@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eatlab.cli.common import current_run_dir, guarded
+from eatlab.cli.task import Task, entry_point, resolve_precision
 from eatlab.errors import ConfigError
-from eatlab.paths import CONF_DIR
+from eatlab.rundir import EXTRACTOR_METRICS, build_metrics, write_metrics
 from eatlab.utils.io import atomic_write_json
 
 log = logging.getLogger("eatlab")
@@ -37,43 +36,14 @@ def _split_file(cfg, key: str, split: str) -> str:
     return str(path)
 
 
-def _loggers(cfg, run_dir: Path, name: str) -> list:
-    """CSV always; W&B (offline by default) unless tracking=none. Same layout as the pipeline's loggers."""
-    from pytorch_lightning.loggers import CSVLogger
-
-    from eatlab.tracking.loggers import sweep_group
-
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if cfg.tracking.name == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
-
-        loggers.append(
-            WandbLogger(
-                project=cfg.tracking.project,
-                entity=cfg.tracking.get("entity"),
-                name=f"{cfg.task_name}-{name}",
-                group=sweep_group(cfg, run_dir),
-                job_type="train_extractor",
-                tags=[f"extractor:{name}", "language:en"],
-                save_dir=str(run_dir),
-                offline=cfg.tracking.mode == "offline",
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
-        )
-    return loggers
-
-
-def train_t5(cfg, run_dir: Path) -> dict:
+def train_t5(cfg, task: Task) -> dict:
     """Fit a T5-family extractor; the best dev-F1 model is `<extractor.train.output_dir>/best`."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 
-    from eatlab.extractors.train_t5 import (
-        HFModelCheckpoint,
-        NERTextDataModule,
-        Seq2SeqNERModule,
-        resolve_precision,
-    )
+    from eatlab.extractors.train_t5 import HFModelCheckpoint, NERTextDataModule, Seq2SeqNERModule
+
+    run_dir = task.run_dir
 
     t = cfg.extractor.train
     tr = cfg.trainer
@@ -111,7 +81,7 @@ def train_t5(cfg, run_dir: Path) -> dict:
     data_stats = dm.stats()
     out_dir = Path(t.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loggers = _loggers(cfg, run_dir, Path(str(t.model)).name)
+    loggers = task.loggers()
     for lg in loggers:
         lg.log_hyperparams({"data_stats": data_stats, "files": files})
     checkpoint = HFModelCheckpoint(out_dir, "best", monitor="val_f1", mode="max")
@@ -124,7 +94,7 @@ def train_t5(cfg, run_dir: Path) -> dict:
         accelerator=tr.accelerator,
         devices=tr.devices,
         strategy=tr.strategy,
-        precision=resolve_precision(str(tr.precision), str(tr.accelerator)),
+        precision=resolve_precision(tr.precision, tr.accelerator, fp16_safe=False),  # T5 overflows in fp16
         max_epochs=int(t.max_epochs),
         max_steps=int(t.max_steps),
         val_check_interval=t.val_check_interval,
@@ -138,10 +108,7 @@ def train_t5(cfg, run_dir: Path) -> dict:
         callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
-    try:
-        trainer.fit(module, datamodule=dm)
-    finally:
-        _finish_wandb(loggers)
+    trainer.fit(module, datamodule=dm)
     best = checkpoint.best_model_score
     summary = {
         "extractor": "flan_t5",
@@ -160,12 +127,13 @@ def train_t5(cfg, run_dir: Path) -> dict:
     return summary
 
 
-def train_spacy(cfg, run_dir: Path) -> dict:
+def train_spacy(cfg, task: Task) -> dict:
     """spaCy's trainer on English WikiANN (or any English CoNLL files); model-best = best dev entity F1."""
     from dataclasses import asdict
 
     from eatlab.extractors.train_spacy import train_spacy_ner
 
+    run_dir = task.run_dir
     t = cfg.extractor.train
     result = train_spacy_ner(
         _split_file(cfg, "train_file", "train"),
@@ -190,19 +158,24 @@ def train_spacy(cfg, run_dir: Path) -> dict:
 
 def train_extractor(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Train the configured extractor (`extractor.name` flan_t5 or spacy_wikiann) and return its summary."""
-    run_dir = Path(run_dir or current_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with Task(cfg, "train_extractor", run_dir) as task:
+        return train_task(cfg, task)
+
+
+def train_task(cfg: DictConfig, task: Task) -> dict:
+    """The `eatlab-train-extractor` job in its Task."""
     name = cfg.extractor.name
     if "train" not in cfg.extractor:
         raise ConfigError(
             f"extractor={name}: nothing to train (choose flan_t5_small, flan_t5_base, flan_t5_large, "
             "flan_t5_conll2003 or spacy_wikiann)"
         )
+    task.provenance({"extractor": {"name": name, "train": OmegaConf.to_container(cfg.extractor.train)}})
     if name == "flan_t5":
-        summary = train_t5(cfg, run_dir)
+        summary = train_t5(cfg, task)
         where = summary["checkpoint"]
     elif name == "spacy_wikiann":
-        summary = train_spacy(cfg, run_dir)
+        summary = train_spacy(cfg, task)
         where = summary["model_best"]
     else:
         raise ConfigError(f"extractor.name={name}: only flan_t5 and spacy_wikiann can be trained")
@@ -213,14 +186,19 @@ def train_extractor(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
 def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Score `cfg.extractor` on English WikiANN (`data.split`, default test); writes JSON and predictions."""
+    with Task(cfg, "eval_extractor", run_dir) as task:
+        return eval_task(cfg, task)
+
+
+def eval_task(cfg: DictConfig, task: Task) -> dict:
+    """The `eatlab-eval-extractor` job in its Task."""
     from eatlab.data.conll import write_conll
     from eatlab.data.loader import select_from_config
     from eatlab.eval.table import format_scores
     from eatlab.extractors.base import build_extractor
     from eatlab.extractors.evaluate import evaluate_extractor
 
-    run_dir = Path(run_dir or current_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = task.run_dir
     selection = select_from_config(cfg, language="en")
     client = None
     if cfg.extractor.name == "llm":
@@ -229,22 +207,29 @@ def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         client = build_client(cfg)
     try:
         extractor = build_extractor(cfg, client, allow_fallback=False)
+        task.provenance({"data": selection.provenance(), "extractor": extractor.identity()})
         result = evaluate_extractor(extractor, selection.sentences, seed=int(cfg.seed))
     finally:
         if client is not None:
             client.close()
     write_conll(run_dir / "predictions.conll", selection.sentences, result["pred_tags"])
-    metrics = {
-        **result["scores"],
-        "extractor": result["extractor"],
-        "counts": result["counts"],
-        "seconds": result["seconds"],
-        "split": str(cfg.data.split),
-        "data": selection.provenance(),
-    }
-    if client is not None:
-        metrics["llm"] = client.counters_dict()
-    atomic_write_json(run_dir / "extractor_metrics.json", metrics)
+    metrics = build_metrics(
+        result["scores"],
+        counters=client.counters_dict() if client is not None else None,
+        stage_seconds={"extraction": result["seconds"]},
+        run={
+            "method": "extractor_eval",
+            "extractor": str(cfg.extractor.name),
+            "language": "en",
+            "split": str(cfg.data.split),
+            "seed": int(cfg.seed),
+        },
+        data=selection.provenance(),
+        counts=result["counts"],
+        extractor=result["extractor"],
+        split=str(cfg.data.split),
+    )
+    write_metrics(run_dir, metrics, EXTRACTOR_METRICS)
     title = f"extractor={cfg.extractor.name} on English WikiANN {cfg.data.split} ({len(selection.sentences)} sentences)"
     print(format_scores(result["scores"], title))
     c = result["counts"]
@@ -255,31 +240,11 @@ def evaluate_from_config(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     return metrics
 
 
-def _finish_wandb(loggers: list) -> None:
-    if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
+@entry_point("train_extractor", job_type="train_extractor")
+def train_main(cfg: DictConfig, task: Task) -> dict:
+    return train_task(cfg, task)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_extractor")
-@guarded
-def _train(cfg: DictConfig) -> dict | None:
-    OmegaConf.resolve(cfg)
-    return train_extractor(cfg)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval_extractor")
-@guarded
-def _eval(cfg: DictConfig) -> dict | None:
-    OmegaConf.resolve(cfg)
-    return evaluate_from_config(cfg)
-
-
-def train_main() -> None:
-    _train()
-
-
-def eval_main() -> None:
-    _eval()
+@entry_point("eval_extractor", job_type="eval_extractor")
+def eval_main(cfg: DictConfig, task: Task) -> dict:
+    return eval_task(cfg, task)

@@ -17,12 +17,10 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eatlab.cli.common import current_run_dir, guarded
+from eatlab.cli.task import Task, entry_point, resolve_precision
 from eatlab.errors import ConfigError
-from eatlab.paths import CONF_DIR
 
 log = logging.getLogger("eatlab.finetune")
 
@@ -69,17 +67,6 @@ def settings_from_config(cfg, source: str):
         val_max_new_tokens=int(f.val_max_new_tokens),
         trust_remote_code=bool(cfg.model.get("trust_remote_code", False)),
     )
-
-
-def resolve_precision(t) -> str:
-    import torch
-
-    p = str(t.precision)
-    if p != "auto":
-        return p
-    if t.accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def build_strategy(cfg, source: str):
@@ -146,11 +133,16 @@ def prepare_data(cfg, run_dir: Path):
 
 def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Train the adapter (or only report the filters); return the summary written to finetune_metrics.json."""
+    with Task(cfg, "finetune", run_dir) as task:
+        return finetune_task(cfg, task)
+
+
+def finetune_task(cfg: DictConfig, task: Task) -> dict:
+    """The `eatlab-finetune` job in its Task."""
     from eatlab.utils.io import atomic_write_json
 
     t_start = time.perf_counter()
-    run_dir = Path(run_dir or current_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = task.run_dir
     f = cfg.finetune
     if f.name == "none":
         raise ConfigError("finetune=none: nothing to train; use finetune=eacl_qlora")
@@ -168,8 +160,6 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     from eatlab.finetune import adapter as ad
     from eatlab.finetune.module import QLoRAModule
     from eatlab.finetune.tasks import Collator, Templates, build_examples, encode_examples, examples_sha256
-    from eatlab.provenance import write_provenance
-    from eatlab.tracking.loggers import build_loggers, finish_loggers
 
     pl.seed_everything(int(cfg.seed), workers=True)
     source, model_key, smoke = base_model(cfg)
@@ -222,19 +212,19 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     module.tokenizer = tok
     run_hash = ad.training_hash(data_sha, model_key, training_config(cfg))
     out_dir = ad.version_dir(f.output_root, languages, run_hash)
-    prov = write_provenance(
-        run_dir, cfg, {"base_model": {"source": source, "model_key": model_key, "smoke": smoke},
+    prov = task.provenance(
+        {"base_model": {"source": source, "model_key": model_key, "smoke": smoke},
                        "data_sha256": data_sha, "adapter_dir": str(out_dir)},
     )  # fmt: skip
 
     t = cfg.trainer
-    loggers = build_loggers(cfg, run_dir, job_type="finetune")
+    loggers = task.loggers()
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=int(t.num_nodes),
         strategy=build_strategy(cfg, source),
-        precision=resolve_precision(t),
+        precision=resolve_precision(t.precision, t.accelerator),
         max_epochs=int(t.max_epochs),
         max_steps=int(t.max_steps),
         accumulate_grad_batches=int(t.accumulate_grad_batches),
@@ -248,18 +238,13 @@ def run_finetune(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         logger=loggers,
         default_root_dir=str(run_dir),
     )
-    failed = True
-    try:
-        t_fit = time.perf_counter()
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-        fit_seconds = time.perf_counter() - t_fit
-        last_val = module.val_history[-1]["step"] if module.val_history else None
-        if val_loader is not None and last_val != trainer.global_step:  # stopped by max_steps mid-epoch
-            trainer.validate(module, dataloaders=val_loader, verbose=False)
-        _save_adapter(trainer, module, out_dir)
-        failed = False
-    finally:
-        finish_loggers(loggers, failed=failed)
+    t_fit = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    fit_seconds = time.perf_counter() - t_fit
+    last_val = module.val_history[-1]["step"] if module.val_history else None
+    if val_loader is not None and last_val != trainer.global_step:  # stopped by max_steps mid-epoch
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+    _save_adapter(trainer, module, out_dir)
     if not trainer.is_global_zero:
         return {}
 
@@ -356,15 +341,9 @@ def _print_summary(s: dict) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="finetune")
-@guarded
-def _main(cfg: DictConfig) -> dict | None:
-    OmegaConf.resolve(cfg)
-    return run_finetune(cfg)
-
-
-def main() -> None:
-    _main()
+@entry_point("finetune", job_type="finetune")
+def main(cfg: DictConfig, task: Task) -> dict:
+    return finetune_task(cfg, task)
 
 
 if __name__ == "__main__":

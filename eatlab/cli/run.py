@@ -7,15 +7,13 @@ eatlab -m language=zh,ja prompt_rounds=r1,r3,r5          # a sweep
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from eatlab.cli.common import current_run_dir, guarded
-from eatlab.paths import CONF_DIR
+from eatlab.cli.task import Task, entry_point
+from eatlab.errors import RequestsFailed
 
 log = logging.getLogger("eatlab")
 
@@ -24,6 +22,12 @@ SMOKE_WARNING = "model={model}: a tiny random SMOKE model. It checks that the pi
 
 def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the configured method end to end and return metrics.json's content (also written to the run dir)."""
+    with Task(cfg, str(cfg.method.name), run_dir) as task:
+        return eat_task(cfg, task)
+
+
+def eat_task(cfg: DictConfig, task: Task) -> dict:
+    """The `eatlab` job in its Task (run dir, provenance, loggers owned by the task runner)."""
     from eatlab.data.languages import get_language
     from eatlab.data.loader import select_from_config
     from eatlab.eat.artifacts import finalize_artifacts
@@ -32,14 +36,11 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     from eatlab.eat.report import print_failures, print_summary
     from eatlab.finetune.adapter import adapter_provenance
     from eatlab.llm.factory import build_client
-    from eatlab.provenance import write_provenance
     from eatlab.rundir import build_metrics, write_metrics
-    from eatlab.tracking.loggers import build_loggers, finish_loggers
     from eatlab.tracking.record import record_run
 
     t_start = time.perf_counter()
-    run_dir = Path(run_dir or current_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = task.run_dir
     language = get_language(cfg.language.code)
     if cfg.model.get("smoke"):
         log.warning(SMOKE_WARNING.format(model=cfg.model.id))
@@ -51,9 +52,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     client = build_client(cfg)
     client.cache.ensure_open()  # a damaged cache file fails now, in one line naming the repair command
     pipeline = build_method(cfg, client, language, run_dir)
-    prov = write_provenance(
-        run_dir,
-        cfg,
+    prov = task.provenance(
         {
             "data": selection.provenance(),
             "prompts": pipeline.prompts.provenance(),
@@ -104,7 +103,7 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         return metrics
 
     module = EATEvaluationModule(pipeline, finish)
-    loggers = build_loggers(cfg, run_dir, job_type=cfg.method.name)
+    loggers = task.loggers()
     trainer = pl.Trainer(
         accelerator=cfg.eval.accelerator,
         devices=cfg.eval.devices,
@@ -115,40 +114,39 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         enable_progress_bar=True,
         default_root_dir=str(run_dir),
     )
-    failed = True
     try:
         trainer.test(
             module, dataloaders=sentence_loader(selection.sentences, int(cfg.eval.batch_size)), verbose=False
         )
-        metrics = module.summary
-        if metrics is None:  # not rank 0
-            failed = False
-            return {}
-        record_run(cfg, run_dir, metrics, loggers, module.results)
-        print_summary(metrics, run_dir)
-        print_failures(metrics)
-        failed = False
-        return metrics
     finally:
         client.close()
-        finish_loggers(loggers, failed=failed)
+    metrics = module.summary
+    if metrics is None:  # not rank 0
+        return {}
+    record_run(cfg, run_dir, metrics, loggers, module.results)
+    print_summary(metrics, run_dir)
+    print_failures(metrics)
+    check_failed_requests(metrics, pipeline.ctx.last_error, float(cfg.eval.get("max_failed_share", 0.5)))
+    return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-@guarded
-def _main(cfg: DictConfig) -> dict | None:
-    from eatlab.cli.config_check import resolve_or_fail, validate_config
+def check_failed_requests(metrics: dict, last_error: str | None, max_share: float) -> None:
+    """Most model requests failed after their retries: the job failed, whatever its score says.
 
-    resolve_or_fail(cfg)
-    validate_config(cfg)  # one line naming the key, before any model or data is loaded
-    return run_eat(cfg)
+    Raised after metrics.json is written, so the failed job's answers stay in the cache for the re-run and
+    its partial numbers stay readable; error.json names the count and the last error.
+    """
+    requests = int(metrics.get("llm_calls", 0))
+    failed = int(metrics.get("llm_errors", 0))
+    if requests and failed / requests > max_share:
+        raise RequestsFailed(
+            f"{failed} of {requests} model requests failed after their retries (more than "
+            f"eval.max_failed_share={max_share:g}); last error: {last_error or 'unknown'}; "
+            f"fix the backend and re-run the same command (answers so far are cached)",
+            {"failed_requests": failed, "requests": requests, "last_error": last_error},
+        )
 
 
-def main() -> None:
-    from eatlab.cli.config_check import precheck_overrides
-
-    problem = precheck_overrides(sys.argv[1:])  # Hydra's composition errors, as one line naming the override
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    _main()
+@entry_point("config", job_type=lambda cfg: str(cfg.method.name))
+def main(cfg: DictConfig, task: Task) -> dict:
+    return eat_task(cfg, task)

@@ -94,6 +94,7 @@ class StageContext:
         # model faults per stage: {stage: {empty_answers|truncated_answers|control_chars_stripped|
         # wrong_script_answers: n}}; their totals are in `counts`
         self.answer_faults: dict[str, Counter] = {}
+        self.last_error: str | None = None  # of a request that failed after its retries (error.json names it)
 
     def count_faults(self, stage: str, faults: Counter) -> None:
         faults = +faults  # drop zeros
@@ -138,6 +139,7 @@ def translate_forward(ctx: StageContext, results: list[SentenceResult]) -> None:
         r.forward_error = c.failed
         if c.failed:
             ctx.counts["failed_forward"] += 1
+            ctx.last_error = c.failed
         ctx.count_faults("forward", c.faults)
         if not c.failed and wrong_script(c.answer, ENGLISH_SCRIPTS):
             ctx.count_faults("forward", Counter(wrong_script_answers=1))
@@ -224,6 +226,7 @@ def recover_spans(ctx: StageContext, aligned: list[tuple], results: list[Sentenc
         ctx.count_faults("backward", conv.faults)
         if conv.failed:
             ctx.counts["failed_backward"] += 1
+            ctx.last_error = conv.failed
             rec_span, reason, matched = None, "request_failed", None
         else:
             if wrong_script(answer, frozenset(scripts(r.source))):
@@ -274,6 +277,7 @@ def list_entities(ctx: StageContext, results: list[SentenceResult], rounds: int,
                 c.append({"role": "user", "content": check_round})
         replies = ctx.client.chat(convs, settings, stage="direct")
         for c, rep in zip(convs, replies):
+            ctx.last_error = rep.error or ctx.last_error
             ctx.counts.update(sanitize_reply(rep))
             c.append({"role": "assistant", "content": rep.text})
     for r, conv in zip(results, convs):

@@ -12,12 +12,13 @@ import abc
 import inspect
 import logging
 
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.llm.base import generation_config
 from eatlab.llm.prompts import load_prompt_set
+from eatlab.utils.components import locate
 
 EntityList = list[tuple[str, str]]
 log = logging.getLogger(__name__)
@@ -44,15 +45,7 @@ class Extractor(abc.ABC):
 
 def extractor_factory(cfg):
     """The callable named by `extractor._target_` (a class or a classmethod)."""
-    target = OmegaConf.select(cfg, "extractor._target_")
-    if not target:
-        raise ConfigError("extractor._target_: required (e.g. eatlab.extractors.spacy_ner.SpacyExtractor)")
-    try:
-        return get_method(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in several types
-        raise ConfigError(
-            f"extractor._target_={target}: cannot import ({str(exc).splitlines()[0]})"
-        ) from None
+    return locate(cfg, "extractor._target_", "eatlab.extractors.spacy_ner.SpacyExtractor")
 
 
 def build_extractor(cfg, client=None, allow_fallback: bool = True) -> Extractor:

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from eatlab.data.bio import VALID_TAGS, tags_to_spans
 from eatlab.data.record import Sentence
-from eatlab.llm.parse import parse_entity_list
 from eatlab.errors import ConfigError, DataError
 from eatlab.extractors.evaluate import entity_tags
 from eatlab.extractors.flan_t5 import INSTRUCTION
+from eatlab.llm.parse import parse_entity_list
 
 log = logging.getLogger(__name__)
 CHECKPOINT_INFO = "eatlab_checkpoint.json"
@@ -459,11 +459,3 @@ class HFModelCheckpoint(ModelCheckpoint):
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
             shutil.rmtree(filepath, ignore_errors=True)
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto`: bf16-mixed on a CUDA GPU that supports it (T5 overflows in fp16), else 32-true."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"

@@ -14,13 +14,14 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.llm.base import LLMBackend, ModelSpec
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
+from eatlab.utils.components import locate, require_subclass
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,8 @@ def model_spec(cfg, local_weights: bool = True) -> ModelSpec:
 
 def backend_class(cfg) -> type[LLMBackend]:
     """The class named by `backend._target_` (its module imports no heavy library)."""
-    target = _get(cfg, "backend._target_")
-    if not target:
-        raise ConfigError("backend._target_: required (e.g. eatlab.llm.hf.HFBackend)")
-    try:
-        cls = get_class(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in several types
-        raise ConfigError(f"backend._target_={target}: cannot import ({str(exc).splitlines()[0]})") from None
-    if not (isinstance(cls, type) and issubclass(cls, LLMBackend)):
-        raise ConfigError(f"backend._target_={target}: not a subclass of eatlab.llm.base.LLMBackend")
-    return cls
+    cls = locate(cfg, "backend._target_", "eatlab.llm.hf.HFBackend")
+    return require_subclass(cls, LLMBackend, "backend._target_", _get(cfg, "backend._target_"))
 
 
 def _params(cfg) -> dict:

@@ -2,7 +2,7 @@
 
 Wired in conf/hydra/default.yaml (`hydra.callbacks.sweep_summary`). It runs in the launching process after
 every job has returned, whatever the launcher (basic, joblib, submitit); jobs report failures through their
-error.json (see eatlab.cli.common.guarded), so a failed job is a row, not a crash. If the launcher itself dies
+error.json (see eatlab.cli.task.run_task), so a failed job is a row, not a crash. If the launcher itself dies
 first (a SLURM job killed at its time limit, a joblib worker killed by the OOM killer), the summary is still
 written when the launching process exits, with the unfinished jobs marked `incomplete`.
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.data.languages import Language
@@ -19,21 +19,14 @@ from eatlab.errors import ConfigError
 from eatlab.extractors.base import build_extractor
 from eatlab.llm.base import generation_config
 from eatlab.llm.prompts import load_prompt_set
+from eatlab.utils.components import locate, require_subclass
 
 __all__ = ["Method", "build_method", "method_class", "method_rounds"]
 
 
 def method_class(cfg) -> type[Method]:
-    target = OmegaConf.select(cfg, "method._target_")
-    if not target:
-        raise ConfigError("method._target_: required (the method's class, e.g. eatlab.eat.methods.eat.EAT)")
-    try:
-        cls = get_class(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors in several types
-        raise ConfigError(f"method._target_={target}: cannot import ({str(exc).splitlines()[0]})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ConfigError(f"method._target_={target}: not a subclass of eatlab.eat.methods.Method")
-    return cls
+    cls = locate(cfg, "method._target_", "eatlab.eat.methods.eat.EAT")
+    return require_subclass(cls, Method, "method._target_", OmegaConf.select(cfg, "method._target_"))
 
 
 def _explicit_overrides() -> list[str]:
