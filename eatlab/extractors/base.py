@@ -12,13 +12,12 @@ import abc
 import inspect
 import logging
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.llm.base import generation_config
 from eatlab.llm.prompts import load_prompt_set
-from eatlab.utils.components import locate
+from eatlab.utils.components import build, locate
 
 EntityList = list[tuple[str, str]]
 log = logging.getLogger(__name__)
@@ -65,10 +64,7 @@ def build_extractor(cfg, client=None, allow_fallback: bool = True) -> Extractor:
     if not allow_fallback and "fallback" in params:
         kwargs["fallback"] = None
     node = {k: v for k, v in OmegaConf.to_container(cfg.extractor, resolve=True).items() if k != "train"}
-    try:
-        ext = instantiate(node, **kwargs, _convert_="all")
-    except TypeError as exc:
-        raise ConfigError(f"extractor: {exc}") from None
+    ext = build(node, "extractor", **kwargs)
     if not isinstance(ext, Extractor):
         raise ConfigError(f"extractor._target_={cfg.extractor._target_}: does not build an Extractor")
     return ext

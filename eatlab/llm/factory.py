@@ -14,14 +14,13 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.llm.base import LLMBackend, ModelSpec
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
-from eatlab.utils.components import locate, require_subclass
+from eatlab.utils.components import build, locate, require_subclass
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ def build_backend(cfg) -> LLMBackend:
     """The configured backend (weights still unloaded)."""
     cls = backend_class(cfg)
     kwargs = cls.model_kwargs(model_spec(cfg, cls.local_weights), _params(cfg))
-    try:
-        return instantiate(cfg.backend, **kwargs, _convert_="all")
-    except TypeError as exc:
-        raise ConfigError(f"backend: {exc}") from None
+    return build(cfg.backend, "backend", **kwargs)
 
 
 def build_cache(cfg) -> ResponseCache:

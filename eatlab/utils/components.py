@@ -25,3 +25,21 @@ def require_subclass(obj, base: type, key: str, target) -> type:
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise ConfigError(f"{key}={target}: not a subclass of {base.__module__}.{base.__qualname__}")
     return obj
+
+
+def build(node, key: str, **kwargs):
+    """`hydra.utils.instantiate(node, **kwargs)`; an EatlabError of the constructor comes out as itself (Hydra
+    wraps it), any other construction error as one line naming the config node."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from eatlab.errors import EatlabError
+
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except (InstantiationException, TypeError) as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, EatlabError):
+            raise cause from None
+        lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+        raise ConfigError(f"{key}: {lines[-1] if lines else type(cause).__name__}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eatlab.data.languages import Language
@@ -19,7 +18,7 @@ from eatlab.errors import ConfigError
 from eatlab.extractors.base import build_extractor
 from eatlab.llm.base import generation_config
 from eatlab.llm.prompts import load_prompt_set
-from eatlab.utils.components import locate, require_subclass
+from eatlab.utils.components import build, locate, require_subclass
 
 __all__ = ["Method", "build_method", "method_class", "method_rounds"]
 
@@ -72,7 +71,4 @@ def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
     kwargs = {"ctx": ctx}
     if "extractor" in inspect.signature(cls).parameters:
         kwargs["extractor"] = build_extractor(cfg, client)
-    try:
-        return instantiate(cfg.method, **kwargs, _convert_="all")
-    except TypeError as exc:
-        raise ConfigError(f"method: {exc}") from None
+    return build(cfg.method, "method", **kwargs)

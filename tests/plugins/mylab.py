@@ -1,0 +1,80 @@
+"""Components defined outside eatlab, selected by config only (tests/test_components.py; docs/extending.md).
+
+- `EchoBackend`: an LLM that answers every conversation with the second line of its first user turn (in the
+  forward prompts, the source sentence: the "translation" is the source itself);
+- `CapitalisedWords`: an "English NER" that calls every capitalised word after the first a PER;
+- `ExactCopy`: a method composed of eatlab's stages: translate forward, extract, then place each entity where
+  it occurs verbatim in the source (no backward LLM).
+"""
+
+from __future__ import annotations
+
+from eatlab.eat import stages
+from eatlab.eat.methods.base import Method
+from eatlab.eat.recovery import recover_span
+from eatlab.extractors.base import Extractor
+from eatlab.llm.base import LLMBackend, Reply
+
+
+class EchoBackend(LLMBackend):
+    kind = "echo"
+    local_weights = False
+
+    def __init__(self, model, prefix: str = ""):
+        self.model = model
+        self.prefix = prefix
+        self.calls = 0
+
+    @classmethod
+    def cache_identity(cls, model, params: dict) -> str:
+        return f"echo:{model.id}"
+
+    @property
+    def model_key(self) -> str:
+        return f"echo:{self.model.id}"
+
+    def generate(self, conversations, settings):
+        out = []
+        for conv in conversations:
+            self.calls += 1
+            first = next(m["content"] for m in conv if m["role"] == "user").splitlines()
+            text = self.prefix + (first[1] if len(first) > 1 else first[0]).strip()
+            out.append(
+                Reply(
+                    text=text,
+                    prompt_tokens=sum(len(m["content"].split()) for m in conv),
+                    completion_tokens=len(text.split()),
+                    finish_reason="stop",
+                )
+            )
+        return out
+
+
+class CapitalisedWords(Extractor):
+    def __init__(self, label: str = "PER", name: str = "capitalised_words"):
+        self.label = label
+        self.name = name
+
+    def extract(self, sentences):
+        return [[(self.label, w) for w in s.split()[1:] if w[:1].isupper()] for s in sentences]
+
+
+class ExactCopy(Method):
+    def __init__(self, ctx, extractor, name: str = "exact_copy"):
+        super().__init__(ctx, name)
+        self.extractor = extractor
+
+    def run(self, sentences):
+        results = stages.prepare(self.ctx, sentences)
+        stages.translate_forward(self.ctx, results)
+        stages.extract(self.ctx, self.extractor, results)
+        for r in results:
+            for typ, phrase in r.entities:
+                rec = recover_span(phrase, r.sentence, typ, r.pred_spans, self.ctx.language.code)
+                if rec.span is not None:
+                    r.pred_spans.append(rec.span)
+                r.alignments.append(
+                    {"type": typ, "phrase": phrase, "answer": phrase, "span": rec.span, "reason": rec.reason}
+                )
+            r.pred_spans.sort()
+        return results
