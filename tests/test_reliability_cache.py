@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from eatlab.eat.artifacts import JsonlArtifact, check_jsonl, finalize_artifacts, read_jsonl
+from eatlab.cli.repair import check_cache, check_run_dir
+from eatlab.eat.artifacts import JsonlArtifact, check_jsonl, finalize_artifacts
 from eatlab.errors import DataError
 from eatlab.llm.base import GenerationSettings, Reply
 from eatlab.llm.cache import CacheDamagedError, ResponseCache, cache_key
+from eatlab.rundir import read_jsonl
 from eatlab.testing import cache_stress
-from eatlab.cli.repair import check_cache, check_run_dir
 
 CLI = [sys.executable, "-m", "eatlab.cli.cache"]
 SETTINGS = GenerationSettings(max_new_tokens=16)

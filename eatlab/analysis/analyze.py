@@ -21,6 +21,7 @@ from eatlab.analysis.quality import (
 )
 from eatlab.analysis.report import write_report
 from eatlab.analysis.stats import correlation_table
+from eatlab.rundir import DONE
 from eatlab.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def analyze_sweep(
     out_dir = Path(out_dir) if out_dir else sweep_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, dirs = load_runs(sweep_dir)
-    ok_dirs = [d for d in dirs if d.status == "ok"]
+    ok_dirs = [d for d in dirs if d.status == DONE]
     sentences = load_all_sentences(ok_dirs)
     refs_path = Path(references) if references else None
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from eatlab.data.languages import get_language
 from eatlab.errors import ConfigError, DataError
+from eatlab.rundir import RESOLVED_CONFIG, read_jsonl
 from eatlab.utils.io import atomic_write_text, sha256_text
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def score_references(sentences: pd.DataFrame, refs: dict[str, str]) -> pd.DataFr
 def _run_config(run_dir: Path, overrides: list[str]):
     from omegaconf import OmegaConf
 
-    path = Path(run_dir) / "resolved_config.yaml"
+    path = Path(run_dir) / RESOLVED_CONFIG
     if not path.is_file():
         raise DataError(str(path), "missing: the round trip needs the run's config to rebuild its model")
     cfg = OmegaConf.load(path)
@@ -167,13 +168,7 @@ class ClientPool:
 
 
 def _read_cache(cache_file: Path) -> dict[str, dict]:
-    cached = {}
-    if cache_file.is_file():
-        for line in cache_file.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                cached[rec["key"]] = rec
-    return cached
+    return {rec["key"]: rec for rec in read_jsonl(cache_file, missing_ok=True)}
 
 
 def roundtrip_run(

@@ -228,6 +228,7 @@ def eval_task(cfg: DictConfig, task: Task) -> dict:
         counts=result["counts"],
         extractor=result["extractor"],
         split=str(cfg.data.split),
+        **({"llm": client.counters_dict()} if client is not None else {}),
     )
     write_metrics(run_dir, metrics, EXTRACTOR_METRICS)
     title = f"extractor={cfg.extractor.name} on English WikiANN {cfg.data.split} ({len(selection.sentences)} sentences)"

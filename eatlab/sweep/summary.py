@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
-import yaml
-
+from eatlab.errors import DataError
 from eatlab.eval.scores import SCORE_KEYS
+from eatlab.rundir import FAILED, OVERRIDES, STATUS_LABELS, RunDir, iter_run_dirs
 from eatlab.utils.io import atomic_write_json, atomic_write_text
 
 METRIC_COLUMNS = (*SCORE_KEYS, "n_sentences")
 COST_COLUMNS = ("llm_calls", "llm_cache_hits", "tokens_prompt", "tokens_completion", "seconds_total")
-NO_NUM = 10**9  # sorts jobs without a number last
 FIXED_COLUMNS = (
     "job",
     "status",
@@ -38,31 +36,9 @@ FIXED_COLUMNS = (
 )
 
 
-def find_job_dirs(sweep_dir: Path) -> list[Path]:
+def find_job_dirs(sweep_dir: Path) -> list[RunDir]:
     """Job dirs of a sweep: every dir under it with a `.hydra/overrides.yaml` (submitit's folder excluded)."""
-    sweep_dir = Path(sweep_dir)
-    dirs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml") if ".submitit" not in p.parts]
-    return sorted(set(dirs), key=lambda d: (_job_num(d), str(d)))
-
-
-def _job_num(job_dir: Path) -> int:
-    """The job number: the `<num>_` prefix of the dir name, else hydra.job.num from .hydra/hydra.yaml (an
-    override value with a `/` nests the job dir, so its leaf name has no prefix)."""
-    head = job_dir.name.split("_", 1)[0]
-    if head.isdigit():
-        return int(head)
-    try:
-        hydra_cfg = yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))
-        return int(hydra_cfg["hydra"]["job"]["num"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        return NO_NUM
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return list(iter_run_dirs(sweep_dir, markers=(OVERRIDES,)))
 
 
 def _override_pairs(overrides: list[str]) -> dict[str, str]:
@@ -74,20 +50,27 @@ def _override_pairs(overrides: list[str]) -> dict[str, str]:
     return out
 
 
-def job_row(job_dir: Path, sweep_dir: Path) -> dict:
-    """The summary row of one job dir."""
-    job_dir = Path(job_dir)
-    try:
-        overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
-    except (OSError, yaml.YAMLError):
-        overrides = []
-    metrics = _read_json(job_dir / "metrics.json")
-    error = _read_json(job_dir / "error.json")
-    status = "failed" if error else "ok" if metrics else "incomplete"
+def job_row(job: RunDir | Path, sweep_dir: Path) -> dict:
+    """The summary row of one job dir; a damaged file makes the job `failed` with its one-line error, never
+    a crash of the summary (it runs when the sweep ends, whatever state the jobs are in)."""
+    rd = job if isinstance(job, RunDir) else RunDir(job, sweep_dir)
+    problems: list[str] = []
+
+    def read(attr: str, default):
+        try:
+            return getattr(rd, attr)
+        except DataError as exc:
+            problems.append(str(exc))
+            return default
+
+    overrides = read("overrides", [])
+    metrics = read("metrics", None)
+    error = read("error", None)
+    status = rd.status_label if not problems else STATUS_LABELS[FAILED]
     row: dict = {
-        "job": _job_num(job_dir) if _job_num(job_dir) != NO_NUM else job_dir.name,
+        "job": rd.job_num if rd.job_num is not None else rd.path.name,
         "status": status,
-        "overrides": " ".join(str(o) for o in overrides),
+        "overrides": " ".join(overrides),
     }
     for key, value in _override_pairs(overrides).items():
         row[key if key not in FIXED_COLUMNS else f"override.{key}"] = value
@@ -101,34 +84,20 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict:
     row["tokens_prompt"] = (m.get("tokens") or {}).get("prompt")
     row["tokens_completion"] = (m.get("tokens") or {}).get("completion")
     row["seconds_total"] = (m.get("seconds") or {}).get("total")
-    wandb_dirs = sorted((job_dir / "wandb").glob("offline-run-*")) + sorted((job_dir / "wandb").glob("run-*"))
-    row["wandb_run_id"] = wandb_dirs[-1].name.rsplit("-", 1)[-1] if wandb_dirs else None
-    row["wandb_group"] = _record_field(job_dir, "group")
-    row["error_type"] = (error or {}).get("error_type")
-    row["error"] = (error or {}).get("message")
+    row["wandb_run_id"] = rd.wandb_run_id
+    row["wandb_group"] = read("last_record", {}).get("group") or None
+    row["error_type"] = (error or {}).get("error_type") or ("DataError" if problems else None)
+    row["error"] = "; ".join(filter(None, [(error or {}).get("message"), *problems])) or None
     row["job_dir"] = (
-        str(job_dir.relative_to(sweep_dir)) if job_dir.is_relative_to(sweep_dir) else str(job_dir)
+        str(rd.path.relative_to(sweep_dir)) if rd.path.is_relative_to(sweep_dir) else str(rd.path)
     )
     return row
-
-
-def _record_field(job_dir: Path, key: str):
-    path = job_dir / "record.jsonl"
-    if not path.is_file():
-        return None
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        return None
-    try:
-        return json.loads(lines[-1]).get(key) or None
-    except ValueError:
-        return None
 
 
 def summarize_sweep(sweep_dir: str | Path) -> list[dict]:
     """One row per job dir of the sweep, in job order."""
     sweep_dir = Path(sweep_dir)
-    return [job_row(d, sweep_dir) for d in find_job_dirs(sweep_dir)]
+    return [job_row(rd, sweep_dir) for rd in find_job_dirs(sweep_dir)]
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -1,4 +1,7 @@
-"""The local record every run writes (always, W&B or not), and what goes to W&B when it is on."""
+"""The local record every run writes (always, W&B or not), and what goes to W&B when it is on.
+
+Imports wandb_tables (lazily), never the reverse: the metrics flattening both use lives in eatlab.rundir.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,8 @@ import io
 import json
 from pathlib import Path
 
+from eatlab.rundir import RECORD_CSV, RECORD_JSONL, flat_scalars
 from eatlab.utils.io import atomic_write_text
-
-
-def flat_scalars(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Nested numeric entries flattened to `a/b/c` keys (for CSV rows and W&B summaries)."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int | float):
-            out[key] = v
-        elif isinstance(v, dict):
-            out.update(flat_scalars(v, key + "/"))
-    return out
 
 
 def run_identity(cfg, run_dir: Path) -> dict:
@@ -46,13 +36,13 @@ def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list) 
 
     run_dir = Path(run_dir)
     row = {**run_identity(cfg, run_dir), **flat_scalars(metrics)}
-    with (run_dir / "record.jsonl").open("a", encoding="utf-8") as fh:
+    with (run_dir / RECORD_JSONL).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
     writer.writeheader()
     writer.writerow(row)
-    atomic_write_text(run_dir / "record.csv", buf.getvalue())
+    atomic_write_text(run_dir / RECORD_CSV, buf.getvalue())
     wb = wandb_logger(loggers)
     if wb is not None:
         from eatlab.tracking.wandb_tables import log_run_tables

@@ -3,22 +3,23 @@ conversations, and the run's files (predictions, metrics, per-sample artifacts) 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from eatlab.tracking.record import flat_scalars
-
-RUN_FILES = (
-    "metrics.json",
-    "predictions.conll",
-    "provenance.json",
-    "resolved_config.yaml",
-    "artifacts/forward.jsonl",
-    "artifacts/ner.jsonl",
-    "artifacts/backward.jsonl",
-    "artifacts/attribution.jsonl",
+from eatlab.rundir import (
+    BACKWARD,
+    FORWARD,
+    METRICS,
+    PREDICTIONS,
+    PROVENANCE,
+    RESOLVED_CONFIG,
+    STAGES,
+    RunDir,
+    artifact_name,
+    flat_scalars,
 )
+
+RUN_FILES = (METRICS, PREDICTIONS, PROVENANCE, RESOLVED_CONFIG, *(artifact_name(s) for s in STAGES))
 
 
 def format_conversation(messages) -> str:
@@ -26,23 +27,16 @@ def format_conversation(messages) -> str:
     return "\n\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages or [])
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def sample_conversations(run_dir: Path, ids: set[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Forward and backward conversations (as text) of the given sentence ids, read from the run's artifacts."""
-    art = Path(run_dir) / "artifacts"
+    rd = RunDir(run_dir)
     forward = {
         r["sentence_id"]: format_conversation(r.get("messages"))
-        for r in _read_jsonl(art / "forward.jsonl")
+        for r in rd.artifact(FORWARD)
         if r.get("sentence_id") in ids
     }
     backward: dict[str, list[str]] = defaultdict(list)
-    for r in _read_jsonl(art / "backward.jsonl"):
+    for r in rd.artifact(BACKWARD):
         if r.get("sentence_id") in ids:
             backward[r["sentence_id"]].append(
                 f"--- {r.get('type')}: {r.get('phrase')}\n" + format_conversation(r.get("messages"))
