@@ -11,11 +11,13 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.llm.base import generation_config
+from eatlab.llm.identity import folder_fingerprint
 from eatlab.llm.prompts import load_prompt_set
 from eatlab.utils.components import build, locate
 
@@ -37,9 +39,15 @@ class Extractor(abc.ABC):
     def provenance(self) -> dict:
         return {"name": self.name}
 
+    model_dir: str | None = None  # a local model folder, fingerprinted in provenance
+
     def identity(self) -> dict:
-        """What ran, without loading anything: the name, and the configured extractor it stood in for, if any."""
-        return {"name": self.name, **({"fallback_from": self.fallback_from} if self.fallback_from else {})}
+        """What ran, without loading anything: the name, the fingerprint of a local model folder, and the
+        configured extractor it stood in for, if any."""
+        out: dict = {"name": self.name}
+        if self.model_dir and Path(self.model_dir).is_dir():
+            out.update(model=str(self.model_dir), fingerprint=folder_fingerprint(self.model_dir))
+        return {**out, **({"fallback_from": self.fallback_from} if self.fallback_from else {})}
 
 
 def extractor_factory(cfg):

@@ -31,6 +31,7 @@ class FlanT5Extractor(Extractor):
             raise ConfigError("extractor.checkpoint: set it to a trained Flan-T5 folder or a hub id")
         self.name = name
         self.checkpoint = str(checkpoint)
+        self.model_dir = self.checkpoint
         self.device = device  # auto: the first CUDA GPU when there is one, else the CPU
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)

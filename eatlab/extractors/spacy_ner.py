@@ -51,6 +51,7 @@ class SpacyExtractor(Extractor):
 
     def __init__(self, model: str = "en_core_web_sm", name: str = "spacy", batch_size: int = 64):
         self.model_name = str(model)
+        self.model_dir = self.model_name  # fingerprinted when it is a folder (a trained pipeline)
         self.name = name
         self.batch_size = int(batch_size)
         self._nlp = None
