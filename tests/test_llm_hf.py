@@ -13,6 +13,7 @@ from eatlab.errors import ConfigError
 from eatlab.llm.base import GenerationSettings
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
+from eatlab.llm.conversation import run_conversations, scripted
 from eatlab.llm.hf import HFBackend
 from eatlab.llm.tiny import MARKER, TINY_VERSION, ensure_tiny_model
 
@@ -83,17 +84,23 @@ def test_chat_template_and_token_counts(backend):
     assert all(0.0 <= h <= math.log(151936) + 1e-3 for h in r.entropies)
 
 
+def _replies(results) -> list[list]:
+    """replies[k][i] of run_conversations' results."""
+    return [[r.replies[k] for r in results] for k in range(len(results[0].replies))]
+
+
 def test_batched_equals_one_at_a_time_over_rounds(backend):
     """Two rounds over 8 multilingual conversations: batched (left-padded) and single give identical replies."""
     settings = [GenerationSettings(max_new_tokens=10), GenerationSettings(max_new_tokens=6)]
     rounds = [[f"Translate: {t}" for t in SENTENCES], ["Give me the final result without other words."] * 8]
     prefixes = [[{"role": "system", "content": "You are a translator."}] for _ in SENTENCES]
     backend.batch_size = 8
-    _, batched = LLMClient(backend).run_rounds(prefixes, rounds, settings)
+    direction, values = scripted(rounds, [s.max_new_tokens for s in settings])
+    batched = _replies(run_conversations(LLMClient(backend), prefixes, direction, values, {}, "forward"))
     backend.batch_size = 1
     try:
-        single = [LLMClient(backend).run_rounds([p], [[r[i]] for r in rounds], settings)[1] for i, p in
-                  enumerate(prefixes)]  # fmt: skip
+        single = [_replies(run_conversations(LLMClient(backend), [p], direction, [values[i]], {}, "forward"))
+                  for i, p in enumerate(prefixes)]  # fmt: skip
     finally:
         backend.batch_size = 8
     for k in range(2):

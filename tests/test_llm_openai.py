@@ -15,6 +15,7 @@ from eatlab.errors import ConfigError
 from eatlab.llm.base import GenerationSettings
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
+from eatlab.llm.conversation import run_conversations, scripted
 from eatlab.llm.openai_http import OpenAIBackend
 
 GREEDY = GenerationSettings(max_new_tokens=32)
@@ -205,15 +206,11 @@ def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path):
     assert [r.cached for r in second] == [True, True, False]  # the failure was not cached: asked again
     assert client.counters["forward"].llm_calls == 4 and client.counters["forward"].llm_cache_hits == 2
 
-    convs, replies = client.run_rounds(
-        [[{"role": "system", "content": "sys"}]] * 2,
-        [["padded", "503 always"], ["next", "next"]],
-        [GREEDY, GenerationSettings(max_new_tokens=4)],
-        stage="backward",
-    )
-    assert convs[0][2] == {"role": "assistant", "content": "padded reply"}  # stripped before appending
-    assert replies[0][0].text == "  padded reply \n"  # the reply itself is as the model gave it
-    assert replies[1][0].text == "echo: next"
-    assert replies[0][1].error and replies[1][1].error.startswith("skipped")  # a failed conversation stops
-    assert len(convs[1]) == 2
+    direction, values = scripted([["padded", "503 always"], ["next", "next"]], [GREEDY.max_new_tokens, 4])
+    prefixes = [[{"role": "system", "content": "sys"}]] * 2
+    ok, failed = run_conversations(client, prefixes, direction, values, {}, "backward")
+    assert ok.messages[2] == {"role": "assistant", "content": "padded reply"}  # cleaned before appending
+    assert [r.text for r in ok.replies] == ["padded reply", "echo: next"]
+    assert failed.failed and len(failed.replies) == 1  # a failed conversation stops: its round 2 is not sent
+    assert len(failed.messages) == 2
     assert client.counters_dict()["backward"]["llm_calls"] == 3

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from eatlab.cli.cache import main as cache_main
 from eatlab.errors import DataError
 from eatlab.llm.base import GenerationSettings
 from eatlab.llm.cache import ResponseCache
-from eatlab.cli.cache import main as cache_main
 from eatlab.llm.client import LLMClient
+from eatlab.llm.conversation import run_conversations, scripted
 from eatlab.llm.factory import backend_identity, build_client
 from eatlab.llm.transcripts import read_transcript_calls
 from eatlab.paths import CONF_DIR
@@ -78,13 +79,13 @@ def test_recorded_conversations_replay_from_cache_without_weights(imported, reco
         recs = [r for r in records if r["kind"] == stage]
         budgets = recs[0]["generation"]["max_new_tokens_by_round"]
         assert all(r["generation"]["max_new_tokens_by_round"] == budgets for r in recs)
-        settings = [GenerationSettings(max_new_tokens=n, do_sample=False) for n in budgets]
         prefixes = [r["messages"][:3] for r in recs]
         rounds = [[r["messages"][3 + 2 * k]["content"] for r in recs] for k in range(3)]
-        convs, replies = client.run_rounds(prefixes, rounds, settings, stage=stage)
-        for r, conv in zip(recs, convs, strict=True):
-            assert conv == r["messages"]  # every recorded answer came back, in place
-        assert all(rep.cached and rep.error is None for per_round in replies for rep in per_round)
+        direction, values = scripted(rounds, budgets)
+        results = run_conversations(client, prefixes, direction, values, {"do_sample": False}, stage)
+        for r, res in zip(recs, results, strict=True):
+            assert res.messages == r["messages"]  # every recorded answer came back, in place
+        assert all(rep.cached and rep.error is None for res in results for rep in res.replies)
     counters = client.counters_dict()
     assert counters["total"]["llm_calls"] == 0
     assert counters["total"]["llm_cache_hits"] == 321

@@ -32,6 +32,7 @@ from eatlab.errors import EatlabError
 from eatlab.llm.base import Conversation, GenerationSettings
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
+from eatlab.llm.conversation import run_conversations, scripted
 
 NSL = ("ar", "hi", "hy", "ja", "ka", "ko", "ru", "zh")
 ENTITY_TYPES = "LOCATION, PERSON, ORGANIZATION"
@@ -63,6 +64,11 @@ def forward_script() -> dict:
     from eatlab.paths import PROMPTS_DIR
 
     return yaml.safe_load((PROMPTS_DIR / "reference.yaml").read_text(encoding="utf-8"))
+
+
+def _by_round(results, n_rounds: int) -> list[list]:
+    """replies[k][i] of finished conversations (a conversation that failed has no later replies: None)."""
+    return [[r.replies[k] if k < len(r.replies) else None for r in results] for k in range(n_rounds)]
 
 
 def build_conversations(items: list[tuple[str, str]]) -> tuple[list[Conversation], list[list[str]]]:
@@ -127,7 +133,6 @@ def run(args) -> int:
     if len(budgets) != len(rounds):
         print(f"error: --max-new-tokens needs {len(rounds)} values", file=sys.stderr)
         return 2
-    settings = [GenerationSettings(max_new_tokens=b) for b in budgets]
     model_dir = ensure_tiny_model(args.model_dir)
     backend = HFBackend(model_dir, batch_size=args.batch_size, token_budget=1 << 30)
     backend.load()
@@ -141,7 +146,8 @@ def run(args) -> int:
     backend.batch_size = args.batch_size
     batched = LLMClient(backend, ResponseCache(mode="off"))
     t0 = time.perf_counter()
-    _, rb = batched.run_rounds(prefixes, rounds, settings, stage="bench")
+    direction, values = scripted(rounds, budgets)
+    rb = _by_round(run_conversations(batched, prefixes, direction, values, {}, "bench"), len(rounds))
     t_batched = time.perf_counter() - t0
     n_tok = batched.counters["bench"].completion_tokens
     print(f"batched (batch size {args.batch_size}): {t_batched:.2f}s, {n_tok} tokens generated, "
@@ -152,9 +158,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
     rs: list[list] = [[] for _ in rounds]
     for i, prefix in enumerate(prefixes):
-        _, got = single.run_rounds([prefix], [[r[i]] for r in rounds], settings, stage="bench")
-        for k in range(len(rounds)):
-            rs[k].append(got[k][0])
+        one = run_conversations(single, [prefix], direction, [values[i]], {}, "bench")
+        for k, got in enumerate(_by_round(one, len(rounds))):
+            rs[k].append(got[0])
     t_single = time.perf_counter() - t0
     n_tok = single.counters["bench"].completion_tokens
     print(
@@ -164,7 +170,8 @@ def run(args) -> int:
         print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     pairs = [(a, b) for k in range(len(rounds)) for a, b in zip(rb[k], rs[k], strict=True)]
-    same = sum(a.text == b.text and a.error is None and b.error is None for a, b in pairs)
+    same = sum(a is not None and b is not None and a.text == b.text and a.error is None and b.error is None
+               for a, b in pairs)  # fmt: skip
     if same == len(pairs):
         print(f"replies identical: {same}/{len(pairs)} ({len(items)} conversations x {len(rounds)} rounds)")
     else:

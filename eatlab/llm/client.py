@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from eatlab.errors import ConfigError
@@ -166,69 +166,35 @@ class LLMClient:
             save([(convs[i], r) for i, r in zip(idx, got)])
         return out  # type: ignore[return-value]
 
-    # -- multi-round conversations --------------------------------------------------------------------------
-    def run_rounds(
-        self,
-        prefixes: Sequence[Conversation],
-        user_rounds: Sequence[Sequence[str]] | Callable[[int, list[Conversation]], Sequence[str]],
-        settings_per_round: Sequence[GenerationSettings] | GenerationSettings,
-        stage: str = "forward",
-        n_rounds: int | None = None,
-    ) -> tuple[list[Conversation], list[list[Reply]]]:
-        """Run R user rounds over a batch of conversations; round k of all conversations goes in one request set.
-
-        `user_rounds[k][i]` is the k-th user message of conversation i, or a callable (k, conversations so far)
-        returning round k's messages (so a round may depend on earlier replies). Each reply is stripped of
-        surrounding white space before it is appended, as the recorded transcripts were. A conversation whose reply
-        failed stops there: its later rounds are not sent and get Reply(error="skipped: ...").
-        Returns the finished conversations and replies[k][i].
-        """
-        if isinstance(settings_per_round, GenerationSettings):
-            if n_rounds is None:
-                if callable(user_rounds):
-                    raise ConfigError("run_rounds: give n_rounds or one settings object per round")
-                n_rounds = len(user_rounds)
-            settings_per_round = [settings_per_round] * n_rounds
-        rounds = len(settings_per_round)
-        if not callable(user_rounds) and len(user_rounds) != rounds:
-            raise ConfigError(f"run_rounds: {len(user_rounds)} user rounds but {rounds} settings")
-        convs = [list(p) for p in prefixes]
-        alive = [True] * len(convs)
-        all_replies: list[list[Reply]] = []
-        for k in range(rounds):
-            texts = user_rounds(k, convs) if callable(user_rounds) else user_rounds[k]
-            if len(texts) != len(convs):
-                raise ConfigError(
-                    f"run_rounds: round {k + 1} has {len(texts)} messages for {len(convs)} conversations"
-                )
-            live = [i for i in range(len(convs)) if alive[i]]
-            for i in live:
-                convs[i].append({"role": "user", "content": texts[i]})
-            got = self.chat([convs[i] for i in live], settings_per_round[k], stage=stage) if live else []
-            replies = [Reply(text="", error="skipped: an earlier round failed") for _ in convs]
-            for i, reply in zip(live, got, strict=True):
-                replies[i] = reply
-                if reply.error is not None:
-                    alive[i] = False
-                else:
-                    convs[i].append({"role": "assistant", "content": reply.text.strip()})
-            all_replies.append(replies)
-        return convs, all_replies
-
     # -- reporting ------------------------------------------------------------------------------------------
     def counters_dict(self) -> dict[str, dict]:
         """{"total": {...}, "<stage>": {...}} with llm_calls, llm_cache_hits, llm_errors, tokens and seconds."""
-        total = StageCounters()
-        out = {}
-        for stage, c in sorted(self.counters.items()):
-            total.add(c)
-            out[stage] = asdict(c)
-        out = {"total": asdict(total), **out}
-        for d in out.values():
-            d["seconds"] = round(d["seconds"], 3)
-        return out
+        return counters_as_dict(self.counters)
 
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
         self.cache.close()
+
+
+# -- counters of several clients (one per data-parallel rank) ---------------------------------------------------
+def merge_counters(parts: Iterable[Mapping[str, StageCounters]]) -> dict[str, StageCounters]:
+    """Per-stage sums of several clients' `counters`, so that a run split over ranks reports its whole cost."""
+    out: dict[str, StageCounters] = {}
+    for counters in parts:
+        for stage, c in counters.items():
+            out.setdefault(stage, StageCounters()).add(c)
+    return out
+
+
+def counters_as_dict(counters: Mapping[str, StageCounters]) -> dict[str, dict]:
+    """`LLMClient.counters_dict`'s form of per-stage counters: a "total" first, seconds rounded."""
+    total = StageCounters()
+    out = {}
+    for stage, c in sorted(counters.items()):
+        total.add(c)
+        out[stage] = asdict(c)
+    out = {"total": asdict(total), **out}
+    for d in out.values():
+        d["seconds"] = round(d["seconds"], 3)
+    return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from eatlab.llm.answers import strip_control
 from eatlab.llm.base import Conversation, Reply, settings_for_round
-from eatlab.llm.prompts import Direction, fill
+from eatlab.llm.prompts import Direction, Round, fill
 
 # model faults counted per reply (any round): see `sanitize_reply`
 ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped")
@@ -85,3 +85,15 @@ def run_conversations(
             if rep.error is None:
                 results[i].messages.append({"role": "assistant", "content": rep.text})
     return results
+
+
+def scripted(user_rounds: Sequence[Sequence[str]], budgets: Sequence[int]) -> tuple[Direction, list[dict]]:
+    """A Direction whose round k sends conversation i its own message `user_rounds[k][i]`, with `budgets[k]`
+    new tokens, and the values that fill it: replayed transcripts and benchmarks run through `run_conversations`
+    like the pipeline."""
+    direction = Direction(
+        (), tuple(Round(f"round{k}", "{_round" + str(k) + "}", int(b)) for k, b in enumerate(budgets))
+    )
+    n = len(user_rounds[0]) if user_rounds else 0
+    values = [{f"_round{k}": str(msgs[i]) for k, msgs in enumerate(user_rounds)} for i in range(n)]
+    return direction, values
