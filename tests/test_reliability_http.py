@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 import unicodedata
 
 import pytest
@@ -59,6 +58,7 @@ def clean(tmp_path_factory):
     return m, tmp / "run"
 
 
+@pytest.mark.slow
 def test_transient_http_faults_are_retried_to_the_clean_result(compose, tmp_path, clean):
     """429, 500, 503, malformed JSON, no choices, dropped connections and timeouts on first attempts only."""
     ref, ref_dir = clean
@@ -72,20 +72,19 @@ def test_transient_http_faults_are_retried_to_the_clean_result(compose, tmp_path
         FaultRule(k, when=lambda r, i=i: int(r.body_sha, 16) % 8 == i, attempts=1)
         for i, k in enumerate(kinds)
     ]
-    with FaultServer(ORACLE, rules) as srv:
-        t0 = time.perf_counter()
+    with FaultServer(ORACLE, rules) as srv:  # wall time (target 60 s): `eatlab-bench --timings`
         m = run_eat(compose(overrides(srv, tmp_path / "c.sqlite", "backend.timeout_s=0.5")), tmp_path / "run")
-        elapsed = time.perf_counter() - t0
     faulted = [r for r in srv.requests if r.fault]
     assert {r.fault for r in faulted} == set(HTTP_FAULTS)
+    assert sum(r.fault == "timeout" for r in faulted) == 2  # the two slow NER requests, each timed out once
     assert len(srv.requests) == m["llm_calls"] + len(faulted)  # one retry per fault, nothing else
     assert m["llm_errors"] == 0 and m["counts"]["failed_forward"] == m["counts"]["failed_backward"] == 0
     for key in ("entity_f1", "per_type", "failures", "llm_calls"):
         assert m[key] == ref[key], key
     assert (tmp_path / "run/predictions.conll").read_bytes() == (ref_dir / "predictions.conll").read_bytes()
-    assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_persistent_faults_fail_exactly_their_samples_and_a_rerun_retries_only_them(
     compose, tmp_path, clean, capsys, monkeypatch
 ):
@@ -153,19 +152,21 @@ def _rows(cache) -> int:
 
 def test_server_gone_mid_run_gives_counted_failures_quickly(compose, tmp_path, capsys):
     """The server answers 30 requests, then closes its socket: connection refused for the rest of the run."""
-    with FaultServer(ORACLE, shutdown_after=30) as srv:
-        t0 = time.perf_counter()
+    with FaultServer(ORACLE, shutdown_after=30) as srv:  # wall time (target 60 s): `eatlab-bench --timings`
         m = run_eat(
             compose(overrides(srv, tmp_path / "c.sqlite", "backend.backoff_s=0.05")), tmp_path / "run"
         )
-        elapsed = time.perf_counter() - t0
     assert sum(r.answered for r in srv.requests) == 30
     assert m["llm_errors"] > 0 and m["counts"]["failed_forward"] + m["counts"]["failed_backward"] > 0
     errors = [r["error"] for r in jsonl(tmp_path / "run/artifacts/forward.jsonl") if r.get("error")]
     errors += [r["error"] for r in jsonl(tmp_path / "run/artifacts/backward.jsonl") if r.get("error")]
     assert errors and all("connection error" in e or "server down" in e for e in errors)
     assert "failed requests (after retries)" in capsys.readouterr().out
-    assert elapsed < 60
+    # 24 forward and 6 of the 8 NER requests were answered; every later request failed, none hung the run
+    c = m["counts"]
+    assert (c["failed_forward"], c["failed_ner"]) == (0, 2)
+    n_backward = len(jsonl(tmp_path / "run/artifacts/backward.jsonl"))
+    assert c["failed_backward"] == n_backward == len(errors) and m["llm_errors"] == 2 + n_backward
 
 
 def test_model_faults_are_counted_and_never_crash(compose, tmp_path, clean):
@@ -203,3 +204,22 @@ def test_model_faults_are_counted_and_never_crash(compose, tmp_path, clean):
     assert got["zh-test-1"]["english"] == "" and got["zh-test-1"]["predicted"] == []
     assert all(p[2] != "correct" for p in got["zh-test-4"]["predicted"]) or not got["zh-test-4"]["predicted"]
     assert m["entity_f1"] < ref["entity_f1"]
+
+
+def test_a_run_where_most_requests_failed_is_a_failed_job(compose, tmp_path):
+    """The server answers 3 requests, then is gone: more than half of the requests fail, so the job fails
+    (exit status 1) with error.json naming the count and the last error; metrics.json and
+    the 3 cached answers stay for the re-run, and the run dir reads as failed."""
+    from eatlab.errors import RequestsFailed
+    from eatlab.rundir import FAILED, RunDir
+
+    run, cache = tmp_path / "run", tmp_path / "c.sqlite"
+    with FaultServer(ORACLE, shutdown_after=3) as srv, pytest.raises(RequestsFailed) as info:
+        run_eat(compose(overrides(srv, cache, "backend.backoff_s=0.01", "backend.max_retries=0")), run)
+    assert info.value.exit_code == 1
+    err = json.loads((run / "error.json").read_text(encoding="utf-8"))
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert err["error_type"] == "RequestsFailed" and err["failed_requests"] == m["llm_errors"] == 8
+    assert err["requests"] == m["llm_calls"] == 11 and "connection error" in err["last_error"]
+    assert err["message"].startswith("8 of 11 model requests failed after their retries (more than ")
+    assert _rows(cache) == 3 and RunDir(run).status == FAILED
