@@ -195,3 +195,62 @@ def test_bench_command_runs_and_reports(tiny, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2] == "replies identical: 12/12 (4 conversations x 3 rounds)"
     assert lines[-1].startswith("speedup: ") and lines[-1].endswith("x")
+
+
+REUSE_SENTENCES = [
+    "北京是中国的首都。",
+    "Angela Merkel besuchte Paris.",
+    "Путин посетил Берлин.",
+    "서울의 날씨",
+]
+
+
+@pytest.mark.parametrize(
+    "prompt_file,rounds",
+    [pytest.param("eatlab_v1.yaml", r, marks=[] if r == 3 else [pytest.mark.slow]) for r in (1, 2, 3, 4, 5)]
+    + [pytest.param("reference.yaml", 3, marks=[pytest.mark.slow])],
+)
+def test_prefix_reuse_keeps_greedy_replies_identical(tiny, prompt_file, rounds):
+    """Prefix reuse (rounds continue from the stored states; the shared preamble is computed once) gives the
+    same replies as recomputing every prompt, batched and one at a time, and computes fewer prompt tokens."""
+    from eatlab.llm.prompts import PromptSet
+    from eatlab.paths import PROMPTS_DIR
+
+    ps = PromptSet(PROMPTS_DIR / prompt_file, rounds, rounds)
+    values = [ps.values("Chinese", sentence=s) for s in REUSE_SENTENCES]
+    gen = {"max_new_tokens_cap": 6}
+    texts, computed = {}, {}
+    for reuse in (False, True):
+        for batch_size in (4, 1):
+            backend = HFBackend(tiny, batch_size=batch_size, prefix_reuse=reuse)
+            client = LLMClient(backend, ResponseCache(mode="off"))
+            for direction in (ps.forward, ps.backward):
+                starts = [ps.start(direction, v) for v in values]
+                res = run_conversations(client, starts, direction, values, gen, "forward")
+                texts.setdefault((reuse, batch_size), []).append([[r.text for r in c.replies] for c in res])
+            computed[(reuse, batch_size)] = backend.prompt_tokens_computed
+            assert backend.prefix_cache.nbytes <= backend.prefix_cache.max_bytes
+    assert texts[(True, 4)] == texts[(True, 1)] == texts[(False, 1)] == texts[(False, 4)]
+    assert computed[(True, 4)] == computed[(True, 1)] < computed[(False, 1)] <= computed[(False, 4)]
+
+
+def test_prefix_store_reuses_the_longest_prefix_and_stays_bounded():
+    import torch
+
+    from eatlab.llm.prefix_cache import PrefixKVStore
+
+    def kv(n):  # one layer, 1 head, n tokens, dim 2; values = token position
+        t = torch.arange(n, dtype=torch.float32).repeat_interleave(2).reshape(1, 1, n, 2)
+        return [(t, t.clone())]
+
+    store = PrefixKVStore(max_bytes=1000)
+    store.store([1, 2, 3], kv(3))
+    n, got = store.lookup([1, 2, 3, 4, 5])
+    assert n == 3 and got[0][0].shape == (1, 1, 3, 2)
+    assert store.lookup([1, 2, 3])[0] == 2  # the last token is always computed (its logits are needed)
+    assert store.lookup([9, 1])[0] == 0
+    store.store([1, 2, 3, 4, 5], kv(5))  # the conversation moved on: its earlier prompt is dropped
+    assert len(store) == 1 and store.lookup([1, 2, 7])[0] == 2
+    store.store([8] * 20, kv(20))  # 320 bytes more: 480 in all, within 1000
+    store.store([7] * 40, kv(40))  # 640 more: the oldest entries go until the store fits
+    assert store.nbytes <= 1000 and store.lookup([7] * 41)[0] == 40 and store.lookup([1, 2, 3, 4])[0] == 0

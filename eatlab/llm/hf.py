@@ -33,6 +33,7 @@ from pathlib import Path
 from eatlab.errors import ConfigError
 from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
 from eatlab.llm.identity import make_model_key
+from eatlab.llm.prefix_cache import PrefixKVStore
 from eatlab.utils.io import canonical_json
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class HFBackend(LLMBackend):
         hash_weights: bool = True,
         trust_remote_code: bool = False,
         cpu_malloc_tuning: bool = True,
+        prefix_reuse: bool = True,
+        prefix_cache_mb: int = 2048,
     ):
         self.source = str(model_path_or_id)
         self.local = Path(self.source).is_dir()
@@ -120,6 +123,9 @@ class HFBackend(LLMBackend):
         self.quantization = quantization
         self.trust_remote_code = trust_remote_code
         self.cpu_malloc_tuning = cpu_malloc_tuning
+        self.prefix_reuse = bool(prefix_reuse)
+        self.prefix_cache = PrefixKVStore(int(prefix_cache_mb) << 20)
+        self.prompt_tokens_computed = 0  # prompt tokens actually run through the model (the rest were reused)
         self._model_key = make_model_key(
             self.model_id,
             revision,
@@ -245,10 +251,9 @@ class HFBackend(LLMBackend):
         self.load()
         prompts = [self.encode(c) for c in conversations]
         replies: list[Reply | None] = [None] * len(conversations)
+        run = self._generate_reusing if self.prefix_reuse else self._generate_batch
         for batch in self.batches([len(p) for p in prompts], settings.max_new_tokens):
-            outs = self._generate_batch(
-                [prompts[i] for i in batch], [conversations[i] for i in batch], settings
-            )
+            outs = run([prompts[i] for i in batch], [conversations[i] for i in batch], settings)
             for i, r in zip(batch, outs, strict=True):
                 replies[i] = r
         return replies  # type: ignore[return-value]
@@ -326,7 +331,88 @@ class HFBackend(LLMBackend):
                 generation_config=gc,
                 logits_processor=procs,
             )
-        gen = out[:, width:].cpu().tolist()
+        self.prompt_tokens_computed += len(prompts) * width
+        return self._replies(prompts, out[:, width:].cpu().tolist(), recorder)
+
+    def _generate_reusing(
+        self, prompts: list[list[int]], conversations: list[Conversation], settings
+    ) -> list[Reply]:
+        """Greedy/seeded decoding like `generate`, but each prompt starts from the key/value states of its
+        longest already-computed prefix (`prefix_cache`): rows are prefilled one by one over their new tokens
+        only, then decoded together in one left-padded batch; prompt + answer are stored for the next round."""
+        import torch
+
+        model = self._model
+        device = next(model.parameters()).device
+        rows, first_logits = [], []
+        with torch.inference_mode():
+            for p in prompts:
+                n, past = self.prefix_cache.lookup(p)
+                cache = _cache_of(past)
+                out = model(
+                    input_ids=torch.tensor([p[n:]], dtype=torch.long, device=device),
+                    position_ids=torch.arange(n, len(p), device=device)[None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                kv = _layers_of(out.past_key_values)
+                self.prefix_cache.store(p, kv)
+                self.prefix_cache.hits_tokens += n
+                self.prompt_tokens_computed += len(p) - n
+                rows.append(kv)
+                first_logits.append(out.logits[0, -1].float())
+            width = max(len(p) for p in prompts)
+            batch = _cache_of(_left_padded(rows, width))
+            ids = torch.full((len(prompts), width), self._pad, dtype=torch.long, device=device)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+            for r, p in enumerate(prompts):
+                ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[r, width - len(p) :] = 1
+            positions = torch.tensor([len(p) for p in prompts], device=device)
+            procs, recorder = self._processors(settings, conversations, device)
+            eos = torch.tensor(sorted(self._eos), device=device)
+            unfinished = torch.ones(len(prompts), dtype=torch.bool, device=device)
+            scores = torch.stack(first_logits)
+            steps = []
+            for step in range(settings.max_new_tokens):
+                scores = procs(ids, scores)
+                tok = torch.where(
+                    unfinished, scores.argmax(-1), torch.full_like(unfinished, self._pad, dtype=torch.long)
+                )
+                steps.append(tok)
+                ids = torch.cat([ids, tok[:, None]], dim=1)
+                unfinished &= ~torch.isin(tok, eos)
+                if not unfinished.any() or step == settings.max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                out = model(
+                    input_ids=tok[:, None],
+                    attention_mask=mask,
+                    position_ids=positions[:, None],
+                    past_key_values=batch,
+                    use_cache=True,
+                )
+                positions = positions + 1
+                scores = out.logits[:, -1].float()
+            gen = torch.stack(steps, dim=1).cpu().tolist()
+            replies = self._replies(prompts, gen, recorder)
+            done = _layers_of(batch)
+            for r, (p, rep) in enumerate(zip(prompts, replies, strict=True)):
+                # tokens whose states exist: the last chosen token of the longest row is never fed back
+                fed = min(rep.completion_tokens, done[0][0].shape[2] - width)
+                if fed > 0:
+                    start = width - len(p)
+                    kv = [
+                        (k[r : r + 1, :, start : width + fed], v[r : r + 1, :, start : width + fed])
+                        for k, v in done
+                    ]
+                    self.prefix_cache.store(p + gen[r][:fed], kv)
+        return replies
+
+    def _replies(self, prompts: list[list[int]], gen: list[list[int]], recorder) -> list[Reply]:
+        """Replies from generated token ids: cut after the first end-of-sequence token."""
+        import torch
+
         ent = torch.stack(recorder.steps, dim=1).cpu().tolist() if recorder and recorder.steps else None
         replies = []
         for r, toks in enumerate(gen):
@@ -350,6 +436,41 @@ class HFBackend(LLMBackend):
     def close(self) -> None:
         self._model = None
         self._tok = None
+        self.prefix_cache.clear()
+
+
+def _layers_of(cache) -> list[tuple]:
+    """Per-layer (key, value) tensors of a transformers cache object (4.x and 5.x layouts)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def _cache_of(layers: list[tuple] | None):
+    """A DynamicCache holding the given per-layer tensors (empty for None)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers or []):
+        cache.update(k, v, i)
+    return cache
+
+
+def _left_padded(rows: list[list[tuple]], width: int) -> list[tuple]:
+    """Stack rows of per-layer tensors [1, heads, n, dim] into [rows, heads, width, dim], left-padded with zeros
+    (the attention mask hides the padding)."""
+    import torch
+
+    out = []
+    for layer in range(len(rows[0])):
+        ks, vs = [], []
+        for kv in rows:
+            k, v = kv[layer]
+            pad = width - k.shape[2]
+            ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        out.append((torch.cat(ks), torch.cat(vs)))
+    return out
 
 
 class _EntropyRecorder:
