@@ -62,11 +62,11 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
         },
     )
 
-    def finish(results):
+    def finish(gathered):  # all ranks' results and counters, merged (eatlab.eat.lightning.Gathered)
         t0 = time.perf_counter()
-        ev = evaluate_results(results, language.code, run_dir, seed=int(cfg.seed))
-        pipeline.timer.seconds["evaluation"] += time.perf_counter() - t0
-        pipeline.timer.seconds["total"] = time.perf_counter() - t_start
+        ev = evaluate_results(gathered.results, language.code, run_dir, seed=int(cfg.seed))
+        gathered.seconds["evaluation"] += time.perf_counter() - t0
+        gathered.seconds["total"] = time.perf_counter() - t_start
         extra = {
             "run": {
                 "method": cfg.method.name,
@@ -85,24 +85,24 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
                 "git_commit": prov["git"]["commit"],
             },
             "data": selection.provenance(),
-            "counts": dict(pipeline.counts),
-            "answer_faults": {k: dict(v) for k, v in sorted(getattr(pipeline, "answer_faults", {}).items())},
+            "counts": dict(gathered.counts),
+            "answer_faults": {k: dict(v) for k, v in sorted(gathered.answer_faults.items())},
             "reference_recovery": ev["reference_recovery"],
         }
         metrics = build_metrics(
             ev["scores"],
             failures=ev["failures"],
-            counters=client.counters_dict(),
-            stage_seconds=dict(pipeline.timer.seconds),
+            counters=gathered.client_counters,
+            stage_seconds=dict(gathered.seconds),
             **extra,
         )
-        finalize_artifacts(
-            run_dir
-        )  # complete artifacts under their final names before metrics.json says "done"
+        # complete artifacts under their final names (the ranks' files merged in sentence order) before
+        # metrics.json says "done"
+        finalize_artifacts(run_dir, order=gathered.sentence_ids)
         write_metrics(run_dir, metrics)
         return metrics
 
-    module = EATEvaluationModule(pipeline, finish)
+    module = EATEvaluationModule(pipeline, finish, client)
     loggers = task.loggers()
     trainer = pl.Trainer(
         accelerator=cfg.eval.accelerator,

@@ -5,12 +5,19 @@ Atomicity: during a run the records of each batch are appended (whole lines, flu
 partial file to its final name. So a final `forward.jsonl` is always complete, and a run killed at any point
 leaves only `.partial` files (and no metrics.json) behind. `check_jsonl` / `repair_jsonl` find and drop a
 truncated trailing line (a process killed in the middle of a write).
+
+Data parallelism: while torch.distributed is initialised with several ranks, rank k appends to its own
+`<stem>.rank<k>.jsonl.partial` (ranks sharing one file would clobber each other), and `finalize_artifacts` on
+rank 0 merges a stage's files into one, in sentence order, so that the artifacts equal a one-process run's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +25,43 @@ from eatlab.errors import DataError
 from eatlab.utils.io import atomic_write_text, canonical_json, sha256_text
 
 PARTIAL = ".partial"
+_RANK_PARTIAL = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)(?P<suffix>\.[^.]*)?" + re.escape(PARTIAL) + "$")
 
 
 def messages_hash(messages) -> str:
     return sha256_text(canonical_json(messages))
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """torch.distributed's (rank, world size) once initialised, else (0, 1); never imports torch itself."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _is_launching_rank() -> bool:
+    """Rank 0, also before torch.distributed is up (launchers set RANK, or NODE_RANK/LOCAL_RANK, in children)."""
+    rank, world = dist_rank_world()
+    if world > 1:
+        return rank == 0
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    return os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def rank_partial(path: Path, rank: int) -> Path:
+    """The partial file rank `rank` appends to, e.g. `forward.rank1.jsonl.partial`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}{PARTIAL}")
+
+
+def _final_and_rank(partial: Path) -> tuple[Path, int]:
+    """The final path a partial file belongs to, and its rank (-1 for the plain `<name>.partial`)."""
+    m = _RANK_PARTIAL.match(partial.name)
+    if m:
+        return partial.with_name(m["stem"] + (m["suffix"] or "")), int(m["rank"])
+    return partial.with_name(partial.name[: -len(PARTIAL)]), -1
 
 
 class JsonlArtifact:
@@ -31,40 +71,75 @@ class JsonlArtifact:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + PARTIAL)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.unlink(missing_ok=True)  # a rerun in the same run dir: the old file is not this run's
-        self.partial.unlink(missing_ok=True)
-        self.partial.write_text("", encoding="utf-8")
+        # Only rank 0 cleans up: the other ranks start later (or at least write only after every rank has
+        # built its artifacts, at the process-group rendezvous), so nothing of this run is deleted.
+        if _is_launching_rank():
+            self.path.unlink(missing_ok=True)  # a rerun in the same run dir: the old file is not this run's
+            for stale in self.path.parent.glob(f"{self.path.stem}.rank*{self.path.suffix}{PARTIAL}"):
+                stale.unlink(missing_ok=True)
+            self.partial.unlink(missing_ok=True)
+            self.partial.write_text("", encoding="utf-8")  # marks the stage as present even with no records
+
+    @property
+    def target(self) -> Path:
+        """Where this process appends: the plain partial file, or its rank's under data parallelism."""
+        rank, world = dist_rank_world()
+        return self.partial if world == 1 else rank_partial(self.path, rank)
 
     def write(self, records: list[dict]) -> None:
         """Append whole lines and flush them to the OS (they survive a killed process)."""
         if not records:
             return
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with self.partial.open("a", encoding="utf-8") as fh:
+        with self.target.open("a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
 
-    def finalize(self) -> None:
-        """fsync the partial file and rename it to the final name (atomic on POSIX)."""
-        if not self.partial.exists():
-            return
-        with self.partial.open("rb+") as fh:
+    def finalize(self, order: Sequence[str] | None = None) -> None:
+        """Give the partial file(s) the final name: renamed (atomic on POSIX), or merged from several ranks."""
+        parts = [p for p in self.path.parent.glob("*" + PARTIAL) if _final_and_rank(p)[0] == self.path]
+        if parts:
+            _finalize_one(self.path, parts, order)
+
+
+def _finalize_one(final: Path, parts: list[Path], order: Sequence[str] | None) -> None:
+    parts = sorted(parts, key=lambda p: _final_and_rank(p)[1])
+    if len(parts) == 1 and _final_and_rank(parts[0])[1] == -1:
+        with parts[0].open("rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(self.partial, self.path)
+        os.replace(parts[0], final)
+        return
+    pos = {sid: i for i, sid in enumerate(order or ())}
+    # split on b"\n" only: JSON written with ensure_ascii=False may hold U+2028 and the like inside a record
+    lines = [line for p in parts for line in p.read_bytes().split(b"\n") if line.strip()]
+    lines.sort(key=lambda line: pos.get(_sentence_id(line), len(pos)))  # stable: a sentence keeps its order
+    atomic_write_text(final, "".join(line.decode("utf-8") + "\n" for line in lines))
+    for p in parts:
+        p.unlink(missing_ok=True)
 
 
-def finalize_artifacts(run_dir: Path) -> list[Path]:
-    """Rename every `*.jsonl.partial` under `<run_dir>/artifacts` to its final name; returns the final paths."""
-    done = []
+def _sentence_id(line: bytes) -> str | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("sentence_id") if isinstance(record, dict) else None
+
+
+def finalize_artifacts(run_dir: Path, order: Sequence[str] | None = None) -> list[Path]:
+    """Give every `*.partial` under `<run_dir>/artifacts` its final name; returns the final paths.
+
+    Several ranks' files of one stage are merged into one, sorted by the sentence ids' positions in `order`
+    (records of ids not in it go last, in rank order).
+    """
+    groups: dict[Path, list[Path]] = {}
     art = Path(run_dir) / "artifacts"
     if art.is_dir():
-        for partial in sorted(art.glob("*" + PARTIAL)):
-            final = partial.with_name(partial.name[: -len(PARTIAL)])
-            with partial.open("rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(partial, final)
-            done.append(final)
-    return done
+        for partial in art.glob("*" + PARTIAL):
+            groups.setdefault(_final_and_rank(partial)[0], []).append(partial)
+    for final, parts in sorted(groups.items()):
+        _finalize_one(final, parts, order)
+    return sorted(groups)
 
 
 @dataclass
