@@ -66,11 +66,6 @@ def forward_script() -> dict:
     return yaml.safe_load((PROMPTS_DIR / "reference.yaml").read_text(encoding="utf-8"))
 
 
-def _by_round(results, n_rounds: int) -> list[list]:
-    """replies[k][i] of finished conversations (a conversation that failed has no later replies: None)."""
-    return [[r.replies[k] if k < len(r.replies) else None for r in results] for k in range(n_rounds)]
-
-
 def build_conversations(items: list[tuple[str, str]]) -> tuple[list[Conversation], list[list[str]]]:
     """Prefixes (system + scripted preamble) and user rounds[k][i] of the reference forward script."""
     from eatlab.data.languages import get_language
@@ -100,7 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     default_dir = Path(os.environ.get("EATLAB_OUTPUTS") or "outputs") / "models" / "tiny-qwen2"
-    p.add_argument("--model-dir", type=Path, default=default_dir, help="where the tiny smoke model is kept")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=default_dir,
+        help="any HF chat model folder (default: the tiny smoke model, built there on first use)",
+    )
+    p.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU) | float32 | bfloat16"
+    )
     p.add_argument(
         "--timings",
         action="store_true",
@@ -121,11 +124,29 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
 
 
+MODES = (("one at a time", False, False), ("batched", True, False), ("batched + prefix reuse", True, True))
+
+
+def unique_prompt_tokens(prompts: list[list[int]]) -> int:
+    """The fewest prompt tokens any engine must compute for these prompts: each shared prefix once (the number
+    of nodes of their token trie)."""
+    root: dict = {}
+    n = 0
+    for ids in prompts:
+        node = root
+        for t in ids:
+            if t not in node:
+                node[t] = {}
+                n += 1
+            node = node[t]
+    return n
+
+
 def run(args) -> int:
     import torch
 
     from eatlab.llm.hf import HFBackend
-    from eatlab.llm.tiny import ensure_tiny_model
+    from eatlab.llm.tiny import MARKER, ensure_tiny_model
 
     budgets = [int(x) for x in args.max_new_tokens.split(",")]
     items = load_sentences(args.data, args.lang, args.n)
@@ -133,51 +154,65 @@ def run(args) -> int:
     if len(budgets) != len(rounds):
         print(f"error: --max-new-tokens needs {len(rounds)} values", file=sys.stderr)
         return 2
-    model_dir = ensure_tiny_model(args.model_dir)
-    backend = HFBackend(model_dir, batch_size=args.batch_size, token_budget=1 << 30)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file() or (model_dir / MARKER).is_file():
+        model_dir = ensure_tiny_model(model_dir)  # the default: the tiny smoke model, built on first use
+    smoke = (model_dir / MARKER).is_file()
+    backend = HFBackend(model_dir, batch_size=args.batch_size, token_budget=1 << 30, dtype=args.dtype)
     backend.load()
-    print(f"model: {model_dir} (SMOKE model, random weights: outputs mean nothing)")
+    print(f"model: {model_dir}" + (" (SMOKE model, random weights: outputs mean nothing)" if smoke else ""))
     print(f"{len(items)} sentences x {len(rounds)} rounds, max_new_tokens {budgets}, greedy, cache off, "
-          f"{torch.get_num_threads()} torch threads")  # fmt: skip
+          f"{torch.get_num_threads()} torch threads, device {next(backend._model.parameters()).device}")  # fmt: skip
     # warm-up (first-call overheads are not generation)
     LLMClient(backend, ResponseCache(mode="off")).chat([prefixes[0] + [{"role": "user", "content": "hi"}]],
                                                        GenerationSettings(max_new_tokens=2))  # fmt: skip
-
-    backend.batch_size = args.batch_size
-    batched = LLMClient(backend, ResponseCache(mode="off"))
-    t0 = time.perf_counter()
     direction, values = scripted(rounds, budgets)
-    rb = _by_round(run_conversations(batched, prefixes, direction, values, {}, "bench"), len(rounds))
-    t_batched = time.perf_counter() - t0
-    n_tok = batched.counters["bench"].completion_tokens
-    print(f"batched (batch size {args.batch_size}): {t_batched:.2f}s, {n_tok} tokens generated, "
-          f"{1000 * t_batched / max(n_tok, 1):.2f} ms/token")  # fmt: skip
-
-    backend.batch_size = 1
-    single = LLMClient(backend, ResponseCache(mode="off"))
-    t0 = time.perf_counter()
-    rs: list[list] = [[] for _ in rounds]
-    for i, prefix in enumerate(prefixes):
-        one = run_conversations(single, [prefix], direction, [values[i]], {}, "bench")
-        for k, got in enumerate(_by_round(one, len(rounds))):
-            rs[k].append(got[0])
-    t_single = time.perf_counter() - t0
-    n_tok = single.counters["bench"].completion_tokens
+    texts, seconds, rows = {}, {}, []
+    for name, batched, reuse in MODES:
+        backend.batch_size = args.batch_size if batched else 1
+        backend.prefix_reuse = reuse
+        backend.prefix_cache.clear()
+        backend.prompt_tokens_computed = 0
+        client = LLMClient(backend, ResponseCache(mode="off"))
+        t0 = time.perf_counter()
+        if batched:
+            results = run_conversations(client, prefixes, direction, values, {}, "bench")
+        else:
+            results = [run_conversations(client, [p], direction, [v], {}, "bench")[0]
+                       for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
+        seconds[name] = time.perf_counter() - t0
+        texts[name] = [[r.text for r in res.replies] for res in results]
+        c = client.counters["bench"]
+        rows.append(
+            (name, seconds[name], backend.prompt_tokens_computed, c.prompt_tokens, c.completion_tokens)
+        )
+    prompts = [backend.encode(res.messages[: 2 * k + len(prefixes[i]) + 1])
+               for i, res in enumerate(results) for k in range(len(res.replies))]  # fmt: skip
+    print(f"{'mode':<24} {'seconds':>8} {'prompt tokens computed':>23} {'of sent':>8} {'generated':>10}")
+    for name, secs, computed, sent, gen in rows:
+        print(f"{name:<24} {secs:>8.2f} {computed:>23,} {sent:>8,} {gen:>10,}")
     print(
-        f"one at a time: {t_single:.2f}s, {n_tok} tokens generated, {1000 * t_single / max(n_tok, 1):.2f} ms/token"
+        f"unique prompt tokens (each shared prefix once; answer tokens kept from decoding need none): "
+        f"{unique_prompt_tokens(prompts):,}"
     )
-    if hasattr(os, "getloadavg"):  # other work on the machine skews the ratio (see the module docstring)
-        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-
-    pairs = [(a, b) for k in range(len(rounds)) for a, b in zip(rb[k], rs[k], strict=True)]
-    same = sum(a is not None and b is not None and a.text == b.text and a.error is None and b.error is None
-               for a, b in pairs)  # fmt: skip
-    if same == len(pairs):
-        print(f"replies identical: {same}/{len(pairs)} ({len(items)} conversations x {len(rounds)} rounds)")
-    else:
-        print(f"replies DIFFER: {same}/{len(pairs)} identical")
-    print(f"speedup: {t_single / t_batched:.1f}x")
-    return 0 if same == len(pairs) else 1
+    base = texts[MODES[0][0]]
+    same = {name: sum(a == b for x, y in zip(base, t, strict=True) for a, b in zip(x, y, strict=True))
+            for name, t in texts.items()}  # fmt: skip
+    total = sum(len(x) for x in base)
+    for name, n in same.items():
+        if name != MODES[0][0]:
+            print(
+                f"replies identical to one at a time ({name}): {n}/{total}"
+                + ("" if n == total else "  DIFFER")
+            )
+    print(
+        f"the reference release's own settings on these sentences (one at a time, no reuse, {len(rounds)} rounds "
+        f"of 512 new tokens, sampled): at least {rows[0][2]:,} prompt tokens computed (more, as its longer "
+        f"answers are repeated in later rounds) and up to {len(items) * len(rounds) * 512:,} generated"
+    )
+    best = min(seconds[m[0]] for m in MODES[1:])
+    print(f"speedup: {seconds[MODES[0][0]] / best:.1f}x")
+    return 0 if all(n == total for n in same.values()) else 1
 
 
 def _timed(fn) -> float:

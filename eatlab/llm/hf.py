@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import inspect
 import logging
 import sys
 import time
@@ -220,6 +221,10 @@ class HFBackend(LLMBackend):
         self._eos = set(eos)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         self._tok, self._model = tok, model
+        # transformers 5 names the forward's cache argument `cache`; 4.x calls it `past_key_values`
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+        params = inspect.signature(type(core).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s) in %.1fs", self.source, self.model_key, self.load_seconds)
 
@@ -352,10 +357,10 @@ class HFBackend(LLMBackend):
                 out = model(
                     input_ids=torch.tensor([p[n:]], dtype=torch.long, device=device),
                     position_ids=torch.arange(n, len(p), device=device)[None],
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_kw: cache},
                 )
-                kv = _layers_of(out.past_key_values)
+                kv = _layers_of(cache)  # filled in place
                 self.prefix_cache.store(p, kv)
                 self.prefix_cache.hits_tokens += n
                 self.prompt_tokens_computed += len(p) - n
@@ -389,8 +394,8 @@ class HFBackend(LLMBackend):
                     input_ids=tok[:, None],
                     attention_mask=mask,
                     position_ids=positions[:, None],
-                    past_key_values=batch,
                     use_cache=True,
+                    **{self._cache_kw: batch},
                 )
                 positions = positions + 1
                 scores = out.logits[:, -1].float()
