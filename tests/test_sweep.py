@@ -81,6 +81,7 @@ def check_failed_split_sweep(sweep: Path) -> None:
     assert "language:zh" in run.tags and run.name.startswith("1:")
 
 
+@pytest.mark.slow
 def test_basic_launcher_sweep_summary_wandb_groups_and_analysis(tmp_path, models_dir):
     """The issue's sweep: 2 languages x 2 round counts -> 4 runs, 4 offline W&B runs in one group, a summary;
     then eatlab-analyze writes tables, correlations, plots and report.html."""
@@ -209,3 +210,18 @@ def test_slurm_preset_has_the_usual_keys():
     assert launcher._target_.endswith("SlurmLauncher")
     for key in ("partition", "gpus_per_node", "timeout_min", "mem_gb", "cpus_per_task", "array_parallelism"):
         assert key in launcher
+
+
+@pytest.mark.slow
+def test_an_in_process_sweep_loads_the_weights_once(tmp_path):
+    """Three languages, one model, Hydra's basic launcher: the first job loads the weights, the next two reuse
+    the loaded backend (each job still makes its own model calls: the cache is per job here)."""
+    sweep = eatlab_multirun(
+        tmp_path / "o", tiny_models_dir(), "language=zh,ja,ko", "data.limit=2", "extractor=spacy",
+        f"cache.path={tmp_path / 'c'}/${{language.code}}.sqlite",
+    )  # fmt: skip
+    logs = "".join(p.read_text(encoding="utf-8") for p in sorted(sweep.glob("*/*.log")))
+    assert logs.count("][eatlab.llm.hf][INFO] loaded ") == 1
+    assert logs.count("reusing the loaded backend hf (eatlab/tiny-qwen2-smoke@local:") == 2
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(jobs) == 3 and all(json.loads((j / "metrics.json").read_text())["llm_calls"] > 0 for j in jobs)

@@ -52,7 +52,9 @@ class LLMClient:
         *,
         kind: str | None = None,
         model_key: str | None = None,
+        owns_backend: bool = True,
     ):
+        self.owns_backend = owns_backend  # False: the backend outlives the client (shared by a sweep's jobs)
         if isinstance(backend, LLMBackend):
             self._backend: LLMBackend | None = backend
             self._factory: BackendFactory | None = None
@@ -172,7 +174,7 @@ class LLMClient:
         return counters_as_dict(self.counters)
 
     def close(self) -> None:
-        if self._backend is not None:
+        if self._backend is not None and self.owns_backend:
             self._backend.close()
         self.cache.close()
 

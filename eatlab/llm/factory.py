@@ -21,6 +21,7 @@ from eatlab.llm.base import LLMBackend, ModelSpec
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
 from eatlab.utils.components import build, locate, require_subclass
+from eatlab.utils.io import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,52 @@ def build_backend(cfg) -> LLMBackend:
     return build(cfg.backend, "backend", **kwargs)
 
 
+class _LoadedBackend:
+    """The one backend a process keeps between jobs: an in-process sweep (Hydra's basic launcher) whose jobs use
+    the same model and backend settings loads the weights once; a job that needs another model releases it."""
+
+    key: tuple | None = None
+    backend: LLMBackend | None = None
+    vllm_started: str | None = None  # vLLM cannot reliably start a second engine in one process
+
+
+def shared_backend(cfg) -> LLMBackend:
+    """The configured backend, reused from the previous job of this process when nothing about it changed."""
+    cls = backend_class(cfg)
+    kind, model_key = backend_identity(cfg)
+    key = (kind, model_key, canonical_json(_params(cfg)), str(_get(cfg, "model.path") or ""))
+    if _LoadedBackend.key == key and _LoadedBackend.backend is not None:
+        log.info("reusing the loaded backend %s (%s)", kind, model_key)
+        return _LoadedBackend.backend
+    release_shared_backend()
+    if cls.kind == "vllm":
+        if _LoadedBackend.vllm_started and _LoadedBackend.vllm_started != model_key:
+            raise ConfigError(
+                f"backend=vllm: this process already started a vLLM engine for {_LoadedBackend.vllm_started} and "
+                "vLLM cannot start a second one reliably; sweep over models with hydra/launcher=joblib "
+                "(one process per job)"
+            )
+        _LoadedBackend.vllm_started = model_key
+    backend = build_backend(cfg)
+    _LoadedBackend.key, _LoadedBackend.backend = key, backend
+    return backend
+
+
+def release_shared_backend() -> None:
+    """Free the kept backend's weights (GPU memory, HTTP pools)."""
+    if _LoadedBackend.backend is not None:
+        _LoadedBackend.backend.close()
+    _LoadedBackend.key = _LoadedBackend.backend = None
+
+
 def build_cache(cfg) -> ResponseCache:
     return ResponseCache(_get(cfg, "cache.path"), mode=_get(cfg, "cache.mode", "readwrite"))
 
 
 def build_client(cfg, cache: ResponseCache | None = None) -> LLMClient:
-    """LLMClient for a run: the configured cache, the backend created on the first miss."""
+    """LLMClient for a run: the configured cache, the backend created (or reused from the previous job of
+    this process) on the first miss."""
     kind, key = backend_identity(cfg)
-    return LLMClient(partial(build_backend, cfg), cache or build_cache(cfg), kind=kind, model_key=key)
+    return LLMClient(
+        partial(shared_backend, cfg), cache or build_cache(cfg), kind=kind, model_key=key, owns_backend=False
+    )
