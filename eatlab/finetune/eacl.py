@@ -20,7 +20,7 @@ import random
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eatlab.errors import ConfigError, DataError
@@ -431,7 +431,3 @@ def format_report(report: dict) -> str:
             cells.append(str(c) if step == "read" else f"{c} ({100 * r['fractions'][step]:.1f}%)")
         rows.append(f"| {lang} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def pair_dict(p: AlignedPair) -> dict:
-    return asdict(p) | {"phrase": p.phrase}
