@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint
 from torch.utils.data import DataLoader, Dataset
 
 from eatlab.data.bio import VALID_TAGS, tags_to_spans
@@ -420,42 +421,65 @@ class Seq2SeqNERModule(pl.LightningModule):
         (directory / DEV_OUTPUTS).write_text("".join(x + "\n" for x in lines), encoding="utf-8")
 
 
-class HFModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose checkpoint is a Hugging Face folder (save_pretrained), not a Lightning .ckpt.
+class HFModelCheckpoint(Checkpoint):
+    """Keeps the best model by `monitor` as the Hugging Face folder `<dirpath>/<filename>` (`save_hf`), no .ckpt.
 
-    With `save_top_k=1` the folder `<dirpath>/<filename>` always holds the best model by the monitored metric.
+    Public hooks only (ModelCheckpoint's saving goes through private methods). Subclassing `Checkpoint` keeps
+    Lightning from adding its default ModelCheckpoint. The rules are ModelCheckpoint's with `save_top_k=1`: after
+    each validation in `fit` (not the sanity check, at most once per global step, none before the first step) the
+    folder is replaced when the score beats the best strictly; a NaN score ranks last.
     """
-
-    FILE_EXTENSION = ""
 
     def __init__(
         self, dirpath: str | Path, filename: str = "best", monitor: str = "val_f1", mode: str = "max"
     ):
-        super().__init__(
-            dirpath=str(dirpath),
-            filename=filename,
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            save_last=False,
-            save_weights_only=True,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        )
+        if mode not in ("min", "max"):
+            raise ValueError(f"HFModelCheckpoint(mode={mode!r}): expected 'min' or 'max'")
+        self.dirpath = os.path.realpath(os.path.expanduser(dirpath))  # as ModelCheckpoint: absolute
+        self.filename = filename
+        self.monitor = monitor
+        self.mode = mode
+        self.best_model_path = ""  # the folder, once a validation has been saved
+        self.best_model_score: torch.Tensor | None = None
+        self._last_global_step_saved = 0
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if not trainer.is_global_zero:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.trainer.states import TrainerFn
+        from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+        if (
+            trainer.sanity_checking
+            or trainer.fast_dev_run
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.global_step == self._last_global_step_saved
+        ):
             return
-        target = Path(filepath)
+        current = trainer.callback_metrics.get(self.monitor)
+        if current is None:
+            raise MisconfigurationException(
+                f"HFModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the logged "
+                f"metrics: {list(trainer.callback_metrics)}"
+            )
+        current = torch.as_tensor(current).detach().clone()
+        if self.best_model_score is not None:
+            best, now = float(self.best_model_score), float(current)
+            better = now > best if self.mode == "max" else now < best  # False for NaN
+            # every rank holds the same metrics; the reduction keeps the ranks' decisions identical anyway
+            if not trainer.strategy.reduce_boolean_decision(better):
+                return
+        if torch.isnan(current):
+            current = torch.tensor(float("-inf" if self.mode == "max" else "inf"), device=current.device)
+        self.best_model_path = os.path.join(self.dirpath, self.filename)
+        self.best_model_score = current
+        self._last_global_step_saved = trainer.global_step
+        if trainer.is_global_zero:
+            self._write(trainer, Path(self.best_model_path))
+
+    def _write(self, trainer: pl.Trainer, target: Path) -> None:
+        """Write into `<target>.tmp`, then swap it in, so that a crash never leaves a half-written best folder."""
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         trainer.lightning_module.save_hf(tmp, {"monitor": self.monitor, "metrics": metrics})
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-
-    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if trainer.is_global_zero:
-            shutil.rmtree(filepath, ignore_errors=True)

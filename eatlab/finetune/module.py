@@ -74,7 +74,12 @@ class QLoRASettings:
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`."""
+    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`.
+
+    Not transformers' schedules, which move the numbers: `get_cosine_schedule_with_warmup` (and its min-lr
+    variant) warms up as step/warmup, so step 0 trains at LR 0; `..._with_warmup_lr_rate` warms up as here but
+    starts the cosine one step early. The cosine part equals `get_cosine_schedule_with_warmup`'s.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     span = max(1, total - warmup)

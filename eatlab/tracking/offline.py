@@ -4,6 +4,9 @@ Offline runs are what eatlab writes by default; this lets tests, the sweep summa
 a run logged (group, tags, config, summary metrics, artifacts, exit code) before anyone runs `wandb sync`.
 The file is a LevelDB-style log: a 7-byte header (`:W&B`, magic, version), then 32 KiB blocks of records with
 a 7-byte header (crc32, length, type: full/first/middle/last); each record is a protobuf `Record`.
+The block reader is ours because wandb ships none: its Python `wandb.sdk.internal.datastore.DataStore` went with
+the legacy `wandb sync` (absent from the installed 0.31), the Go `wandb-core` reads the log only to upload it, and
+the public API reads runs from a server. Only wandb's protobuf `Record` is reused.
 """
 
 from __future__ import annotations
