@@ -273,6 +273,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsys):
     from eatlab.cli.analyze import main
 
@@ -321,6 +322,7 @@ def test_analyze_end_to_end_with_round_trip_and_cache(sweep_dir, tmp_path, capsy
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_analyze_without_round_trip_and_bad_input(sweep_dir, tmp_path, capsys):
     from eatlab.cli.analyze import main
 

@@ -103,6 +103,7 @@ def test_truncated_words_are_counted_and_predicted_o(tiny_encoder, tokenizer):
     assert pred[n_seen:] == [LABEL2ID["O"]] * (len(words) - n_seen)
 
 
+@pytest.mark.slow
 def test_tiny_encoder_trains_on_english_and_tests_zh_and_ar(tmp_path):
     from eatlab.cli.baseline import run_baseline
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from test_sweep import eatlab_multirun, tiny_models_dir
 
 from eatlab.data.record import Sentence
@@ -11,6 +12,7 @@ from eatlab.eat.methods.translate_test import fuzzy_align
 from eatlab.eat.stages import SentenceResult
 
 
+@pytest.mark.slow
 def test_methods_sweep_and_one_report_table(tmp_path):
     from eatlab.cli.analyze import main as analyze
 

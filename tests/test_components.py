@@ -25,6 +25,7 @@ def test_every_option_composes_to_a_target(compose, group):
         assert str(cfg[group]["_target_"]).startswith("eatlab."), path
 
 
+@pytest.mark.slow
 def test_user_components_run_the_pipeline_by_config_only(tmp_path):
     exe = Path(sys.executable).with_name("eatlab")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from eatlab.cli.run import main; main()"]
@@ -66,6 +67,7 @@ def test_a_method_builds_only_what_it_uses(compose, tmp_path):
         build_method(compose(["method=eat", "extractor=flan_t5"]), None, get_language("zh"), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_fixed_round_method_refuses_other_rounds_asked_on_the_command_line(tmp_path):
     exe = Path(sys.executable).with_name("eatlab")
     cmd = [str(exe), "method=translate_test", "prompt_rounds=r3", "data.limit=2", "tracking=none",

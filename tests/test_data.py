@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eatlab.data.bio import Span, char_span_to_tokens, spans_to_tags, tags_to_spans, token_span_to_chars
+from eatlab.data.bio import Span, spans_to_tags, tags_to_spans
 from eatlab.data.conll import read_conll, write_conll
 from eatlab.data.languages import ALL_CODES, get_language
 from eatlab.data.loader import is_redirect, select_sentences
@@ -159,23 +159,3 @@ def test_reference_chunks_cover_every_non_o_tag_once(tags):
     covered = [i for s in spans for i in range(s.start, s.end)]
     assert covered == [i for i, t in enumerate(tags) if t != "O"] or len(covered) == len(set(covered))
     assert sorted(set(covered)) == [i for i, t in enumerate(tags) if t != "O"]
-
-
-@given(st.lists(st.text(alphabet="abc한국語#", min_size=1, max_size=4), min_size=1, max_size=12), st.data())
-def test_token_char_span_roundtrip(tokens, data):
-    from eatlab.data.record import join_tokens
-
-    for char_tok in (False, True):
-        text, offsets = join_tokens(tokens, char_tok)
-        i = data.draw(st.integers(0, len(tokens) - 1))
-        j = data.draw(st.integers(i + 1, len(tokens)))
-        if offsets[i][0] == offsets[j - 1][1]:
-            continue
-        sp = Span(i, j, "PER")
-        ch = token_span_to_chars(sp, offsets)
-        assert char_span_to_tokens(ch, offsets) == sp
-        # a character span inside one token widens to that whole token
-        a, b = offsets[i]
-        if b - a >= 2:
-            assert char_span_to_tokens(Span(a + 1, b, "LOC"), offsets) == Span(i, i + 1, "LOC")
-        assert text[ch.start : ch.end] == text[offsets[i][0] : offsets[j - 1][1]]

@@ -100,6 +100,7 @@ def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_eval_cli_prints_the_per_type_table(tmp_path):
     proc = _cli(["extractor=spacy", "data.limit=20"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -126,6 +127,7 @@ def test_missing_checkpoint_folder_is_a_config_error(checkpoint):
         FlanT5Extractor(checkpoint).extract(["A sentence ."])
 
 
+@pytest.mark.slow
 def test_llm_extractor_through_the_eval_config(compose, tmp_path):
     """The run's own LLM as the extractor (the tiny smoke model here): the same scoring, its call counters."""
     from eatlab.cli.extractor import evaluate_from_config

@@ -100,11 +100,12 @@ def test_untrained_spacy_wikiann_falls_back_loudly_but_never_when_scored(compose
     assert no_fallback.name == "spacy_wikiann" and no_fallback.identity() == {"name": "spacy_wikiann"}
 
 
+@pytest.mark.slow
 def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     """The Hydra path end to end on the in-repo samples: 40 steps of the default recipe (cluster and frequency
     features, GloVe 6B 50d), then score it."""
-    from eatlab.data.conll import read_conll
     from eatlab.cli.extractor import train_extractor
+    from eatlab.data.conll import read_conll
     from eatlab.extractors.evaluate import evaluate_extractor
     from eatlab.extractors.spacy_ner import SpacyExtractor
 
@@ -145,6 +146,7 @@ def test_train_extractor_spacy_wikiann_short_run(tmp_path):
     assert 0.0 <= result["scores"]["entity_f1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_time_budget_stops_cleanly_and_keeps_model_best(tmp_path):
     out = tmp_path / "sp"
     result = train_spacy_ner(
@@ -178,6 +180,7 @@ def test_lexeme_features_read_the_vocab_tables():
     assert [o.shape for o in out] == [(4, 16), (1, 16)]
 
 
+@pytest.mark.slow
 def test_training_with_lexeme_features_saves_the_tables_with_the_pipeline(tmp_path):
     """spacy-lookups-data's Brown clusters and word probabilities are loaded once and travel with model-best."""
     from eatlab.extractors.spacy_ner import SpacyExtractor, load_spacy
@@ -272,6 +275,7 @@ def test_glove_6b_50d_from_the_registry_package():
     assert sim("paris", "london") > sim("paris", "eating")  # real distributional vectors
 
 
+@pytest.mark.slow
 def test_training_with_static_vectors_carries_them_into_model_best(tmp_path):
     """Vectors built once into <output_dir>/vectors, copied into model-best, capitalised words find the
     lower-cased rows, and continued training keeps the same vectors."""

@@ -152,6 +152,7 @@ def test_samples_are_the_first_200_release_records_byte_for_byte(shared_dir):
         assert sha256_file(EACL_SAMPLES_DIR / f"corpus_{lang}.json") == sums[f"corpus_{lang}.json"]
 
 
+@pytest.mark.slow
 def test_filter_report_on_the_full_release(shared_dir, tmp_path):
     root = shared_dir / "data" / "eacl"
     splits = [prepare_language(root, lang, FilterOptions(), seed=0) for lang in ALL_EACL]
@@ -279,6 +280,7 @@ def test_builder_errors_name_the_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_cli_report_only_prints_and_saves_the_table(tmp_path):
     """`eatlab-finetune finetune.report_only=true`: the filter table without loading any model."""
     out = tmp_path / "out"

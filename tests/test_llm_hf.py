@@ -135,6 +135,7 @@ def test_entropy_is_of_the_raw_distribution(backend):
         assert g.entropies[0] == pytest.approx(s.entropies[0], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible_and_batch_independent(backend):
     settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
                                   repetition_penalty=1.05, seed=7)  # fmt: skip
@@ -155,6 +156,7 @@ def test_repetition_penalty_changes_greedy_output(backend):
     assert [r.text for r in plain] != [r.text for r in penalised]
 
 
+@pytest.mark.slow
 def test_adapter_enters_model_key_and_generates(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -186,6 +188,7 @@ def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
     assert not fresh.loaded
 
 
+@pytest.mark.slow
 def test_bench_command_runs_and_reports(tiny, capsys):
     from eatlab.cli.bench import main as bench_main
 
@@ -205,6 +208,7 @@ REUSE_SENTENCES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "prompt_file,rounds",
     [pytest.param("eatlab_v1.yaml", r, marks=[] if r == 3 else [pytest.mark.slow]) for r in (1, 2, 3, 4, 5)]

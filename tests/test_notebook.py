@@ -44,6 +44,7 @@ def _tiny_sweep(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_analysis_notebook_executes_on_a_tiny_sweep(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

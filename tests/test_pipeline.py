@@ -5,26 +5,34 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from eatlab.cli.run import run_eat
 
 TRANSCRIPT_MODEL = "qwen2.5-coder-0.5b-instruct-q4km"
+# replaying each language's 8 transcribed sentences: entity F1 and where each gold entity was lost (or found)
+REPLAY = {
+    "ar": (0.0, {"found": 0, "lost_in_translation": 0, "missed_by_ner": 6, "misaligned_backward": 2}),
+    "hi": (0.125, {"found": 1, "lost_in_translation": 1, "missed_by_ner": 0, "misaligned_backward": 7}),
+    "hy": (0.0, {"found": 0, "lost_in_translation": 0, "missed_by_ner": 6, "misaligned_backward": 2}),
+    "ja": (0.0, {"found": 0, "lost_in_translation": 3, "missed_by_ner": 5, "misaligned_backward": 6}),
+    "ka": (0.0, {"found": 0, "lost_in_translation": 1, "missed_by_ner": 3, "misaligned_backward": 4}),
+    "ko": (0.0, {"found": 0, "lost_in_translation": 2, "missed_by_ner": 6, "misaligned_backward": 2}),
+    "ru": (1 / 6, {"found": 1, "lost_in_translation": 1, "missed_by_ner": 3, "misaligned_backward": 4}),
+    "zh": (0.0, {"found": 0, "lost_in_translation": 1, "missed_by_ner": 4, "misaligned_backward": 4}),
+}
 
 
 def _read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang", ["zh", "ko"])
 def test_tiny_run_writes_artifacts_and_reruns_from_cache(compose, tmp_path, lang):
     cfg = compose([f"language={lang}", "data.limit=16"])
-    t0 = time.perf_counter()
-    m1 = run_eat(cfg, tmp_path / "run1")
-    first = time.perf_counter() - t0
-    assert first < 120  # the 60 s target is measured by the README command; CI machines vary
+    m1 = run_eat(cfg, tmp_path / "run1")  # its wall time (target 60 s): `eatlab-bench --timings`
     run = tmp_path / "run1"
     for name in (
         "metrics.json",
@@ -102,7 +110,14 @@ def test_reference_prompt_set_reproduces_the_script(transcripts_dir):
         assert users == [fill(r.text, vals) for r in direction.rounds]
 
 
-@pytest.mark.parametrize("lang", ["ar", "hi", "hy", "ja", "ka", "ko", "ru", "zh"])
+@pytest.mark.parametrize(
+    "lang",
+    [
+        "ar",
+        "zh",
+        *(pytest.param(lang, marks=pytest.mark.slow) for lang in ("hi", "hy", "ja", "ka", "ko", "ru")),
+    ],
+)
 def test_transcript_replay_makes_no_model_call(compose, tmp_path, transcripts_dir, lang):
     cache = tmp_path / "cache.sqlite"
     subprocess.run(
@@ -132,4 +147,5 @@ def test_transcript_replay_makes_no_model_call(compose, tmp_path, transcripts_di
     for r in recs:
         if r["kind"] == "forward":
             assert fwd[r["sentence_id"]]["english"] == r["english"]
-    assert 0.0 <= m["entity_f1"] <= 1.0 and sum(m["failures"]["gold"].values()) > 0
+    f1, gold_failures = REPLAY[lang]
+    assert m["entity_f1"] == pytest.approx(f1, abs=1e-6) and m["failures"]["gold"] == gold_failures

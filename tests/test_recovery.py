@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 
 import pytest
+from test_recovery_props import recover_all, recovered_tags
 
 from eatlab.data.bio import VALID_TAGS, Span, tags_to_spans
 from eatlab.data.conll import read_conll
@@ -15,10 +16,8 @@ from eatlab.eat.recovery import (
     REASONS,
     clean_answer,
     fold,
-    recover_sentence,
     recover_span,
     spans_from_recoveries,
-    tags_from_recoveries,
 )
 from eatlab.eat.reference_recovery import (
     reference_answer_string,
@@ -74,7 +73,7 @@ def _find(transcripts, sid):
 def test_every_real_answer_gets_a_span_or_a_reason(transcripts, lang):
     assert transcripts[lang], f"no backward answers for {lang}"
     for s, answers in transcripts[lang]:
-        recs = recover_sentence(answers, s, lang)
+        recs = recover_all(answers, s, lang)
         assert len(recs) == len(answers)
         for rec in recs:
             assert (rec.span is None) != (rec.reason is None)
@@ -86,7 +85,7 @@ def test_every_real_answer_gets_a_span_or_a_reason(transcripts, lang):
                 assert rec.matched_text == s.text[cs:ce] and rec.matched_text
                 # the raw match lies inside (or at the trimmed edges of) the widened span's characters
                 assert s.text[s.offsets[rec.span.start][0] : s.offsets[rec.span.end - 1][1]]
-        tags = tags_from_recoveries(recs, len(s.tokens))
+        tags = recovered_tags(recs, len(s.tokens))
         assert all(t in VALID_TAGS for t in tags)
 
 
@@ -137,7 +136,7 @@ REAL_CASES = [
 @pytest.mark.parametrize(("sid", "index", "expected", "text"), REAL_CASES)
 def test_real_answers(transcripts, sid, index, expected, text):
     s, answers = _find(transcripts, sid)
-    rec = recover_sentence(answers, s, sid.split("-")[0])[index]
+    rec = recover_all(answers, s, sid.split("-")[0])[index]
     if isinstance(expected, str):
         assert rec.span is None and rec.reason == expected, rec
     else:
@@ -155,7 +154,7 @@ def test_real_answers_ours_vs_reference(transcripts):
     for lang in NSL:
         for s, answers in transcripts[lang]:
             gold = set(tags_to_spans(s.tags))
-            spans = spans_from_recoveries(recover_sentence(answers, s, lang))
+            spans = spans_from_recoveries(recover_all(answers, s, lang))
             ours_spans += len(spans)
             ours_exact += sum(sp in gold for sp in spans)
             ref = reference_recover_sentence(answers, s)
@@ -336,11 +335,11 @@ def test_prefers_free_occurrence_then_aligned_then_earliest():
 
 def test_overlap_resolution_is_deterministic_and_order_based():
     s = sent("ru", "Кисо , Ненад ( род .")
-    first = recover_sentence([("Кисо, Ненад", "PER"), ("Ненад", "LOC")], s, "ru")
+    first = recover_all([("Кисо, Ненад", "PER"), ("Ненад", "LOC")], s, "ru")
     assert [r.span for r in first] == [Span(0, 3, "PER"), None] and first[1].reason == "overlap"
-    again = recover_sentence([("Кисо, Ненад", "PER"), ("Ненад", "LOC")], s, "ru")
+    again = recover_all([("Кисо, Ненад", "PER"), ("Ненад", "LOC")], s, "ru")
     assert again == first
-    swapped = recover_sentence([("Ненад", "LOC"), ("Кисо, Ненад", "PER")], s, "ru")
+    swapped = recover_all([("Ненад", "LOC"), ("Кисо, Ненад", "PER")], s, "ru")
     assert swapped[0].span == Span(2, 3, "LOC") and swapped[1].reason == "overlap"
     assert spans_from_recoveries(swapped) == [Span(2, 3, "LOC")]
 
@@ -361,12 +360,6 @@ def test_whole_sentence_rules():
     long = sent("ru", " ".join(f"слово{i}" for i in range(30)))
     rec = recover_span(" ".join(f"слово{i}" for i in range(12)), long, "ORG", None, "ru")
     assert rec.reason == "too_long"
-
-
-def test_tags_are_valid_bio():
-    s = sent("ko", "넘겨주기 서울의 날씨는 부산 보다 맑다")
-    recs = recover_sentence([("서울", "LOC"), ("부산", "LOC"), ("서울", "PER")], s, "ko")
-    assert tags_from_recoveries(recs, len(s.tokens)) == ["O", "B-LOC", "O", "B-LOC", "O", "O"]
 
 
 # ------------------------------------------------------------------------------------- reference recovery

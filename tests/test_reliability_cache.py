@@ -49,6 +49,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", ["page", "byte"])
 def test_truncated_cache_is_detected_in_one_line_and_repaired(full_cache, cut):
     size = full_cache.stat().st_size

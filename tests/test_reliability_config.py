@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from eatlab.cli.config_check import precheck_overrides, validate_config
 from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
 from eatlab.errors import ConfigError
-from eatlab.cli.config_check import precheck_overrides, validate_config
 from eatlab.testing.fault_server import FaultServer, OracleModel
 
 EATLAB = Path(sys.executable).with_name("eatlab")
@@ -30,6 +30,7 @@ BAD = {  # command line -> what the last line of stderr must say
 }
 
 
+@pytest.mark.slow
 def test_bad_configuration_fails_at_start_with_one_line_naming_the_key(tmp_path):
     """Each command runs as a real `eatlab` process (all at once): exit 2, one `error:` line, no traceback."""
     procs = {
@@ -51,6 +52,7 @@ def test_bad_configuration_fails_at_start_with_one_line_naming_the_key(tmp_path)
         assert not list((tmp_path / "out").rglob("metrics.json"))
 
 
+@pytest.mark.slow
 def test_checks_accept_every_shipped_option(compose):
     """No false alarm: the default config and each language, model and backend option pass both checks."""
     from eatlab.paths import CONF_DIR

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_recovery_props import (
@@ -58,6 +59,7 @@ def noisy(draw, text: str) -> str:
     return "".join(out) + tail
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_raw_model_answers_through_sanitize_and_recovery(data):
@@ -110,7 +112,7 @@ def test_fuzzy_alignment_stays_inside_and_off_taken_tokens(data):
 
 
 def _label_like(entity: str) -> bool:
-    from eatlab.eat import parse
+    from eatlab.llm import parse
 
     return entity.lower() in parse._TYPE_WORDS or entity.lower() in parse._PLACEHOLDERS
 

@@ -169,6 +169,7 @@ def test_server_gone_mid_run_gives_counted_failures_quickly(compose, tmp_path, c
     assert c["failed_backward"] == n_backward == len(errors) and m["llm_errors"] == 2 + n_backward
 
 
+@pytest.mark.slow
 def test_model_faults_are_counted_and_never_crash(compose, tmp_path, clean):
     """Empty, maximum-length (finish_reason length), wrong-script and control-character answers."""
     ref, _ = clean

@@ -104,6 +104,7 @@ def assert_same_result(run_dir: Path, ref_dir: Path, ref: dict) -> dict:
     return m
 
 
+@pytest.mark.slow
 def test_http_run_killed_mid_backward_and_while_finalizing_resumes_exactly(compose, tmp_path):
     sentences = select_sentences("zh", "test", limit=8).sentences
     oracle = OracleModel.from_sentences(sentences)
@@ -192,6 +193,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_tiny_model_run_killed_mid_forward_resumes_exactly(compose, tmp_path, one_thread):
     cache, run_dir = tmp_path / "cache.sqlite", tmp_path / "run"
     overrides = ["language=zh", "data.limit=8", "prompts.max_new_tokens=[8,8,8]"]

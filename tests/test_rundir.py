@@ -217,6 +217,7 @@ def _check_schema(metrics: dict, score_keys: set[str]) -> None:
     assert set(metrics["tokens"]) == {"prompt", "completion"} and isinstance(metrics["run"]["method"], str)
 
 
+@pytest.mark.slow
 def test_eat_run_writes_the_schema(compose, tmp_path, score_json_keys):
     from eatlab.cli.run import run_eat
 

@@ -15,11 +15,13 @@ def models_dir() -> Path:
     return tiny_models_dir()
 
 
+@pytest.mark.slow
 def test_basic_launcher_goes_on_after_a_failed_job(tmp_path, models_dir):
     """Jobs run one after another in one process: the job after the failure must still run."""
     check_failed_split_sweep(eatlab_multirun(tmp_path / "o", models_dir, *FAILING))
 
 
+@pytest.mark.slow
 def test_joblib_launcher_reports_failures(tmp_path, models_dir):
     sweep = eatlab_multirun(
         tmp_path / "o", models_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAILING
@@ -27,6 +29,7 @@ def test_joblib_launcher_reports_failures(tmp_path, models_dir):
     check_failed_split_sweep(sweep)
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_reports_failures(tmp_path, models_dir):
     sweep = eatlab_multirun(tmp_path / "o", models_dir, "hydra/launcher=submitit_local", *FAILING)
     check_failed_split_sweep(sweep)

@@ -23,6 +23,7 @@ def _only_offline_run(run_dir: Path):
     return run
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path):
     from eatlab.cli.run import run_eat
 
@@ -85,6 +86,7 @@ def test_wandb_offline_run_holds_metrics_tables_and_artifacts(compose, tmp_path)
     assert (run_dir / "record.csv").read_text(encoding="utf-8").startswith("run_dir,")
 
 
+@pytest.mark.slow
 def test_tracking_none_writes_no_wandb_but_the_local_record(compose, tmp_path):
     from eatlab.cli.run import run_eat
 
@@ -101,6 +103,7 @@ def test_tracking_none_writes_no_wandb_but_the_local_record(compose, tmp_path):
     assert (run_dir / "csv" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_job_that_fails_inside_lightning_finishes_its_wandb_run_as_failed(compose, tmp_path):
     import pytorch_lightning as pl
     import torch
@@ -129,6 +132,7 @@ def test_a_job_that_fails_inside_lightning_finishes_its_wandb_run_as_failed(comp
     assert run.exit_code == 1 and run.group == "g-fail"
 
 
+@pytest.mark.slow
 def test_offline_reader_follows_records_across_log_blocks(tmp_path):
     """3,000 history rows span many 32 KiB blocks, so records are split into first/middle/last fragments."""
     import wandb

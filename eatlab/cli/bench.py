@@ -167,8 +167,25 @@ def run(args) -> int:
     LLMClient(backend, ResponseCache(mode="off")).chat([prefixes[0] + [{"role": "user", "content": "hi"}]],
                                                        GenerationSettings(max_new_tokens=2))  # fmt: skip
     direction, values = scripted(rounds, budgets)
-    texts, seconds, rows = {}, {}, []
+    texts, seconds, rows, per_round, breakdown = {}, {}, [], {}, {}
+    generate = backend.generate
+
+    def timed_generate(conversations, settings):  # one call = one round (batched) or one conversation's round
+        before, computed = dict(backend.seconds), backend.prompt_tokens_computed
+        t0 = time.perf_counter()
+        replies = generate(conversations, settings)
+        k = (len(conversations[0]) - len(prefixes[0]) - 1) // 2  # user turns before this one
+        row = per_round.setdefault(k, [0.0, 0.0, 0.0, 0, 0])
+        row[0] += time.perf_counter() - t0
+        row[1] += backend.seconds["prefill"] - before["prefill"]
+        row[2] += backend.seconds["decode"] - before["decode"]
+        row[3] += backend.prompt_tokens_computed - computed
+        row[4] += sum(r.completion_tokens for r in replies)
+        return replies
+
+    backend.generate = timed_generate
     for name, batched, reuse in MODES:
+        per_round.clear()
         backend.batch_size = args.batch_size if batched else 1
         backend.prefix_reuse = reuse
         backend.prefix_cache.clear()
@@ -186,11 +203,20 @@ def run(args) -> int:
         rows.append(
             (name, seconds[name], backend.prompt_tokens_computed, c.prompt_tokens, c.completion_tokens)
         )
+        if reuse:  # where the time goes with prefix reuse, per round
+            breakdown = {k: list(v) for k, v in sorted(per_round.items())}
+    backend.generate = generate
     prompts = [backend.encode(res.messages[: 2 * k + len(prefixes[i]) + 1])
                for i, res in enumerate(results) for k in range(len(res.replies))]  # fmt: skip
     print(f"{'mode':<24} {'seconds':>8} {'prompt tokens computed':>23} {'of sent':>8} {'generated':>10}")
     for name, secs, computed, sent, gen in rows:
         print(f"{name:<24} {secs:>8.2f} {computed:>23,} {sent:>8,} {gen:>10,}")
+    print(
+        "with prefix reuse, per round: seconds (prefill + decode), prompt tokens computed, tokens generated"
+    )
+    for k, (secs, pre, dec, computed, gen) in breakdown.items():
+        print(f"  round {k + 1}: {secs:.2f} s ({pre:.2f} + {dec:.2f}), {computed:,} computed, {gen:,} generated, "
+              f"{1000 * dec / max(gen, 1):.1f} ms of decoding per generated token")  # fmt: skip
     print(
         f"unique prompt tokens (each shared prefix once; answer tokens kept from decoding need none): "
         f"{unique_prompt_tokens(prompts):,}"
@@ -216,9 +242,14 @@ def run(args) -> int:
 
 
 def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    """Wall seconds of fn(); what it prints (a run's summary) is dropped."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
 
 
 def _compose(tmp: Path, model_dir: Path, name: str, overrides: list[str]):

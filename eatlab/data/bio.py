@@ -71,19 +71,3 @@ def spans_to_tags(spans: list[Span], n_tokens: int) -> list[str]:
         for i in range(sp.start + 1, sp.end):
             tags[i] = f"I-{sp.type}"
     return tags
-
-
-def token_span_to_chars(span: Span, offsets: list[tuple[int, int]]) -> Span:
-    """The character span in the sentence text covered by a token span."""
-    return Span(offsets[span.start][0], offsets[span.end - 1][1], span.type)
-
-
-def char_span_to_tokens(span: Span, offsets: list[tuple[int, int]]) -> Span | None:
-    """The smallest token span covering every token the character span touches (widening to whole tokens).
-
-    Returns None when the characters touch no token (e.g. only a separator space).
-    """
-    touched = [i for i, (s, e) in enumerate(offsets) if s < span.end and span.start < e]
-    if not touched:
-        return None
-    return Span(touched[0], touched[-1] + 1, span.type)

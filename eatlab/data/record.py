@@ -31,13 +31,6 @@ class Sentence:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def char_to_token(self, pos: int) -> int | None:
-        """Index of the token covering character `pos`, or None for a separator."""
-        for i, (s, e) in enumerate(self.offsets):
-            if s <= pos < e:
-                return i
-        return None
-
 
 def join_tokens(tokens: list[str], char_tokenized: bool) -> tuple[str, list[tuple[int, int]]]:
     """Build the source text and the token -> character offsets map."""

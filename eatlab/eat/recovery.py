@@ -50,7 +50,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from eatlab.data.bio import ENTITY_TYPES, Span, spans_to_tags
+from eatlab.data.bio import ENTITY_TYPES, Span
 from eatlab.data.record import Sentence
 from eatlab.errors import ConfigError
 
@@ -588,20 +588,6 @@ def _result(occ: _Occurrence, sentence: Sentence, candidates: list[str], entity_
     )
 
 
-def recover_sentence(
-    answers: Sequence[tuple[str, str]], sentence: Sentence, language: str | None = None
-) -> list[Recovery]:
-    """Recover every (answer, type) of one sentence in order; earlier recoveries take their tokens first."""
-    taken: list[Span] = []
-    out = []
-    for answer, typ in answers:
-        rec = recover_span(answer, sentence, typ, taken, language, n_entities=len(answers))
-        if rec.span is not None:
-            taken.append(rec.span)
-        out.append(rec)
-    return out
-
-
 def spans_from_recoveries(recoveries: Iterable[Recovery]) -> list[Span]:
     """The recovered spans, sorted (recoveries never overlap when made with `taken`; later overlaps dropped)."""
     spans: list[Span] = []
@@ -613,8 +599,3 @@ def spans_from_recoveries(recoveries: Iterable[Recovery]) -> list[Span]:
         used.update(range(sp.start, sp.end))
         spans.append(sp)
     return sorted(spans)
-
-
-def tags_from_recoveries(recoveries: Iterable[Recovery], n_tokens: int) -> list[str]:
-    """BIO tags over the sentence's tokens for the recovered spans."""
-    return spans_to_tags(spans_from_recoveries(recoveries), n_tokens)

@@ -32,6 +32,7 @@ def print_summary(metrics: dict, run_dir: Path, console: Console | None = None) 
         console.print("[bold yellow]smoke model: these scores mean nothing[/]")
     console.print(f"run dir: {run_dir}")
 
+
 FAULT_LABELS = {
     "empty_answers": "empty",
     "truncated_answers": "cut at the token budget",

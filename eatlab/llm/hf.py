@@ -127,6 +127,7 @@ class HFBackend(LLMBackend):
         self.prefix_reuse = bool(prefix_reuse)
         self.prefix_cache = PrefixKVStore(int(prefix_cache_mb) << 20)
         self.prompt_tokens_computed = 0  # prompt tokens actually run through the model (the rest were reused)
+        self.seconds = {"prefill": 0.0, "decode": 0.0, "generate": 0.0}  # where the time goes (eatlab-bench)
         self._model_key = make_model_key(
             self.model_id,
             revision,
@@ -329,6 +330,7 @@ class HFBackend(LLMBackend):
             eos_token_id=sorted(self._eos),
             pad_token_id=self._pad,
         )
+        t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids.to(device),
@@ -337,6 +339,7 @@ class HFBackend(LLMBackend):
                 logits_processor=procs,
             )
         self.prompt_tokens_computed += len(prompts) * width
+        self.seconds["generate"] += time.perf_counter() - t0
         return self._replies(prompts, out[:, width:].cpu().tolist(), recorder)
 
     def _generate_reusing(
@@ -350,6 +353,7 @@ class HFBackend(LLMBackend):
         model = self._model
         device = next(model.parameters()).device
         rows, first_logits = [], []
+        t0 = time.perf_counter()
         with torch.inference_mode():
             for p in prompts:
                 n, past = self.prefix_cache.lookup(p)
@@ -366,6 +370,8 @@ class HFBackend(LLMBackend):
                 self.prompt_tokens_computed += len(p) - n
                 rows.append(kv)
                 first_logits.append(out.logits[0, -1].float())
+            t1 = time.perf_counter()
+            self.seconds["prefill"] += t1 - t0
             width = max(len(p) for p in prompts)
             batch = _cache_of(_left_padded(rows, width))
             ids = torch.full((len(prompts), width), self._pad, dtype=torch.long, device=device)
@@ -400,6 +406,7 @@ class HFBackend(LLMBackend):
                 positions = positions + 1
                 scores = out.logits[:, -1].float()
             gen = torch.stack(steps, dim=1).cpu().tolist()
+            self.seconds["decode"] += time.perf_counter() - t1
             replies = self._replies(prompts, gen, recorder)
             done = _layers_of(batch)
             for r, (p, rep) in enumerate(zip(prompts, replies, strict=True)):
