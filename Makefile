@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench train-spacy clean
+.PHONY: install run test test-fast lint format bench gpu-check train-spacy clean
 
 DATA ?= ../shared/data/wikiann
 
@@ -40,6 +40,10 @@ format:
 
 bench: install
 	$(BIN)/eatlab-bench
+
+# the GPU code paths on tiny local models, one line per check (run it where a CUDA GPU is available; skips elsewhere)
+gpu-check: install
+	$(BIN)/python -m eatlab.cli.gpu_check
 
 # spaCy NER trained on English WikiANN (CPU, about 30 min, 60 min budget), then scored on the full English test; not in CI
 train-spacy: install
