@@ -195,8 +195,19 @@ def test_bench_command_runs_and_reports(tiny, capsys):
     assert (
         bench_main(["--n", "4", "--max-new-tokens", "3,3,2", "--model-dir", str(tiny), "--threads", "1"]) == 0
     )
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2] == "replies identical: 12/12 (4 conversations x 3 rounds)"
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert "replies identical to one at a time (batched): 12/12" in lines
+    assert "replies identical to one at a time (batched + prefix reuse): 12/12" in lines
+    rows = {ln[:24].strip(): ln[24:].split() for ln in lines if ln.startswith(("one at a time ", "batched"))}
+    single, batched, reused = (int(rows[m][1].replace(",", "")) for m in
+                               ("one at a time", "batched", "batched + prefix reuse"))  # fmt: skip
+    assert reused < single <= batched  # prompt tokens computed: reuse computes the fewest
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("  round ")] == [
+        "  round 1",
+        "  round 2",
+        "  round 3",
+    ]
     assert lines[-1].startswith("speedup: ") and lines[-1].endswith("x")
 
 

@@ -412,3 +412,13 @@ def test_reference_text_collapses_triple_quotes():
         and res.placed == [True, False]
     )
     assert res.tags(len(s.tokens)) == ["O", "O", "O", "B-PER", "I-PER", "I-PER", "O", "O", "O"]
+
+
+def test_a_lone_combining_mark_is_never_a_span():
+    """Found by the property test: a Hindi token that is only a nukta (U+093C, a combining mark) matched an
+    answer that is only that mark; a span needs a letter or a digit."""
+    s = Sentence("hi-x-0", "hi", ["\u093c"], ["O"])
+    rec = recover_span("\u093c", s, "PER", language="hi")
+    assert rec.span is None and rec.reason == "below_min_match"
+    s = Sentence("hi-x-1", "hi", ["दिल्ली", "\u093c"], ["B-LOC", "O"])
+    assert recover_span("दिल्ली", s, "LOC", language="hi").span == Span(0, 1, "LOC")

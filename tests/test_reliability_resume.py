@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_ddp import _close
 
 from eatlab.cli.run import run_eat
 from eatlab.data.loader import select_sentences
@@ -99,7 +100,12 @@ def assert_same_result(run_dir: Path, ref_dir: Path, ref: dict) -> dict:
     assert (run_dir / "predictions.conll").read_bytes() == (ref_dir / "predictions.conll").read_bytes()
     for a in ARTIFACTS:
         got, want = (d / f"artifacts/{a}.jsonl" for d in (run_dir, ref_dir))
-        assert got.read_bytes() == want.read_bytes(), a
+        # the same records; entropies only up to float noise (a resumed run computes some prompts from other
+        # stored prefixes than the uninterrupted one: the texts are identical, entropies move ~1e-6)
+        lines = [p.read_text(encoding="utf-8").splitlines() for p in (got, want)]
+        assert len(lines[0]) == len(lines[1]), a
+        for x, y in zip(*lines, strict=True):
+            _close(json.loads(x), json.loads(y), a)
         assert not (run_dir / f"artifacts/{a}.jsonl.partial").exists()
     return m
 

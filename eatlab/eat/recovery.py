@@ -361,7 +361,8 @@ class _Matcher:
         cs, ce = self.fstarts[occ.fstart], self.fends[occ.fend - 1]
         occ.char_span = (cs, ce)
         toks = sorted(covered)
-        if not toks or m_word == 0:
+        # a match needs a letter or digit: combining marks alone (a lone nukta) name nothing
+        if not toks or m_word == 0 or not any(unicodedata.category(ch)[0] in "LN" for ch in matched):
             occ.reason = "below_min_match"
             return occ
         if not self.info.char_tokenized:
