@@ -150,9 +150,11 @@ def build_cache(cfg) -> ResponseCache:
 
 
 def build_client(cfg, cache: ResponseCache | None = None) -> LLMClient:
-    """LLMClient for a run: the configured cache, the backend created (or reused from the previous job of
-    this process) on the first miss."""
+    """LLMClient for a run: the configured cache, the backend created on the first miss (a backend with local
+    weights is reused from the previous job of this process when nothing about it changed)."""
     kind, key = backend_identity(cfg)
+    if not backend_class(cfg).local_weights:  # a server's client: nothing loaded here, nothing to keep
+        return LLMClient(partial(build_backend, cfg), cache or build_cache(cfg), kind=kind, model_key=key)
     return LLMClient(
         partial(shared_backend, cfg), cache or build_cache(cfg), kind=kind, model_key=key, owns_backend=False
     )
