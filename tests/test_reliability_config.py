@@ -94,3 +94,15 @@ def test_extremely_long_sentences_are_truncated_with_a_counted_warning(compose, 
     sent = {r.sentence for r in srv.requests if r.stage == "forward"}
     assert sent and all(len(t) <= limit for t in sent)
     assert m["n_sentences"] == 8 and 0 <= m["entity_f1"] <= 1
+
+
+def test_a_key_of_another_group_option_is_named_with_its_override():
+    """`tracking.mode=offline tracking=none`: none has no `mode`; the line names the key that cannot be set."""
+    assert precheck_overrides(["tracking.mode=offline", "tracking=none"]) == (
+        "tracking.mode: tracking=none has no key 'mode' (drop the `tracking.mode=...` override, "
+        "it belongs to another tracking option)"
+    )
+    assert precheck_overrides(["nosuch.key=1"]) == (
+        "nosuch.key=1: no such key 'nosuch.key' in the config (to add a new key use +nosuch.key=1)"
+    )
+    assert precheck_overrides(["tracking=none", "data.limit=2"]) is None

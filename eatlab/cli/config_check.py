@@ -10,6 +10,7 @@ Two checks:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,14 @@ def _explain(override: str, exc: Exception) -> str:
     msg = _first_line(exc)
     if msg.startswith("Could not override"):
         key = override.split("=", 1)[0].lstrip("+~")
+        named = re.match(r"Could not override '([^']+)'", msg)
+        if named and named.group(1) != key:
+            # the override just added chose a group option that lacks a key set by an earlier override
+            other = named.group(1)
+            return (
+                f"{other}: {override} has no key {other.split('.')[-1]!r} (drop the `{other}=...` override, "
+                f"it belongs to another {key} option)"
+            )
         return f"{override}: no such key {key!r} in the config (to add a new key use +{override})"
     return f"{override}: {msg}"
 
