@@ -38,6 +38,7 @@ FAULT_LABELS = {
     "truncated_answers": "cut at the token budget",
     "control_chars_stripped": "control characters stripped",
     "wrong_script_answers": "wrong script",
+    "unconstrained_answers": "not constrained (backend.constraint_param unset)",
 }
 
 

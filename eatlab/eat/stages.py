@@ -34,6 +34,7 @@ ENGLISH_SCRIPTS = frozenset({"LATIN"})
 COUNT_KEYS = (
     "failed_forward", "failed_ner", "failed_backward", "truncated_sentences", "skipped_short",
     "empty_answers", "truncated_answers", "control_chars_stripped", "wrong_script_answers",
+    "unconstrained_answers",
 )  # fmt: skip
 
 
@@ -79,8 +80,11 @@ class StageContext:
         generation: dict,
         run_dir: Path,
         max_sentence_chars: int = 1000,
+        constrained_alignment: bool = False,
     ):
         self.client = client
+        # the final backward round may only copy text of the source sentence (eatlab.llm.constraint)
+        self.constrained_alignment = bool(constrained_alignment)
         self.prompts = prompts
         self.language = language
         self.generation = dict(generation)
@@ -211,7 +215,10 @@ def align_backward(ctx: StageContext, results: list[SentenceResult]) -> list[tup
     prompts = ctx.prompts
     values = [prompts.values(ctx.language.name, sentence=r.source, phrase=p) for r, _, p in jobs]
     starts = [prompts.start(prompts.backward, v) for v in values]
-    convs = run_conversations(ctx.client, starts, prompts.backward, values, ctx.generation, "backward")
+    sources = [r.source for r, _, _ in jobs] if ctx.constrained_alignment else None
+    convs = run_conversations(
+        ctx.client, starts, prompts.backward, values, ctx.generation, "backward", sources
+    )
     ctx.timer.add("backward", t0)
     return [(r, typ, phrase, conv) for (r, typ, phrase), conv in zip(jobs, convs)]
 

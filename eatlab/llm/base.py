@@ -24,13 +24,18 @@ class GenerationSettings:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # constrained decoding: the answer must be a verbatim substring of this text (eatlab.llm.constraint)
+    substring_of: str | None = None
 
     def key_dict(self) -> dict:
-        """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy."""
+        """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy, and a
+        free call's key has no constraint entry (so constraints never change a free call's cache key)."""
         d = asdict(self)
         if not self.do_sample:
             for k in ("temperature", "top_p", "top_k", "seed"):
                 d.pop(k)
+        if self.substring_of is None:
+            d.pop("substring_of")
         return d
 
     @property

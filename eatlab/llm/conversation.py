@@ -11,7 +11,7 @@ from eatlab.llm.base import Conversation, Reply, settings_for_round
 from eatlab.llm.prompts import Direction, Round, fill
 
 # model faults counted per reply (any round): see `sanitize_reply`
-ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped")
+ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped", "unconstrained_answers")
 
 
 @dataclass
@@ -49,6 +49,8 @@ def sanitize_reply(rep: Reply) -> Counter:
         faults["empty_answers"] += 1
     if rep.finish_reason == "length":
         faults["truncated_answers"] += 1
+    if rep.meta.get("unconstrained"):  # alignment.constrained asked, but the backend decoded freely
+        faults["unconstrained_answers"] += 1
     return faults
 
 
@@ -59,31 +61,41 @@ def run_conversations(
     values: Sequence[dict[str, str]],
     generation: dict,
     stage: str,
+    final_substring_of: Sequence[str] | None = None,
 ) -> list[ConversationResult]:
     """Run every conversation through the direction's rounds, batching round k across conversations.
 
     Each reply is stripped of control characters and of surrounding white space before it is appended (as the
     reference transcripts were recorded; see `sanitize_reply`, whose fault counts each result keeps). A
-    conversation whose round fails stops there; its result carries the error.
+    conversation whose round fails stops there; its result carries the error. `final_substring_of[i]`
+    constrains conversation i's last reply to a verbatim substring of that text (earlier rounds stay free); the
+    final round then goes in one call per distinct text, since the constraint is part of the call's settings.
     """
     results = [ConversationResult(list(s)) for s in starts]
-    for rnd in direction.rounds:
+    last = len(direction.rounds) - 1
+    for k, rnd in enumerate(direction.rounds):
         active = [i for i, r in enumerate(results) if r.failed is None]
         if not active:
             break
         for i in active:
             results[i].messages.append({"role": "user", "content": fill(rnd.text, values[i])})
-        replies = client.chat(
-            [results[i].messages for i in active],
-            settings_for_round(generation, rnd.max_new_tokens),
-            stage=stage,
-        )
-        for i, rep in zip(active, replies):
-            rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
-            results[i].faults.update(sanitize_reply(rep))
-            results[i].replies.append(rep)
-            if rep.error is None:
-                results[i].messages.append({"role": "assistant", "content": rep.text})
+        settings = settings_for_round(generation, rnd.max_new_tokens)
+        groups: dict[str | None, list[int]] = {}
+        for i in active:
+            text = final_substring_of[i] if final_substring_of is not None and k == last else None
+            groups.setdefault(text, []).append(i)
+        for text, members in groups.items():
+            replies = client.chat(
+                [results[i].messages for i in members],
+                settings if text is None else replace(settings, substring_of=text),
+                stage=stage,
+            )
+            for i, rep in zip(members, replies):
+                rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
+                results[i].faults.update(sanitize_reply(rep))
+                results[i].replies.append(rep)
+                if rep.error is None:
+                    results[i].messages.append({"role": "assistant", "content": rep.text})
     return results
 
 

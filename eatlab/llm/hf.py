@@ -262,9 +262,14 @@ class HFBackend(LLMBackend):
             outs = run([prompts[i] for i in batch], [conversations[i] for i in batch], settings)
             for i, r in zip(batch, outs, strict=True):
                 replies[i] = r
+        if settings.substring_of is not None:
+            for r in replies:  # a constrained answer cut at its token budget may end inside a character
+                r.text = r.text.rstrip("\ufffd")
         return replies  # type: ignore[return-value]
 
-    def _processors(self, settings: GenerationSettings, conversations: list[Conversation], device):
+    def _processors(
+        self, settings: GenerationSettings, conversations: list[Conversation], device, prompt_width: int
+    ):
         import torch
         from transformers import (
             LogitsProcessorList,
@@ -280,6 +285,11 @@ class HFBackend(LLMBackend):
             procs.append(recorder)  # first: sees the raw logits
         if settings.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+        if settings.substring_of is not None:  # before any sampling warper: they see only allowed tokens
+            from eatlab.llm.constraint import SubstringProcessor
+
+            texts = [settings.substring_of] * len(conversations)
+            procs.append(SubstringProcessor(self._tok, texts, sorted(self._eos), prompt_width))
         if settings.do_sample:
             if settings.temperature <= 0:
                 raise ConfigError("generation.temperature: must be > 0 when sampling")
@@ -314,7 +324,7 @@ class HFBackend(LLMBackend):
         for r, p in enumerate(prompts):
             ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p) :] = 1
-        procs, recorder = self._processors(settings, conversations, device)
+        procs, recorder = self._processors(settings, conversations, device, width)
         # Every knob explicit: nothing is inherited from the model's generation_config.json.
         gc = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
@@ -380,7 +390,7 @@ class HFBackend(LLMBackend):
                 ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 mask[r, width - len(p) :] = 1
             positions = torch.tensor([len(p) for p in prompts], device=device)
-            procs, recorder = self._processors(settings, conversations, device)
+            procs, recorder = self._processors(settings, conversations, device, width)
             eos = torch.tensor(sorted(self._eos), device=device)
             unfinished = torch.ones(len(prompts), dtype=torch.bool, device=device)
             scores = torch.stack(first_logits)

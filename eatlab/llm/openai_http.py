@@ -83,6 +83,7 @@ class OpenAIBackend(LLMBackend):
         extra_sampling_params: bool = True,
         model_key: str | None = None,
         fail_fast_after: int = 8,
+        constraint_param: str | None = None,
     ):
         if not base_url:
             raise ConfigError("backend.base_url: required for backend=openai (e.g. http://127.0.0.1:8000/v1)")
@@ -103,6 +104,13 @@ class OpenAIBackend(LLMBackend):
         self.extra_sampling_params = extra_sampling_params
         self._model_key = model_key or model
         self.fail_fast_after = int(fail_fast_after)
+        if constraint_param not in (None, "grammar", "guided_grammar", "structured_outputs"):
+            raise ConfigError(
+                f"backend.constraint_param={constraint_param}: expected null, grammar (llama.cpp server), "
+                "guided_grammar (older vLLM serve) or structured_outputs (vLLM serve >= 0.10)"
+            )
+        self.constraint_param = constraint_param
+        self._warned_unconstrained = False
         self._failures_in_a_row = 0
         self._state_lock = threading.Lock()
         headers = {"Content-Type": "application/json"}
@@ -147,6 +155,14 @@ class OpenAIBackend(LLMBackend):
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
+        if settings.substring_of is not None and self.constraint_param:
+            from eatlab.llm.constraint import substring_grammar
+
+            grammar = substring_grammar(settings.substring_of)
+            if self.constraint_param == "structured_outputs":  # vLLM serve >= 0.10
+                body["structured_outputs"] = {"grammar": grammar}
+            else:  # "grammar" (llama.cpp server), "guided_grammar" (older vLLM serve)
+                body[self.constraint_param] = grammar
         return body
 
     def _once(self, body: dict) -> Reply:
@@ -244,9 +260,19 @@ class OpenAIBackend(LLMBackend):
         """One reply per conversation, in order; `on_reply(i, reply)` is called as each one arrives."""
         if not conversations:
             return []
+        free = settings.substring_of is not None and not self.constraint_param
+        if free and not self._warned_unconstrained:
+            self._warned_unconstrained = True
+            log.warning(
+                "backend=openai: alignment.constrained needs backend.constraint_param (grammar for llama.cpp "
+                "server, structured_outputs or guided_grammar for vLLM serve); decoding these answers freely "
+                "(counted as unconstrained_answers)"
+            )
 
         def one(i: int) -> Reply:
             reply = self.request(conversations[i], settings)
+            if free:
+                reply.meta["unconstrained"] = True
             if on_reply is not None:
                 on_reply(i, reply)
             return reply

@@ -140,6 +140,18 @@ class VLLMBackend(LLMBackend):
             )
         else:
             kw.update(temperature=0.0)
+        if settings.substring_of is not None:  # vLLM's structured outputs (xgrammar) with the suffix grammar
+            from eatlab.llm.constraint import substring_grammar
+
+            grammar = substring_grammar(settings.substring_of)
+            try:  # vLLM >= 0.10
+                from vllm.sampling_params import StructuredOutputsParams
+
+                kw["structured_outputs"] = StructuredOutputsParams(grammar=grammar)
+            except ImportError:  # older releases
+                from vllm.sampling_params import GuidedDecodingParams
+
+                kw["guided_decoding"] = GuidedDecodingParams(grammar=grammar)
         return vllm.SamplingParams(**kw)
 
     def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:

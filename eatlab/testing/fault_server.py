@@ -54,6 +54,7 @@ class RequestInfo:
     fault: str | None = None
     blocked: bool = False
     answered: bool = False  # a 200 with a model answer was sent
+    params: dict = field(default_factory=dict)  # the body's other fields (sampling, grammar, ...)
 
 
 @dataclass
@@ -249,6 +250,7 @@ class FaultServer:
                 len(self._state.requests) + 1, self._state.seen[sha], sha, messages, stage, sentence, phrase,
                 final, auth,
             )  # fmt: skip
+            info.params = {k: v for k, v in payload.items() if k != "messages"}
             info.fault = next((r.kind for r in self.rules if r.applies(info)), None)
             self._state.requests.append(info)
             if self.block_when is not None and self._block_left > 0 and self.block_when(info):

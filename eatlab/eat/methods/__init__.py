@@ -67,6 +67,7 @@ def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
         generation_config(cfg),
         run_dir,
         max_sentence_chars=cfg.get("max_sentence_chars", 1000),
+        constrained_alignment=bool(OmegaConf.select(cfg, "alignment.constrained", default=False)),
     )
     kwargs = {"ctx": ctx}
     if "extractor" in inspect.signature(cls).parameters:

@@ -1,0 +1,213 @@
+"""Constrained decoding: the answer must be a verbatim substring of a given text (the backward alignment's
+source sentence), then stop.
+
+A logits processor over the tokenizer's byte pieces. Per row it keeps the byte positions of the text where the
+answer so far can end; a token is allowed when its bytes continue the answer from one of them, so the answer
+is always a substring of the text, including inside multi-byte characters. Where the answer may stop matters
+as much as the constraint: it starts only at a letter or digit at a word start, and the end-of-sequence token is
+allowed only once it holds a letter or digit, is whole UTF-8, and ends at a word end (any character boundary
+in scripts written without spaces), so answers neither stop after one letter nor run on into punctuation.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+_SPACELESS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
+
+
+@lru_cache(maxsize=4096)
+def _spaceless(ch: str) -> bool:
+    name = unicodedata.name(ch, "")
+    return any(name.startswith(s) for s in _SPACELESS)
+
+
+def _wordish(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LMN"
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table, reversed (byte-level BPE tokenizers: Qwen, Llama 3)."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+_TABLES: dict[int, dict[bytes, list[int]]] = {}
+
+
+def token_bytes_table(tokenizer) -> dict[bytes, list[int]]:
+    """bytes -> token ids with exactly those bytes (special tokens left out), built once per tokenizer."""
+    key = id(tokenizer)
+    if key in _TABLES:
+        return _TABLES[key]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
+    dec = _byte_level_decoder()
+    table: dict[bytes, list[int]] = {}
+    vocab = tokenizer.get_vocab()
+    byte_level = all(ch in dec for piece in list(vocab)[:2000] for ch in piece)
+    for piece, i in vocab.items():
+        if i in special:
+            continue
+        if byte_level:
+            if not all(ch in dec for ch in piece):
+                continue
+            raw = bytes(dec[ch] for ch in piece)
+        else:  # sentencepiece-style: '▁' is a space
+            raw = piece.replace("\u2581", " ").encode("utf-8")
+        if raw:
+            table.setdefault(raw, []).append(i)
+    _TABLES[key] = table
+    return table
+
+
+class SubstringState:
+    """One row: the text's bytes, where the answer so far may end, and what the answer holds."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.data = text.encode("utf-8")
+        # character boundaries in bytes, and which of them start / end a word
+        self.char_start: dict[int, int] = {}
+        pos = 0
+        for k, ch in enumerate(text):
+            self.char_start[pos] = k
+            pos += len(ch.encode("utf-8"))
+        self.char_start[pos] = len(text)
+        self.starts = {p for p, k in self.char_start.items() if k < len(text) and self._may_start(k)}
+        self.ends: set[int] | None = None  # None: nothing generated yet
+        self.generated = b""
+
+    def _may_start(self, k: int) -> bool:
+        t = self.text
+        if unicodedata.category(t[k])[0] not in "LN":
+            return False
+        return k == 0 or not _wordish(t[k - 1]) or _spaceless(t[k]) or _spaceless(t[k - 1])
+
+    def _may_end(self, p: int) -> bool:
+        k = self.char_start.get(p)
+        if k is None or k == 0:
+            return False
+        t = self.text
+        if unicodedata.category(t[k - 1])[0] not in "LMN":
+            return False
+        return k == len(t) or not _wordish(t[k]) or _spaceless(t[k]) or _spaceless(t[k - 1])
+
+    def allowed(self, table: dict[bytes, list[int]], max_len: int) -> list[int]:
+        """Token ids that keep the answer a substring of the text."""
+        out: list[int] = []
+        data = self.data
+        for e in sorted(self.starts if self.ends is None else self.ends):
+            for n in range(1, min(max_len, len(data) - e) + 1):
+                ids = table.get(data[e : e + n])
+                if ids:
+                    out.extend(ids)
+        return out
+
+    def may_stop(self) -> bool:
+        if self.ends is None:
+            return False
+        try:
+            answer = self.generated.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if not any(unicodedata.category(c)[0] in "LN" for c in answer):
+            return False
+        return any(self._may_end(e) for e in self.ends)
+
+    def advance(self, piece: bytes) -> None:
+        src = self.starts if self.ends is None else self.ends
+        self.ends = {e + len(piece) for e in src if self.data[e : e + len(piece)] == piece}
+        self.generated += piece
+
+
+class SubstringProcessor:
+    """transformers logits processor: row r may only continue `texts[r]` (None: free) and stop as above."""
+
+    def __init__(self, tokenizer, texts: list[str | None], eos_ids: list[int], prompt_width: int):
+        self.table = token_bytes_table(tokenizer)
+        self.inverse = {i: b for b, ids in self.table.items() for i in ids}
+        self.max_len = min(48, max((len(b) for b in self.table), default=1))  # longer pieces: never needed
+        self.states = [SubstringState(t) if t else None for t in texts]
+        self.eos = list(eos_ids)
+        self.width = prompt_width
+        self.seen = 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        gen = input_ids.shape[1] - self.width
+        if gen > self.seen:  # the token chosen at the previous step
+            for r, st in enumerate(self.states):
+                if st is not None:
+                    st.advance(self.inverse.get(int(input_ids[r, -1]), b""))
+            self.seen = gen
+        for r, st in enumerate(self.states):
+            if st is None:
+                continue
+            ids = st.allowed(self.table, self.max_len)
+            if st.may_stop() or not ids:
+                ids = ids + self.eos  # a dead end stops too (the answer so far is a substring)
+            keep = torch.full_like(scores[r], float("-inf"))
+            idx = torch.tensor(ids, dtype=torch.long, device=scores.device)
+            keep[idx] = scores[r, idx]
+            scores[r] = keep
+        return scores
+
+
+def substring_grammar(text: str) -> str:
+    """A GBNF grammar (llama.cpp server, vLLM/xgrammar) accepting exactly the non-empty substrings of `text`.
+
+    Written from the text's suffix automaton (at most 2n states and 3n transitions): every state accepts, since
+    every path from the start spells a substring. The word-boundary stop rules of `SubstringProcessor` are not
+    expressed here: a server decides where its constrained answer ends.
+    """
+    link, length, nxt = [-1], [0], [{}]
+    last = 0
+    for ch in text:  # the standard online construction
+        cur = len(length)
+        length.append(length[last] + 1)
+        link.append(-1)
+        nxt.append({})
+        p = last
+        while p != -1 and ch not in nxt[p]:
+            nxt[p][ch] = cur
+            p = link[p]
+        if p == -1:
+            link[cur] = 0
+        else:
+            q = nxt[p][ch]
+            if length[p] + 1 == length[q]:
+                link[cur] = q
+            else:
+                clone = len(length)
+                length.append(length[p] + 1)
+                link.append(link[q])
+                nxt.append(dict(nxt[q]))
+                while p != -1 and nxt[p].get(ch) == q:
+                    nxt[p][ch] = clone
+                    p = link[p]
+                link[q] = link[cur] = clone
+        last = cur
+
+    def lit(ch: str) -> str:
+        esc = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+        return '"' + esc.get(ch, ch) + '"'
+
+    def alts(state: int) -> list[str]:
+        return [f"{lit(ch)} s{dst}" for ch, dst in sorted(nxt[state].items())]
+
+    rules = ["root ::= " + (" | ".join(alts(0)) or '""')]
+    for state in range(1, len(length)):
+        rules.append(f"s{state} ::= " + " | ".join(['""', *alts(state)]))
+    return "\n".join(rules) + "\n"
