@@ -111,6 +111,16 @@ class ModelSpec:
     hash_weights: bool = True
     seed: int = 0
 
+    def weights_kwargs(self) -> dict:
+        """The keyword arguments of a backend that loads these weights itself (hf, vLLM)."""
+        return {
+            "model_path_or_id": self.source,
+            "model_id": self.id,
+            "revision": self.revision,
+            "adapter_path": self.adapter_path,
+            "hash_weights": self.hash_weights,
+        }
+
 
 class LLMBackend(abc.ABC):
     """A chat model behind one method. Implementations load weights lazily, on the first `generate`.
@@ -139,6 +149,7 @@ class LLMBackend(abc.ABC):
             model.source if model.local else None,
             model.adapter_path,
             hash_weights=model.hash_weights,
+            quantization=params.get("quantization"),  # quantised on load: other weights
         )
 
     @property

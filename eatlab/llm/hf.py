@@ -68,24 +68,7 @@ class HFBackend(LLMBackend):
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
-        return {
-            "model_path_or_id": model.source,
-            "model_id": model.id,
-            "revision": model.revision,
-            "adapter_path": model.adapter_path,
-            "hash_weights": model.hash_weights,
-        }
-
-    @classmethod
-    def cache_identity(cls, model, params: dict) -> str:
-        return make_model_key(
-            model.id,
-            model.revision,
-            model.source if model.local else None,
-            model.adapter_path,
-            hash_weights=model.hash_weights,
-            quantization=params.get("quantization"),
-        )
+        return model.weights_kwargs()
 
     def __init__(
         self,

@@ -43,14 +43,7 @@ class VLLMBackend(LLMBackend):
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
-        return {
-            "model_path_or_id": model.source,
-            "model_id": model.id,
-            "revision": model.revision,
-            "adapter_path": model.adapter_path,
-            "hash_weights": model.hash_weights,
-            "seed": model.seed,
-        }
+        return {**model.weights_kwargs(), "seed": model.seed}
 
     def __init__(
         self,
