@@ -177,3 +177,25 @@ def test_bad_tracking_mode_is_a_config_error(compose, tmp_path):
     cfg = compose(["tracking=wandb", "tracking.mode=sometimes"])
     with pytest.raises(ConfigError, match="tracking.mode=sometimes"):
         build_loggers(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_log_read_while_wandb_still_writes_it_stops_before_the_partial_record(compose, tmp_path):
+    """wandb's service appends records after finish() returns; a reader that meets a half-written record
+    (found as a CI failure: `Wire format was corrupt`) returns the complete ones instead of failing."""
+    from eatlab.cli.run import run_eat
+    from eatlab.tracking.offline import _records, find_offline_runs, read_offline_run
+
+    run_dir = tmp_path / "run"
+    cfg = compose(["tracking=wandb", "tracking.mode=offline", "data.limit=2", "generation.max_new_tokens=4"],
+                  run_dir=run_dir)  # fmt: skip
+    run_eat(cfg, run_dir)
+    whole = _only_offline_run(run_dir)
+    path = next(find_offline_runs(run_dir)[0].glob("run-*.wandb"))
+    data = path.read_bytes()
+    n = len(list(_records(path)))
+    cut = tmp_path / "cut.wandb"
+    cut.write_bytes(data[: len(data) - 3])  # the last record's bytes not all written yet
+    assert len(list(_records(cut))) == n - 1
+    partial = read_offline_run(cut)
+    assert partial.run_id == whole.run_id and partial.config == whole.config

@@ -51,6 +51,8 @@ def _records(path: Path):
         if kind == 0 and length == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + _HEADER + length > len(data):  # a record still being written (a live run): stop before it
+            return
         chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         if kind == _FULL:
