@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from eatlab.paths import REPO_DIR
+from eatlab.utils.hydra_runtime import task_overrides
 from eatlab.utils.io import atomic_write_json, atomic_write_text
 
 KEY_PACKAGES = (
@@ -71,13 +72,7 @@ def write_provenance(run_dir: Path, cfg, extra: dict | None = None) -> dict:
     diff = _git("diff", "HEAD")
     if diff is not None:
         atomic_write_text(run_dir / "git.diff", diff)
-    overrides = []
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except Exception:  # noqa: BLE001 - not running under Hydra (e.g. from a notebook)
-        pass
+    overrides = task_overrides()
     prov = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "argv": sys.argv,

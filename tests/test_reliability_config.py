@@ -106,3 +106,34 @@ def test_a_key_of_another_group_option_is_named_with_its_override():
         "nosuch.key=1: no such key 'nosuch.key' in the config (to add a new key use +nosuch.key=1)"
     )
     assert precheck_overrides(["tracking=none", "data.limit=2"]) is None
+
+
+@pytest.mark.parametrize(
+    "config_name,override,message",
+    [
+        (
+            "finetune",
+            "finetune.optim.warmup_ratio=2",
+            "finetune.optim.warmup_ratio=2: expected a number in [0, 1]",
+        ),
+        ("train_baseline", "encoder.batch_size=0", "encoder.batch_size=0: expected a whole number >= 1"),
+        (
+            "train_extractor",
+            "extractor._target_=x.Y",
+            "extractor._target_=x.Y: cannot import (No module named 'x')",
+        ),
+    ],
+)
+def test_every_entry_point_checks_its_config(config_name, override, message):
+    """The task runner validates the config of all five entry points, one line naming the key."""
+    from hydra import compose, initialize_config_dir
+
+    from eatlab.cli.config_check import validate_for
+    from eatlab.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        validate_for(config_name, compose(config_name=config_name))  # the shipped defaults pass
+        bad = compose(config_name=config_name, overrides=[override])
+    with pytest.raises(ConfigError) as info:
+        validate_for(config_name, bad)
+    assert str(info.value) == message

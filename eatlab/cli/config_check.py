@@ -309,14 +309,12 @@ def validate_for(config_name: str, cfg: DictConfig) -> None:
         return
     if config_name == "train_extractor":
         extractor_factory(cfg)
+    checks = {
+        _INT: lambda key, null: _check_int(cfg, key, null=null),
+        _POS: lambda key, null: _check_int(cfg, key, minimum=1, null=null),
+        _NUM: lambda key, null: _check_num(cfg, key, minimum=0, null=null),
+        _FRAC: lambda key, null: _check_num(cfg, key, minimum=0, maximum=1, null=null),
+        _BOOL: lambda key, null: _check_bool(cfg, key),
+    }
     for key, (kind, null) in SCHEMAS.get(config_name, {}).items():
-        if kind == _INT:
-            _check_int(cfg, key, null=null)
-        elif kind == _POS:
-            _check_int(cfg, key, minimum=1, null=null)
-        elif kind == _NUM:
-            _check_num(cfg, key, minimum=0, null=null)
-        elif kind == _FRAC:
-            _check_num(cfg, key, minimum=0, maximum=1, null=null)
-        elif kind == _BOOL:
-            _check_bool(cfg, key)
+        checks[kind](key, null)

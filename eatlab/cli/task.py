@@ -25,26 +25,15 @@ from eatlab.cli.config_check import precheck_overrides, resolve_or_fail, validat
 from eatlab.errors import EatlabError
 from eatlab.paths import CONF_DIR
 from eatlab.rundir import ERROR as ERROR_JSON
+from eatlab.utils.hydra_runtime import hydra_config, is_multirun
 from eatlab.utils.io import atomic_write_json
 
 
 def current_run_dir(cfg=None) -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
-        return Path(cfg.paths.run_dir) if cfg is not None else Path.cwd()
-
-
-def is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001
-        return False
+    hc = hydra_config()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    return Path(cfg.paths.run_dir) if cfg is not None else Path.cwd()
 
 
 def resolve_precision(requested: str, accelerator: str, fp16_safe: bool = True) -> str:

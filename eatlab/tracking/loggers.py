@@ -12,22 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from eatlab.utils.hydra_runtime import hydra_config, is_multirun
+
 log = logging.getLogger(__name__)
-
-
-def _hydra_config():
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get()
-    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
-        return None
-
-
-def _is_multirun(hc) -> bool:
-    from hydra.types import RunMode
-
-    return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
 TAG_KEYS = (  # tag name -> config key; keys an entry point's config lacks are skipped
@@ -47,11 +34,11 @@ def _select(cfg, key: str):
 def run_name(cfg) -> str:
     """The W&B run name: the job's overrides (`3:language=ja,prompt_rounds=r1` in a sweep), else
     `<task>-<model>-<language>-r<rounds>-<finetune>` from whichever of these the entry point's config has."""
-    hc = _hydra_config()
+    hc = hydra_config()
     if hc is not None:
         overrides = str(hc.job.get("override_dirname") or "")
         if overrides:
-            return f"{hc.job.num}:{overrides}" if _is_multirun(hc) else overrides
+            return f"{hc.job.num}:{overrides}" if is_multirun(hc) else overrides
     rounds = _select(cfg, "prompt_rounds.forward")
     parts = [
         _select(cfg, "task_name") or "eat",
@@ -75,8 +62,8 @@ def sweep_group(cfg, run_dir: Path | None = None) -> str | None:
     """`tracking.group` if set, else `<task>-<sweep dir name>` in a multirun, else None (a single run)."""
     if _select(cfg, "tracking.group"):
         return str(cfg.tracking.group)
-    hc = _hydra_config()
-    if _is_multirun(hc):
+    hc = hydra_config()
+    if is_multirun(hc):
         return f"{_select(cfg, 'task_name') or 'eat'}-{Path(hc.sweep.dir).name}"
     return None
 
@@ -84,7 +71,7 @@ def sweep_group(cfg, run_dir: Path | None = None) -> str | None:
 def wandb_config(cfg) -> dict:
     """The resolved config plus the job's overrides (what W&B shows in its config columns)."""
     out = OmegaConf.to_container(cfg, resolve=True)
-    hc = _hydra_config()
+    hc = hydra_config()
     if hc is not None:
         out["overrides"] = list(hc.overrides.task)
     return out

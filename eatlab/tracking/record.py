@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from eatlab.rundir import RECORD_CSV, RECORD_JSONL, flat_scalars
+from eatlab.utils.hydra_runtime import task_overrides
 from eatlab.utils.io import atomic_write_text
 
 
@@ -18,12 +19,11 @@ def run_identity(cfg, run_dir: Path) -> dict:
     """What identifies the run in a flat record: its dir, overrides and W&B group."""
     from omegaconf import OmegaConf
 
-    from eatlab.tracking.loggers import _hydra_config, sweep_group
+    from eatlab.tracking.loggers import sweep_group
 
-    hc = _hydra_config()
     return {
         "run_dir": str(run_dir),
-        "overrides": " ".join(hc.overrides.task) if hc is not None else "",
+        "overrides": " ".join(task_overrides()),
         "group": sweep_group(cfg, run_dir) or "",
         "language": OmegaConf.select(cfg, "language.code", default="") or "",
         "model": str(OmegaConf.select(cfg, "model.id", default="") or ""),

@@ -19,6 +19,7 @@ from eatlab.extractors.base import build_extractor
 from eatlab.llm.base import generation_config
 from eatlab.llm.prompts import load_prompt_set
 from eatlab.utils.components import build, locate, require_subclass
+from eatlab.utils.hydra_runtime import task_overrides
 
 __all__ = ["Method", "build_method", "method_class", "method_rounds"]
 
@@ -26,15 +27,6 @@ __all__ = ["Method", "build_method", "method_class", "method_rounds"]
 def method_class(cfg) -> type[Method]:
     cls = locate(cfg, "method._target_", "eatlab.eat.methods.eat.EAT")
     return require_subclass(cls, Method, "method._target_", OmegaConf.select(cfg, "method._target_"))
-
-
-def _explicit_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except Exception:  # noqa: BLE001 - composed without Hydra's runtime (tests, notebooks)
-        return []
 
 
 def method_rounds(cfg) -> dict[str, int]:
@@ -45,7 +37,7 @@ def method_rounds(cfg) -> dict[str, int]:
     """
     rounds = {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)}
     fixed = method_class(cfg).fixed_rounds
-    asked = [o for o in _explicit_overrides() if o.lstrip("+~").startswith("prompt_rounds")]
+    asked = [o for o in task_overrides() if o.lstrip("+~").startswith("prompt_rounds")]
     for direction, n in fixed.items():
         if asked and rounds[direction] != n:
             raise ConfigError(
