@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from eatlab.errors import DataError
 from eatlab.utils.io import atomic_write_text, canonical_json, sha256_text
 
 PARTIAL = ".partial"
@@ -207,25 +206,3 @@ def repair_jsonl(path: Path) -> JsonlCheck:
             continue
     atomic_write_text(path, "".join(k + "\n" for k in keep))
     return found
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All records; a damaged file fails with one line naming the file, the line and the repair command."""
-    path = Path(path)
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                what = (
-                    "truncated record (an interrupted write)" if not line.endswith("\n") else "not valid JSON"
-                )
-                raise DataError(
-                    path,
-                    f"{what}; `eatlab-cache repair --run-dir {path.parent.parent}` keeps the valid records",
-                    line=n,
-                ) from None
-    return out

@@ -11,6 +11,7 @@ from eatlab.eat.artifacts import JsonlArtifact
 from eatlab.eat.attribution import attribute_sentence, summarize
 from eatlab.eat.stages import SentenceResult
 from eatlab.eval.scores import score
+from eatlab.rundir import ATTRIBUTION, artifact_name
 
 
 def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path, seed: int = 0) -> dict:
@@ -21,7 +22,7 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
     write_conll(run_dir / "predictions.conll", sentences, preds)
     scores = score([s.tags for s in sentences], preds, [s.tokens for s in sentences], language, seed=seed)
     gold_all, pred_all, dropped = [], [], Counter()
-    examples = JsonlArtifact(run_dir / "artifacts" / "attribution.jsonl")
+    examples = JsonlArtifact(run_dir / artifact_name(ATTRIBUTION))
     records = []
     for r in results:
         gold = tags_to_spans(r.sentence.tags, "conlleval")

@@ -25,6 +25,7 @@ from eatlab.llm.base import settings_for_round
 from eatlab.llm.conversation import ConversationResult, run_conversations, sanitize_reply
 from eatlab.llm.parse import parse_entity_list
 from eatlab.llm.prompts import PromptSet
+from eatlab.rundir import BACKWARD, FORWARD, NER, artifact_name
 from eatlab.utils.io import sha256_text
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,9 @@ class StageContext:
         self.generation = dict(generation)
         self.max_sentence_chars = int(max_sentence_chars)
         run_dir = Path(run_dir)
-        self.art_forward = JsonlArtifact(run_dir / "artifacts" / "forward.jsonl")
-        self.art_ner = JsonlArtifact(run_dir / "artifacts" / "ner.jsonl")
-        self.art_backward = JsonlArtifact(run_dir / "artifacts" / "backward.jsonl")
+        self.art_forward = JsonlArtifact(run_dir / artifact_name(FORWARD))
+        self.art_ner = JsonlArtifact(run_dir / artifact_name(NER))
+        self.art_backward = JsonlArtifact(run_dir / artifact_name(BACKWARD))
         self.timer = StageTimer()
         self.counts: Counter = Counter({k: 0 for k in COUNT_KEYS})
         # model faults per stage: {stage: {empty_answers|truncated_answers|control_chars_stripped|
