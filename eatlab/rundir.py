@@ -42,6 +42,9 @@ NER = "ner"
 BACKWARD = "backward"
 ATTRIBUTION = "attribution"
 STAGES = (FORWARD, NER, BACKWARD, ATTRIBUTION)
+# the alignment benchmark's per-pair records (eatlab-align-eval)
+ALIGN_BACKWARD = "align_backward"
+ALIGN_NAMING = "align_naming"
 
 
 def artifact_name(stage: str) -> str:

@@ -1,10 +1,12 @@
 """Constrained backward alignment: every constrained answer is a verbatim substring of its sentence, starts and
-stops at word boundaries, and never changes a free call's cache key."""
+stops at word boundaries, and never changes a free call's cache key; `alignment.select=rank` picks the candidate
+span the model scores best, with the scores of a plain full forward."""
 
 from __future__ import annotations
 
 import importlib.util
 import random
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from eatlab.data.loader import select_sentences
 from eatlab.llm.base import GenerationSettings
 from eatlab.llm.cache import cache_key
-from eatlab.llm.constraint import SubstringProcessor, SubstringState, token_bytes_table
+from eatlab.llm.constraint import SubstringProcessor, SubstringState, span_candidates, token_bytes_table
 
 LANGS = ["ar", "de", "en", "es", "fr", "hi", "hy", "ja", "ka", "ko", "nl", "ru", "zh"]
 TEXTS = [s.text for lang in LANGS for s in select_sentences(lang, "test", limit=6).sentences]
@@ -183,3 +185,163 @@ def test_a_constrained_eat_run_only_copies_source_text(compose, tmp_path):
     # the second run answered forward from the cache: constraints never touch a free call's key
     assert runs[True]["stages"]["forward"]["llm_cache_hits"] == runs[False]["stages"]["forward"]["llm_calls"]
     assert runs[True]["stages"]["forward"]["llm_calls"] == 0
+
+
+# ------------------------------------------------------------------------------------- alignment.select=rank
+PINNED = [  # (sentence, max_span_words, max_span_chars, candidates)
+    ("Тетюши , Казанской губернии ) .", 10, 16,
+     ["Тетюши", "Тетюши , Казанской", "Тетюши , Казанской губернии", "Казанской", "Казанской губернии",
+      "губернии"]),
+    ("' Ջասթին Բիբեր '", 10, 16, ["Ջասթին", "Ջասթին Բիբեր", "Բիբեր"]),
+    ("香港著名電影", 10, 3, ["香", "香港", "香港著", "港", "港著", "港著名", "著", "著名", "著名電", "名", "名電",
+                       "名電影", "電", "電影", "影"]),
+    ("タワー（Tokyo Tower）は", 2, 2,  # each limit on its own: 2 characters and 2 words
+     ["タ", "タワ", "ワ", "ワー", "ワー（Tokyo", "ワー（Tokyo Tower", "ー", "ー（Tokyo", "ー（Tokyo Tower",
+      "ー（Tokyo Tower）は", "Tokyo", "Tokyo Tower", "Tokyo Tower）は", "Tower", "Tower）は", "は"]),
+    ("ولد في القاهرة ، مصر .", 2, 16,  # a lone comma is not a word
+     ["ولد", "ولد في", "في", "في القاهرة", "القاهرة", "القاهرة ، مصر", "مصر"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "words", "chars", "expected"), PINNED)
+def test_rank_candidates_are_word_ngrams_trimmed_of_punctuation(text, words, chars, expected):
+    assert span_candidates(text, words, chars) == expected
+
+
+def test_rank_candidates_of_every_language_are_substrings_within_the_limits():
+    assert span_candidates("สวัสดี", 10, 2) == ["ส", "สวั", "วั", "วัส", "สดี", "ดี"]  # marks stay on
+    for text in TEXTS:
+        cands = span_candidates(text, 4, 5)
+        assert cands and len(cands) == len(set(cands))
+        for c in cands:
+            assert c in text and c[0].isalnum() and c == c.strip()
+            assert unicodedata.category(c[-1])[0] in "LMN"
+        assert len(span_candidates(text)) >= len(cands)
+    assert span_candidates(" , ( ) . ") == []
+
+
+def test_rank_and_generate_have_their_own_cache_keys():
+    from dataclasses import replace
+
+    from eatlab.errors import ConfigError
+
+    free = GenerationSettings(max_new_tokens=32)
+    assert free.key_dict() == {"max_new_tokens": 32, "do_sample": False, "repetition_penalty": 1.0}
+    # rank's fields are read only when constrained: a free call's key ignores them
+    assert replace(free, substring_select="rank", max_span_words=3).key_dict() == free.key_dict()
+    gen = GenerationSettings(max_new_tokens=32, substring_of="a b")
+    rank = replace(gen, substring_select="rank")
+    assert gen.key_dict()["substring_rule"] == rank.key_dict()["substring_rule"] == 2
+    assert "max_span_words" not in gen.key_dict() and rank.key_dict()["max_span_chars"] == 16
+    conv = [{"role": "user", "content": "x"}]
+    keys = {cache_key("hf", "m", conv, s) for s in (free, gen, rank, replace(rank, max_span_chars=4))}
+    assert len(keys) == 4
+    assert cache_key("hf", "m", conv, replace(gen, max_span_words=3)) == cache_key("hf", "m", conv, gen)
+    with pytest.raises(ConfigError, match="alignment.select=beam"):
+        GenerationSettings(substring_of="a", substring_select="beam")
+
+
+def test_rank_needs_backend_hf_at_config_check(compose):
+    from eatlab.cli.config_check import validate_config
+    from eatlab.errors import ConfigError
+
+    validate_config(compose(["alignment.constrained=true", "alignment.select=rank"]))
+    for bad, msg in (
+        (["alignment.select=beam"], "alignment.select=beam: expected one of generate, rank"),
+        (["alignment.max_span_words=0"], "alignment.max_span_words=0: expected a whole number >= 1"),
+        (["alignment.select=rank", "backend=vllm"], "alignment.select=rank needs backend=hf"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            validate_config(compose(bad))
+
+
+@pytest.fixture(scope="module")
+def tiny_backend():
+    """One HFBackend over the tests' tiny model, shared by the rank tests (loading it is most of their time)."""
+    import os
+
+    from eatlab.llm.hf import HFBackend
+    from eatlab.llm.tiny import ensure_tiny_model
+
+    root = Path(
+        os.environ.get("EATLAB_TEST_MODELS", str(Path(__file__).resolve().parents[1] / "outputs/test-models"))
+    )
+    backend = HFBackend(ensure_tiny_model(root / "tiny-qwen2"))
+    yield backend
+    backend.close()
+
+
+def test_ranked_scores_equal_a_plain_full_forward(tiny_backend, monkeypatch):
+    """Batched continuations of the prompt's key/values (partly from the prefix store; several batches of
+    right-padded rows, rows shared by candidates that start alike) score every candidate as one forward over
+    prompt + candidate + end-of-turn does."""
+    import torch
+
+    from eatlab.llm.hf import _shared_rows
+
+    backend = tiny_backend
+    monkeypatch.setattr(backend, "token_budget", 300)  # several small batches
+    text = "東京タワー（Tokyo Tower）は1958年に完成した。"
+    first = [{"role": "user", "content": f"Sentence: {text}"}]
+    backend.generate([first], GenerationSettings(max_new_tokens=2))  # fills the prefix store (a round before)
+    conv = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Which span?"}]
+    prompt = backend.encode(conv)
+    eot = backend.end_of_turn()
+    assert eot == [backend._tok.convert_tokens_to_ids("<|im_end|>")]
+    seqs = [backend._tok(c, add_special_tokens=False)["input_ids"] + eot for c in span_candidates(text, 2, 3)]
+    rows, _ = _shared_rows(seqs)
+    assert len(rows) < len(seqs) and len({len(s) for s in seqs}) > 2
+    hits = backend.prefix_cache.hits_tokens
+    scores = backend.score_continuations(prompt, seqs)
+    assert backend.prefix_cache.hits_tokens > hits  # the earlier round's states were reused
+    with torch.inference_mode():
+        for seq, got in zip(seqs, scores, strict=True):
+            ids = torch.tensor([prompt + seq])
+            logits = backend._model(input_ids=ids, logits_to_keep=len(seq) + 1).logits[0, :-1]
+            lp = torch.log_softmax(logits.float(), -1)  # row j: the distribution of seq[j]
+            want = sum(float(lp[j, t]) for j, t in enumerate(seq)) / len(seq)
+            assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_a_ranked_answer_is_a_candidate_and_deterministic(tiny_backend, monkeypatch):
+    backend = tiny_backend
+    runs = []
+    for token_budget in (65536, 120):  # batching never changes the choice
+        monkeypatch.setattr(backend, "token_budget", token_budget)
+        answers = []
+        for text, *_ in PINNED:
+            settings = GenerationSettings(max_new_tokens=8, substring_of=text, substring_select="rank")
+            convs = [[{"role": "user", "content": f"Copy {k} name from: {text}"}] for k in ("a", "the")]
+            for rep in backend.generate(convs, settings):
+                assert rep.text in span_candidates(text) and rep.text in text
+                assert rep.finish_reason == "stop" and rep.entropies is None and rep.completion_tokens >= 2
+                assert rep.meta["selected_by"] == "rank" and rep.meta["candidates"] == len(
+                    span_candidates(text)
+                )
+                answers.append((rep.text, round(rep.meta["logprob"], 4)))
+        runs.append(answers)
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.slow
+def test_a_ranked_eat_run_answers_with_candidates(compose, tmp_path):
+    """`alignment.constrained=true alignment.select=rank` end to end (tiny model): every final backward answer is
+    a candidate span of its sentence."""
+    import json
+    import sqlite3
+
+    from eatlab.cli.run import run_eat
+
+    cfg = compose(["language=ja", "data.limit=4", "extractor=spacy", "alignment.constrained=true",
+                   "alignment.select=rank", f"cache.path={tmp_path / 'c.sqlite'}"], run_dir=tmp_path / "r")  # fmt: skip
+    run_eat(cfg, tmp_path / "r")
+    text = {
+        json.loads(x)["sentence_id"]: json.loads(x)["text"]
+        for x in (tmp_path / "r/artifacts/forward.jsonl").open()
+    }
+    back = [json.loads(x) for x in (tmp_path / "r/artifacts/backward.jsonl").open()]
+    assert back and all(b["answer"] in span_candidates(text[b["sentence_id"]]) for b in back)
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:  # the final rounds were ranked, never decoded
+        rows = db.execute("SELECT settings, meta FROM responses WHERE stage = 'backward'").fetchall()
+    ranked = [json.loads(m) for k, m in rows if json.loads(k).get("substring_select") == "rank"]
+    assert ranked and all(m["selected_by"] == "rank" for m in ranked)

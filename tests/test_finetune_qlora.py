@@ -4,6 +4,7 @@ pipeline with `finetune=eacl_qlora` answers differently from `finetune=none` and
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -90,8 +91,12 @@ def _forward_answers(run_dir: Path) -> list[str]:
     return [json.loads(line)["english"] for line in lines]
 
 
+def _progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation: generated")]
+
+
 @pytest.mark.slow
-def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose):
+def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose, caplog):
     from eatlab.cli.finetune import run_finetune
     from eatlab.cli.run import run_eat
     from eatlab.finetune.adapter import adapter_provenance
@@ -112,6 +117,7 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
         "trainer.enable_progress_bar=false",
     ])  # fmt: skip
     assert cfg.finetune.quantization == "nf4" and cfg.finetune.double_quant
+    caplog.set_level(logging.INFO, logger="eatlab.finetune")
     summary = run_finetune(cfg, tmp_path / "finetune_run")
 
     # 4-bit base, 12 optimizer steps, falling loss
@@ -125,6 +131,8 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
     assert losses == pytest.approx(QLORA_LOSSES, rel=TRAIN_REL)
     val = m["validation"]
     assert summary["data"]["val_pairs"] == 4 and val["val_examples"] == 8  # both directions of each pair
+    assert val["val_generated"] == 8  # finetune.val_generate=null: every example gets a greedy answer
+    assert _progress_lines(caplog)[-1].startswith("validation: generated 8/8 answers (")
     assert val["val_exact_match"] == 0.0 and val["val_loss"] == pytest.approx(
         11.75273609161377, rel=TRAIN_REL
     )
@@ -197,3 +205,76 @@ def test_trainer_group_strategies(compose_finetune):
     assert {c.__name__ for c in strategy.kwargs["auto_wrap_policy"]._module_classes} == {"Qwen2DecoderLayer"}
     assert strategy.kwargs["use_orig_params"] is True
     assert settings_from_config(fsdp, source).quant_storage == "bfloat16"
+
+
+@pytest.mark.slow
+def test_val_generate_limits_the_greedy_answers_not_the_loss(
+    shared_dir, tmp_path, compose_finetune, caplog, monkeypatch
+):
+    """One optimizer step, then validation on the 8 held-out examples (4 pairs x 2 directions) in batches of 2:
+    val_generate=3 answers the first 3 (the second batch cut to its first row), val_generate=0 none; the loss covers
+    all 8 either way, and the progress lines count the answers."""
+    from eatlab.cli.finetune import run_finetune
+    from eatlab.finetune.module import QLoRAModule
+
+    monkeypatch.setattr(QLoRAModule, "progress_every_s", 0.0)  # a line after every batch that generated
+    caplog.set_level(logging.INFO, logger="eatlab.finetune")
+
+    def run(val_generate: int, name: str) -> dict:
+        cfg = compose_finetune([
+            "language=zh",
+            "model=tiny",
+            f"finetune.eacl_root={shared_dir / 'data' / 'eacl'}",
+            "finetune.filters.max_pairs_per_language=80",
+            "finetune.filters.max_text_chars=100",
+            "finetune.eval_batch_size=2",
+            "finetune.val_max_new_tokens=4",
+            f"finetune.val_generate={val_generate}",
+            "trainer.max_steps=1",
+            "trainer.accumulate_grad_batches=1",
+            "trainer.enable_progress_bar=false",
+        ])  # fmt: skip
+        caplog.clear()
+        summary = run_finetune(cfg, tmp_path / name)
+        saved = json.loads((tmp_path / name / "finetune_metrics.json").read_text())
+        assert saved["metrics"]["validation"] == summary["metrics"]["validation"]
+        return summary
+
+    three = run(3, "three")
+    val = three["metrics"]["validation"]
+    assert (val["val_examples"], val["val_generated"]) == (8, 3)
+    assert 0.0 <= val["val_exact_match"] <= 1.0
+    assert {k for k in val if k.startswith("val_exact_match_")} == {
+        "val_exact_match_backward",  # examples 1 and 3
+        "val_exact_match_forward",  # example 2
+    }
+    assert len(three["metrics"]["validation_history"][-1]["samples"]) == 3
+    lines = _progress_lines(caplog)
+    # one after the first batch, one with the final count; none for the loss-only batches
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("validation: generated 2/3 answers (") and ", eta " in lines[0]
+    assert lines[1].startswith("validation: generated 3/3 answers (") and "answers/s)" in lines[1]
+
+    none = run(0, "none")
+    val0 = none["metrics"]["validation"]
+    assert (val0["val_examples"], val0["val_generated"], val0["val_exact_match"]) == (8, 0, None)
+    assert val0["val_loss"] == pytest.approx(val["val_loss"], rel=1e-6) and math.isfinite(val0["val_loss"])
+    assert _progress_lines(caplog) == []
+    assert none["hash"] == three["hash"]  # what validation generates does not name the adapter
+
+
+def test_val_generate_is_checked_and_plumbed(compose_finetune):
+    from eatlab.cli.config_check import validate_for
+    from eatlab.cli.finetune import settings_from_config, training_config
+    from eatlab.errors import ConfigError
+    from eatlab.finetune.module import QLoRASettings
+
+    assert settings_from_config(compose_finetune([]), "x").val_generate is None  # default: every example
+    assert settings_from_config(compose_finetune(["finetune.val_generate=5"]), "x").val_generate == 5
+    assert "val_generate" not in training_config(compose_finetune([]))["finetune"]
+    with pytest.raises(ConfigError) as info:
+        validate_for("finetune", compose_finetune(["finetune.val_generate=many"]))
+    assert str(info.value) == "finetune.val_generate=many: expected a whole number or null"
+    with pytest.raises(ConfigError) as info:
+        QLoRASettings(model_source="x", val_generate=-1).validate()
+    assert str(info.value) == "finetune.val_generate=-1: expected a whole number >= 0 or null"

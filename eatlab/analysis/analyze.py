@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eatlab.analysis import ablation, plots
+from eatlab.analysis import ablation, alignment, plots
 from eatlab.analysis.load import load_all_sentences, load_runs
 from eatlab.analysis.quality import (
     ROUNDTRIP_PROMPT,
@@ -95,6 +95,13 @@ def analyze_sweep(
     out_dir = Path(out_dir) if out_dir else sweep_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, dirs = load_runs(sweep_dir)
+    # the alignment benchmark's runs get their own tables (eatlab.analysis.alignment), not the end-to-end ones
+    align_dirs = [d for d in dirs if alignment.is_align_eval(d)]
+    align_runs, align_pairs = alignment.load_alignment(align_dirs)
+    if align_dirs:
+        skip = {d.name for d in align_dirs}
+        dirs = [d for d in dirs if d.name not in skip]
+        runs = runs[~runs["run"].isin(skip)].reset_index(drop=True)
     ok_dirs = [d for d in dirs if d.status == DONE]
     sentences = load_all_sentences(ok_dirs)
     refs_path = Path(references) if references else None
@@ -172,6 +179,8 @@ def analyze_sweep(
         "redirects": ablation.redirect_table(runs_ok, sentences),
         "seeds": ablation.seed_table(runs_ok),
         "failure_shares": ablation.failure_shares(runs_ok),
+        "alignment": alignment.alignment_table(align_runs),
+        "alignment_paired": alignment.paired_tests(align_pairs, n_boot=n_boot, seed=seed),
     }
 
     plot_dir = out_dir / "plots"
@@ -301,6 +310,18 @@ def write_outputs(a: Analysis) -> None:
         ),
         ("Seeds", "Settings run with several seeds: mean and standard deviation.", a.tables["seeds"]),
         ("Failure attribution", "Share of gold entities per outcome.", a.tables["failure_shares"]),
+        (
+            "Alignment benchmark",
+            "eatlab-align-eval runs: backward alignment on held-out EACL pairs (exact span match, character "
+            "F1, share placed, with 95% bootstrap intervals) and forward naming, per language and setting.",
+            a.tables["alignment"],
+        ),
+        (
+            "Alignment benchmark: paired tests",
+            "Each setting vs the baseline on the pairs both scored: delta of exact match and character F1, "
+            "95% interval and two-sided paired bootstrap p-value.",
+            a.tables["alignment_paired"],
+        ),
         (
             "Correlations",
             "Pearson, Spearman, Kendall with p-values and 95% bootstrap intervals; level run = across "

@@ -191,8 +191,9 @@ def validate_config(cfg: DictConfig) -> None:
     from eatlab.llm.factory import backend_class
 
     kind = backend_class(cfg).kind  # each component's `_target_` must import (one line naming the key)
-    extractor_factory(cfg)
-    method_class(cfg)
+    if _get(cfg, "extractor") is not _ABSENT:  # the alignment benchmark has no extractor or method
+        extractor_factory(cfg)
+        method_class(cfg)
     if kind == "openai":
         url = _get(cfg, "backend.base_url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -201,11 +202,24 @@ def validate_config(cfg: DictConfig) -> None:
         _check_int(cfg, "backend.max_retries", minimum=0)
         for key in ("backend.timeout_s", "backend.backoff_s", "backend.max_backoff_s"):
             _check_num(cfg, key, minimum=0)
+    _check_alignment(cfg, kind)
     model_id = _get(cfg, "model.id")
     if model_id is not _ABSENT and (not isinstance(model_id, str) or not model_id.strip()):
         _fail("model.id", model_id, "the model's name")
     _check_prompts(cfg)
     _check_data_files(cfg)
+
+
+def _check_alignment(cfg, kind: str) -> None:
+    """`alignment.*`: ranking candidate spans needs the model's log-probabilities, which only backend=hf has."""
+    _check_bool(cfg, "alignment.constrained")
+    _check_choice(cfg, "alignment.select", ("generate", "rank"))
+    for key in ("alignment.max_span_words", "alignment.max_span_chars"):
+        _check_int(cfg, key, minimum=1)
+    if _get(cfg, "alignment.select") == "rank" and kind != "hf":
+        raise ConfigError(
+            f"alignment.select=rank needs backend=hf (backend={kind} does not score candidates)"
+        )
 
 
 def _check_prompts(cfg) -> None:
@@ -261,6 +275,7 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {  # key -> (kind, null allowe
         "finetune.max_length": (_POS, False),
         "finetune.val_fraction": (_FRAC, False),
         "finetune.val_max": (_INT, False),
+        "finetune.val_generate": (_INT, True),  # >= 0 is checked by QLoRASettings.validate
         "finetune.lora.r": (_POS, False),
         "finetune.lora.alpha": (_NUM, False),
         "finetune.lora.dropout": (_FRAC, False),
@@ -271,6 +286,14 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {  # key -> (kind, null allowe
         "trainer.max_steps": (_INT, False),
         "trainer.accumulate_grad_batches": (_POS, False),
         "trainer.devices": (_POS, False),
+    },
+    "align_eval": {
+        "align_eval.limit": (_POS, True),
+        "align_eval.batch_size": (_POS, False),
+        "align_eval.naming_max_new_tokens": (_POS, False),
+        "align_eval.n_boot": (_POS, False),
+        "heldout.val_fraction": (_FRAC, False),
+        "heldout.val_max": (_INT, True),
     },
     "train_extractor": {
         "seed": (_INT, False),
@@ -304,9 +327,10 @@ def validate_for(config_name: str, cfg: DictConfig) -> None:
     """The checks of one entry point's config: ConfigError naming the first bad key."""
     from eatlab.extractors.base import extractor_factory
 
-    if config_name in ("config", "eval_extractor"):
+    if config_name in ("config", "eval_extractor", "align_eval"):
         validate_config(cfg)
-        return
+        if config_name != "align_eval":
+            return
     if config_name == "train_extractor":
         extractor_factory(cfg)
     checks = {

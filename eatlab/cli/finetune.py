@@ -65,6 +65,7 @@ def settings_from_config(cfg, source: str):
         min_lr_ratio=float(f.optim.min_lr_ratio),
         gradient_checkpointing=f.gradient_checkpointing,
         val_max_new_tokens=int(f.val_max_new_tokens),
+        val_generate=None if f.get("val_generate") is None else int(f.val_generate),
         trust_remote_code=bool(cfg.model.get("trust_remote_code", False)),
     )
 
@@ -96,10 +97,12 @@ def build_strategy(cfg, source: str):
 
 
 def training_config(cfg) -> dict:
-    """What names a training (enters the adapter's hash): the finetune and trainer settings, paths excluded."""
+    """What names a training (enters the adapter's hash): the finetune and trainer settings, paths excluded, and
+    settings that change no weight (val_generate: how many validation answers are generated)."""
     f = OmegaConf.to_container(cfg.finetune, resolve=True)
     for k in ("adapter_path", "output_root", "eacl_root", "update_pointer", "report_only", "num_workers"):
         f.pop(k, None)
+    f.pop("val_generate", None)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     for k in ("enable_progress_bar", "log_every_n_steps"):
         t.pop(k, None)
@@ -333,8 +336,13 @@ def _print_summary(s: dict) -> None:
     print(f"adapter: {s['adapter_dir']}" + (f"  (pointer: {s['pointer']})" if s.get("pointer") else ""))
     print(
         f"steps {m['optimizer_steps']}, train loss {first:.4f} (first 3) -> {last:.4f} (last 3), "
-        f"{m['fit_seconds']:.1f}s; val loss {v.get('val_loss', float('nan')):.4f}, "
-        f"val exact match {v.get('val_exact_match', float('nan')):.3f} on {v.get('val_examples', 0)} examples"
+        f"{m['fit_seconds']:.1f}s; val loss {v.get('val_loss', float('nan')):.4f} on {v.get('val_examples', 0)} "
+        "examples, "
+        + (
+            f"val exact match {v['val_exact_match']:.3f} on {v.get('val_generated', 0)} generated answers"
+            if v.get("val_exact_match") is not None
+            else "no validation answer generated"
+        )
     )
     print(
         f"data sha256 {s['data']['sha256']}; use it with: eatlab finetune=eacl_qlora finetune.adapter_path={s['adapter_dir']}"

@@ -82,10 +82,13 @@ class StageContext:
         run_dir: Path,
         max_sentence_chars: int = 1000,
         constrained_alignment: bool = False,
+        alignment_select: dict | None = None,
     ):
         self.client = client
-        # the final backward round may only copy text of the source sentence (eatlab.llm.constraint)
+        # the final backward round may only copy text of the source sentence (eatlab.llm.constraint), chosen
+        # as `alignment_select` says (GenerationSettings fields: substring_select, max_span_words/chars)
         self.constrained_alignment = bool(constrained_alignment)
+        self.alignment_select = dict(alignment_select or {})
         self.prompts = prompts
         self.language = language
         self.generation = dict(generation)
@@ -218,7 +221,14 @@ def align_backward(ctx: StageContext, results: list[SentenceResult]) -> list[tup
     starts = [prompts.start(prompts.backward, v) for v in values]
     sources = [r.source for r, _, _ in jobs] if ctx.constrained_alignment else None
     convs = run_conversations(
-        ctx.client, starts, prompts.backward, values, ctx.generation, "backward", sources
+        ctx.client,
+        starts,
+        prompts.backward,
+        values,
+        ctx.generation,
+        "backward",
+        sources,
+        ctx.alignment_select,
     )
     ctx.timer.add("backward", t0)
     return [(r, typ, phrase, conv) for (r, typ, phrase), conv in zip(jobs, convs)]

@@ -39,7 +39,10 @@ def _resampled_sums(tables: list[np.ndarray], n_boot: int, seed: int) -> list[np
     """For each (n, k) count table: its column sums over `n_boot` shared resamples of the n rows -> (B, k)."""
     n = tables[0].shape[0]
     rng = np.random.default_rng(seed)
-    sums = [np.zeros((n_boot, t.shape[1]), dtype=np.int64) for t in tables]
+    # integer counts stay exact; per-item scores (a pair's character F1) are summed as floats
+    sums = [
+        np.zeros((n_boot, t.shape[1]), dtype=np.float64 if t.dtype.kind == "f" else np.int64) for t in tables
+    ]
     if n == 0:
         return sums
     chunk = max(1, _CHUNK_ELEMENTS // n)
@@ -122,3 +125,60 @@ def paired_bootstrap_test(
     p = (1.0 + float(np.count_nonzero(extreme))) / (n_boot + 1.0)
     low, high = np.quantile(deltas, [0.025, 0.975])
     return PairedBootstrapResult(f1_a, f1_b, delta, (float(low), float(high)), p, n_boot, alternative)
+
+
+# -- means of per-item scores (the alignment benchmark: exact match 0/1, character F1 in [0, 1] per pair) -------
+def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item scores, resampling items (seeded)."""
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    if x.shape[0] == 0:
+        return 0.0, 0.0
+    (sums,) = _resampled_sums([x], n_boot, seed)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(sums[:, 0] / x.shape[0], [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def paired_bootstrap_mean_test(
+    values_a,
+    values_b,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alternative: Literal["two-sided", "greater"] = "two-sided",
+) -> dict:
+    """The paired bootstrap test of the module docstring for the means of two settings' scores on the same items
+    (`values_a[i]` and `values_b[i]` score item i): {mean_a, mean_b, delta, delta_ci95, p_value, n, n_boot}."""
+    a = np.asarray(values_a, dtype=np.float64).reshape(-1, 1)
+    b = np.asarray(values_b, dtype=np.float64).reshape(-1, 1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.shape[0]} vs {b.shape[0]} items: a paired test needs the same items")
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f"alternative must be 'two-sided' or 'greater', not {alternative!r}")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    n = a.shape[0]
+    if n == 0:
+        return {"mean_a": 0.0, "mean_b": 0.0, "delta": 0.0, "delta_ci95": [0.0, 0.0], "p_value": 1.0,
+                "n": 0, "n_boot": n_boot, "alternative": alternative}  # fmt: skip
+    mean_a, mean_b = float(a.mean()), float(b.mean())
+    delta = mean_a - mean_b
+    sa, sb = _resampled_sums([a, b], n_boot, seed)
+    deltas = (sa[:, 0] - sb[:, 0]) / n
+    shifted = deltas - delta
+    extreme = (
+        np.abs(shifted) >= abs(delta) - 1e-12 if alternative == "two-sided" else shifted >= delta - 1e-12
+    )
+    p = (1.0 + float(np.count_nonzero(extreme))) / (n_boot + 1.0)
+    low, high = np.quantile(deltas, [0.025, 0.975])
+    return {
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "delta": delta,
+        "delta_ci95": [float(low), float(high)],
+        "p_value": p,
+        "n": n,
+        "n_boot": n_boot,
+        "alternative": alternative,
+    }

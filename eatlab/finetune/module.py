@@ -9,7 +9,8 @@ Why these choices (the recipe of Dettmers et al., 2023, which the paper's "QLoRA
   fine-tuning; attention-only LoRA underfits.
 - Paged 8-bit AdamW on CUDA (optimizer states paged to CPU on memory spikes); plain torch AdamW on CPU, where
   bitsandbytes' paged optimizers do not run.
-- Validation: loss and exact match of greedy answers on the held-out slice, per direction.
+- Validation: loss on the held-out slice, and exact match of greedy answers (per direction) on all of it or on its
+  first `val_generate` examples; the generation logs its progress (`validation: generated 48/200 answers ...`).
 The weights load in `configure_model`, on the device Lightning chose for this process (so DDP puts one copy on
 each GPU).
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 
 from eatlab.errors import ConfigError
+from eatlab.finetune.tasks import DIRECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class QLoRASettings:
     min_lr_ratio: float = 0.0
     gradient_checkpointing: str | bool = "auto"  # auto: on for CUDA, off on CPU
     val_max_new_tokens: int = 32
+    val_generate: int | None = None  # greedy answers for the first N validation examples; None: all, 0: none
     trust_remote_code: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -67,6 +71,10 @@ class QLoRASettings:
             raise ConfigError("finetune.lora: r >= 1, alpha > 0 and 0 <= dropout < 1 are required")
         if not self.target_modules:
             raise ConfigError("finetune.lora.target_modules: name at least one module")
+        if self.val_generate is not None and self.val_generate < 0:
+            raise ConfigError(
+                f"finetune.val_generate={self.val_generate}: expected a whole number >= 0 or null"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(
                 f"finetune.optim.warmup_ratio={self.warmup_ratio}: expected a fraction in [0, 1)"
@@ -138,6 +146,8 @@ def load_base_model(s: QLoRASettings, device):
 
 class QLoRAModule(pl.LightningModule):
     """Trains LoRA adapters on a frozen (4-bit) causal LM; `save_adapter` writes them in peft format."""
+
+    progress_every_s = 10.0  # at most one validation progress line per this many seconds, plus the final one
 
     def __init__(self, settings: QLoRASettings, pad_id: int, eos_ids: list[int]):
         super().__init__()
@@ -267,27 +277,73 @@ class QLoRAModule(pl.LightningModule):
         self._val = {
             "loss_sum": 0.0,
             "tokens": 0,
+            "examples": 0,
             "hits": defaultdict(int),
             "n": defaultdict(int),
             "samples": [],
+            "to_generate": self._answers_to_generate(),
+            "t0": time.perf_counter(),
+            "last_log": time.perf_counter(),
         }
+
+    def _answers_to_generate(self) -> int:
+        """How many greedy answers this process generates in this validation loop: its examples (all, or the
+        sanity check's batches), capped by its share of `val_generate` (the first N examples in loader order;
+        under DDP the sampler deals example i to process i % world_size)."""
+        trainer = self.trainer
+        loader = trainer.val_dataloaders
+        if isinstance(loader, list | tuple):
+            loader = loader[0]
+        batches = (trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)[0]
+        n = len(loader.sampler)
+        if math.isfinite(batches):
+            n = min(n, int(batches) * loader.batch_size)
+        cap = self.settings.val_generate
+        if cap is not None:
+            n = min(n, len(range(self.global_rank, cap, trainer.world_size)))
+        return n
 
     def validation_step(self, batch, batch_idx):
         import torch
 
+        v = self._val
         loss, n_tok = self(batch)
-        self._val["loss_sum"] += float(loss) * n_tok
-        self._val["tokens"] += n_tok
+        v["loss_sum"] += float(loss) * n_tok
+        v["tokens"] += n_tok
+        v["examples"] += len(batch["answers"])
+        k = min(len(batch["answers"]), v["to_generate"] - sum(v["n"].values()))
+        if k <= 0:  # the loss alone (finetune.val_generate reached)
+            return
+        ids, mask = batch["prompt_ids"][:k], batch["prompt_mask"][:k]
+        width = int(mask.sum(1).max())  # drop the padding columns that only the rows left out needed
         with torch.no_grad():
             answers = self.generate_greedy(
-                batch["prompt_ids"], batch["prompt_mask"], self.settings.val_max_new_tokens
+                ids[:, -width:], mask[:, -width:], self.settings.val_max_new_tokens
             )
         for pred, gold, direction in zip(answers, batch["answers"], batch["directions"]):
             hit = pred.strip() == gold.strip()
-            self._val["hits"][direction] += hit
-            self._val["n"][direction] += 1
-            if len(self._val["samples"]) < 10:
-                self._val["samples"].append({"direction": direction, "gold": gold, "pred": pred})
+            v["hits"][direction] += hit
+            v["n"][direction] += 1
+            if len(v["samples"]) < 10:
+                v["samples"].append({"direction": direction, "gold": gold, "pred": pred})
+        done = sum(v["n"].values())
+        if done < v["to_generate"] and time.perf_counter() - v["last_log"] >= self.progress_every_s:
+            self._log_progress(done, v["to_generate"])
+
+    def _log_progress(self, done: int, total: int, final: bool = False) -> None:
+        """`validation: generated 48/200 answers (12.3 s, 3.9 answers/s, eta 39 s)`, from the first process."""
+        v = self._val
+        v["last_log"] = now = time.perf_counter()
+        if self.global_rank != 0:
+            return
+        elapsed = now - v["t0"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = "" if final or rate <= 0 else f", eta {(total - done) / rate:.0f} s"
+        share = "" if final or self.trainer.world_size == 1 else " (this process's share)"
+        log.info(
+            "validation: generated %d/%d answers%s (%.1f s, %.1f answers/s%s)",
+            done, total, share, elapsed, rate, eta,
+        )  # fmt: skip
 
     def generate_greedy(self, prompt_ids, prompt_mask, max_new_tokens: int) -> list[str]:
         """Greedy answers for left-padded prompts (what the pipeline's greedy decoding would answer)."""
@@ -316,17 +372,40 @@ class QLoRAModule(pl.LightningModule):
         return texts
 
     def on_validation_epoch_end(self) -> None:
+        """Log the loss over every validation example and exact match over the generated ones.
+
+        The counts are summed over processes first, so every process logs the same keys and values (a key logged
+        by some processes only would hang DDP's reduction) and the metrics weigh every example alike.
+        """
         v = self._val
-        n_all = sum(v["n"].values())
+        summed = [v["loss_sum"], v["tokens"], v["examples"], v["to_generate"]]
+        for d in DIRECTIONS:
+            summed += [v["hits"][d], v["n"][d]]
+        if self.trainer.world_size > 1:
+            import torch
+
+            summed = self.trainer.strategy.reduce(
+                torch.tensor(summed, dtype=torch.float64, device=self.device), reduce_op="sum"
+            ).tolist()
+        loss_sum, tokens, examples, to_generate = summed[:4]
+        hits = {d: summed[4 + 2 * i] for i, d in enumerate(DIRECTIONS)}
+        n = {d: int(summed[5 + 2 * i]) for i, d in enumerate(DIRECTIONS)}
+        generated = sum(n.values())
+        if generated:
+            self._log_progress(generated, int(to_generate), final=True)
         metrics = {
-            "val_loss": v["loss_sum"] / v["tokens"] if v["tokens"] else float("nan"),
-            "val_exact_match": sum(v["hits"].values()) / n_all if n_all else float("nan"),
+            "val_loss": loss_sum / tokens if tokens else float("nan"),
+            "val_generated": generated,  # the examples that exact match is computed over
         }
-        for d in sorted(v["n"]):
-            metrics[f"val_exact_match_{d}"] = v["hits"][d] / v["n"][d]
+        if generated:
+            metrics["val_exact_match"] = sum(hits.values()) / generated
+        for d in DIRECTIONS:
+            if n[d]:
+                metrics[f"val_exact_match_{d}"] = hits[d] / n[d]
         for k, val in metrics.items():
-            self.log(k, val, prog_bar=k in ("val_loss", "val_exact_match"), sync_dist=True)
-        metrics["val_examples"] = n_all
+            self.log(k, float(val), prog_bar=k in ("val_loss", "val_exact_match"), sync_dist=True)
+        metrics.setdefault("val_exact_match", None)  # null in the summary: no answer generated
+        metrics["val_examples"] = int(examples)  # the examples that the loss is computed over
         self.val_history.append({"step": int(self.global_step), **metrics, "samples": v["samples"]})
 
     # -- saving ------------------------------------------------------------------------------------------------

@@ -26,16 +26,42 @@ class GenerationSettings:
     seed: int | None = None
     # constrained decoding: the answer must be a verbatim substring of this text (eatlab.llm.constraint)
     substring_of: str | None = None
+    # how the constrained answer is chosen: "generate" (decoded under the constraint) or "rank" (the candidate
+    # span of at most max_span_words words / max_span_chars characters of a script without spaces that the model
+    # finds most likely; hf backend only). Read only when substring_of is set.
+    substring_select: str = "generate"
+    max_span_words: int = 10
+    max_span_chars: int = 16
+    # version of the constrained answer's rules (word-boundary start/stop, rank's candidates): in every
+    # constrained key, so answers cached under older rules are not reused. Bump when they change.
+    # (unannotated class attributes: not fields, so not in asdict)
+    SUBSTRING_RULE = 2
+    SELECT_MODES = ("generate", "rank")
+
+    def __post_init__(self):
+        if self.substring_select not in self.SELECT_MODES:
+            from eatlab.errors import ConfigError
+
+            raise ConfigError(
+                f"alignment.select={self.substring_select}: expected one of {', '.join(self.SELECT_MODES)}"
+            )
 
     def key_dict(self) -> dict:
         """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy, and a
-        free call's key has no constraint entry (so constraints never change a free call's cache key)."""
+        free call's key has no constraint entry (so constraints never change a free call's cache key). A
+        constrained key has the rule version and the selection mode; the span limits only when ranking."""
         d = asdict(self)
         if not self.do_sample:
             for k in ("temperature", "top_p", "top_k", "seed"):
                 d.pop(k)
         if self.substring_of is None:
-            d.pop("substring_of")
+            for k in ("substring_of", "substring_select", "max_span_words", "max_span_chars"):
+                d.pop(k)
+        else:
+            d["substring_rule"] = self.SUBSTRING_RULE
+            if self.substring_select != "rank":
+                d.pop("max_span_words")
+                d.pop("max_span_chars")
         return d
 
     @property

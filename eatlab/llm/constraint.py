@@ -7,6 +7,10 @@ is always a substring of the text, including inside multi-byte characters. Where
 as much as the constraint: it starts only at a letter or digit at a word start, and the end-of-sequence token is
 allowed only once it holds a letter or digit, is whole UTF-8, and ends at a word end (any character boundary
 in scripts written without spaces), so answers neither stop after one letter nor run on into punctuation.
+
+`span_candidates` lists the answers the same rules allow, for `alignment.select=rank` (the hf backend scores each
+by the model's log-probability instead of generating): the sentence's word n-grams, punctuation trimmed at their
+edges.
 """
 
 from __future__ import annotations
@@ -25,6 +29,66 @@ def _spaceless(ch: str) -> bool:
 
 def _wordish(ch: str) -> bool:
     return unicodedata.category(ch)[0] in "LMN"
+
+
+def _units(text: str) -> list[tuple[int, int, bool]]:
+    """The sentence's "words" as (start, end, spaceless) character ranges: runs of characters between white
+    space, except that each character of a script written without spaces is a unit of its own; a combining mark
+    stays with the character before it (a Thai vowel sign, an accent)."""
+    units: list[tuple[int, int, bool]] = []
+    run = None  # start of the open run of spaced-script characters
+    for k, ch in enumerate(text):
+        if ch.isspace():
+            if run is not None:
+                units.append((run, k, False))
+                run = None
+            continue
+        if run is None and unicodedata.category(ch)[0] == "M" and units and units[-1][1] == k:
+            units[-1] = (units[-1][0], k + 1, units[-1][2])
+            continue
+        if _spaceless(ch):
+            if run is not None:
+                units.append((run, k, False))
+                run = None
+            units.append((k, k + 1, True))
+        elif run is None:
+            run = k
+    if run is not None:
+        units.append((run, len(text), False))
+    return units
+
+
+def span_candidates(text: str, max_words: int = 10, max_chars: int = 16) -> list[str]:
+    """Every answer `alignment.select=rank` chooses from: the spans of at most `max_words` consecutive words of
+    `text` (a character of a script written without spaces counts as a word, up to `max_chars` of them per span;
+    a piece without letters or digits, such as a lone comma, counts as neither),
+    cut to start at a letter or digit and to end at a letter, mark or digit (so punctuation and quotes around a
+    word are never part of it), deduplicated. Each is a verbatim substring of `text`. In order of (start, end)
+    of its first occurrence: earliest, then shortest, first."""
+    units = _units(text)
+    first: dict[str, tuple[int, int]] = {}
+    counts = [any(unicodedata.category(ch)[0] in "LN" for ch in text[s:e]) for s, e, _ in units]
+    for i, (start, _, _) in enumerate(units):
+        words = chars = 0
+        for (_, end, spaceless), counted in zip(units[i:], counts[i:], strict=True):
+            if not counted:  # punctuation between words: part of a span, never counted as a word
+                pass
+            elif spaceless:
+                chars += 1
+            else:
+                words += 1
+            if words > max_words or chars > max_chars:
+                break
+            a, b = start, end
+            while a < b and unicodedata.category(text[a])[0] not in "LN":
+                a += 1
+            while b > a and unicodedata.category(text[b - 1])[0] not in "LMN":
+                b -= 1
+            if a < b:
+                span = text[a:b]
+                if span not in first or (a, b) < first[span]:
+                    first[span] = (a, b)
+    return sorted(first, key=first.__getitem__)
 
 
 def _byte_level_decoder() -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from eatlab.llm.answers import strip_control
@@ -62,6 +62,7 @@ def run_conversations(
     generation: dict,
     stage: str,
     final_substring_of: Sequence[str] | None = None,
+    final_settings: Mapping[str, object] | None = None,
 ) -> list[ConversationResult]:
     """Run every conversation through the direction's rounds, batching round k across conversations.
 
@@ -70,6 +71,8 @@ def run_conversations(
     conversation whose round fails stops there; its result carries the error. `final_substring_of[i]`
     constrains conversation i's last reply to a verbatim substring of that text (earlier rounds stay free); the
     final round then goes in one call per distinct text, since the constraint is part of the call's settings.
+    `final_settings` sets further GenerationSettings fields of those constrained calls (`substring_select`,
+    `max_span_words`, `max_span_chars`: how the constrained answer is chosen).
     """
     results = [ConversationResult(list(s)) for s in starts]
     last = len(direction.rounds) - 1
@@ -87,7 +90,7 @@ def run_conversations(
         for text, members in groups.items():
             replies = client.chat(
                 [results[i].messages for i in members],
-                settings if text is None else replace(settings, substring_of=text),
+                settings if text is None else replace(settings, substring_of=text, **(final_settings or {})),
                 stage=stage,
             )
             for i, rep in zip(members, replies):

@@ -5,7 +5,8 @@ so a backend of one's own plugs in with `backend._target_=mylab.MyBackend` or a 
 gives the stages an LLMClient whose backend is created only on the first cache miss; the cache identity (the
 class's `kind` + `cache_identity`) is computed from the config alone, so a fully cached run never touches the
 backend's libraries or weights. The tiny smoke model is built on disk (once) when `model.smoke` is true,
-because its weights fingerprint is part of its cache key.
+because its weights fingerprint is part of its cache key; a GGUF `model.path` is converted (once) to an HF
+folder for the same reason (eatlab.llm.gguf).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from eatlab.errors import ConfigError
 from eatlab.llm.base import LLMBackend, ModelSpec
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
+from eatlab.llm.gguf import is_gguf_path, resolve_gguf
 from eatlab.utils.components import build, locate, require_subclass
 from eatlab.utils.io import canonical_json
 
@@ -49,8 +51,14 @@ def adapter_path(cfg) -> str | None:
     return str(path)
 
 
+def models_dir(cfg) -> str:
+    """Where built and converted models live (`paths.models_dir`)."""
+    return str(_get(cfg, "paths.models_dir", "outputs/models"))
+
+
 def model_source(cfg) -> tuple[str, bool]:
-    """(hub id or local folder, is_local); builds the tiny smoke model on first use."""
+    """(hub id or local folder, is_local); builds the tiny smoke model on first use, and converts a GGUF
+    `model.path` (a .gguf file, or a folder holding one) once to an HF folder under `paths.models_dir`."""
     model_id = _get(cfg, "model.id")
     path = _get(cfg, "model.path")
     if not model_id:
@@ -58,11 +66,16 @@ def model_source(cfg) -> tuple[str, bool]:
     if is_smoke(cfg):
         if not path:
             raise ConfigError("model.path: the smoke model needs a folder to be built in")
+        if is_gguf_path(str(path)):
+            raise ConfigError(f"model.path={path}: a GGUF file is not a smoke model; set model.smoke=false")
         from eatlab.llm.tiny import ensure_tiny_model
 
         ensure_tiny_model(path)
         log.warning("model %s is a SMOKE model with random weights: its outputs mean nothing", model_id)
     if path:
+        converted = resolve_gguf(str(path), models_dir(cfg))
+        if converted is not None:
+            return str(converted), True
         if not Path(path).is_dir():
             raise ConfigError(f"model.path={path}: no such folder")
         return str(path), True

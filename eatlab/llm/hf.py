@@ -15,6 +15,11 @@ Why it is built this way:
   reply depends on its conversation and seed only, not on which other conversations share its batch: that is what
   makes seeded sampled answers cacheable.
 - Weights load lazily on the first `generate`: a run answered entirely from the cache never loads them.
+- `alignment.select=rank` (a constrained call with `substring_select="rank"`) does not decode: the prompt's
+  key/values are computed once (from the prefix store where it has them), then every candidate span of the
+  sentence (`eatlab.llm.constraint.span_candidates`) plus the chat template's end-of-turn token is scored as a
+  continuation of it, in right-padded batches over copies of those key/values; the best mean log-probability
+  wins (`score_continuations`, tested equal to a plain full forward).
 - On CPU (Linux/glibc), `cpu_malloc_tuning` keeps freed memory in the process heap instead of returning it to the
   system: batched decoding allocates several batch x vocabulary buffers (40 MB at 64 rows) per step, and fresh
   pages from the system cost more than the arithmetic (about 2x on the batched benchmark). The price: the
@@ -38,6 +43,9 @@ from eatlab.llm.prefix_cache import PrefixKVStore
 from eatlab.utils.io import canonical_json
 
 log = logging.getLogger(__name__)
+
+# alignment.select=rank: the logits of one batch of candidates (rows x tokens x vocabulary) stay within this
+RANK_LOGITS_MB = 256
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}  # fmt: skip
@@ -110,7 +118,8 @@ class HFBackend(LLMBackend):
         self.prefix_reuse = bool(prefix_reuse)
         self.prefix_cache = PrefixKVStore(int(prefix_cache_mb) << 20)
         self.prompt_tokens_computed = 0  # prompt tokens actually run through the model (the rest were reused)
-        self.seconds = {"prefill": 0.0, "decode": 0.0, "generate": 0.0}  # where the time goes (eatlab-bench)
+        # where the time goes (eatlab-bench); "rank": scoring candidate spans (alignment.select=rank)
+        self.seconds = {"prefill": 0.0, "decode": 0.0, "generate": 0.0, "rank": 0.0}
         self._model_key = make_model_key(
             self.model_id,
             revision,
@@ -122,6 +131,7 @@ class HFBackend(LLMBackend):
         self._model = None
         self._tok = None
         self._eos: set[int] = set()
+        self._eot: list[int] | None = None  # the chat template's end-of-turn tokens (rank scores them)
         self._pad = 0
         self.load_seconds = 0.0
 
@@ -238,6 +248,8 @@ class HFBackend(LLMBackend):
         if not conversations:
             return []
         self.load()
+        if settings.substring_of is not None and settings.substring_select == "rank":
+            return self._rank(conversations, settings)
         prompts = [self.encode(c) for c in conversations]
         replies: list[Reply | None] = [None] * len(conversations)
         run = self._generate_reusing if self.prefix_reuse else self._generate_batch
@@ -349,20 +361,9 @@ class HFBackend(LLMBackend):
         t0 = time.perf_counter()
         with torch.inference_mode():
             for p in prompts:
-                n, past = self.prefix_cache.lookup(p)
-                cache = _cache_of(past)
-                out = model(
-                    input_ids=torch.tensor([p[n:]], dtype=torch.long, device=device),
-                    position_ids=torch.arange(n, len(p), device=device)[None],
-                    use_cache=True,
-                    **{self._cache_kw: cache},
-                )
-                kv = _layers_of(cache)  # filled in place
-                self.prefix_cache.store(p, kv)
-                self.prefix_cache.hits_tokens += n
-                self.prompt_tokens_computed += len(p) - n
+                kv, logits = self._prefill(p)
                 rows.append(kv)
-                first_logits.append(out.logits[0, -1].float())
+                first_logits.append(logits)
             t1 = time.perf_counter()
             self.seconds["prefill"] += t1 - t0
             width = max(len(p) for p in prompts)
@@ -414,6 +415,159 @@ class HFBackend(LLMBackend):
                     self.prefix_cache.store(p + gen[r][:fed], kv)
         return replies
 
+    def _prefill(self, p: list[int]) -> tuple[list[tuple], object]:
+        """Per-layer key/value states of prompt `p` (batch 1) and the logits after its last token (float), from its
+        longest stored prefix on (when `prefix_reuse`), stored for the next prompt. Call in inference mode."""
+        import torch
+
+        device = next(self._model.parameters()).device
+        n, past = self.prefix_cache.lookup(p) if self.prefix_reuse else (0, None)
+        cache = _cache_of(past)
+        out = self._model(
+            input_ids=torch.tensor([p[n:]], dtype=torch.long, device=device),
+            position_ids=torch.arange(n, len(p), device=device)[None],
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        kv = _layers_of(cache)  # filled in place
+        if self.prefix_reuse:
+            self.prefix_cache.store(p, kv)
+        self.prefix_cache.hits_tokens += n
+        self.prompt_tokens_computed += len(p) - n
+        return kv, out.logits[0, -1].float()
+
+    # -- alignment.select=rank ----------------------------------------------------------------------------------
+    def end_of_turn(self) -> list[int]:
+        """The tokens the chat template writes after an assistant answer, up to its first end-of-sequence token
+        (Qwen: `<|im_end|>`): what a generated answer ends with, so a ranked one is scored with it."""
+        self.load()
+        if self._eot is None:
+            mark = "EATLAB-ANSWER-MARK"
+            conv = [{"role": "user", "content": "x"}, {"role": "assistant", "content": mark}]
+            text = self._tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
+            tail = text[text.rindex(mark) + len(mark) :] if mark in text else ""
+            ids = list(self._tok(tail, add_special_tokens=False)["input_ids"])
+            stop = next((k for k, t in enumerate(ids) if t in self._eos), None)
+            # a template that writes no end-of-sequence token after an answer: the one generation stops at
+            first = self._tok.eos_token_id if self._tok.eos_token_id in self._eos else min(self._eos)
+            self._eot = ids[: stop + 1] if stop is not None else [first]
+        return list(self._eot)
+
+    def score_continuations(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+        """Mean log-probability of each continuation's tokens (each non-empty) after `prompt`, in order.
+
+        The prompt's key/values are computed once (`_prefill`, reusing the prefix store). A continuation's tokens
+        but its last are fed; one fed row serves every continuation whose fed tokens are a prefix of it
+        (`_shared_rows`: the candidate spans that start at the same word share their tokens), and its last token
+        is read off the row's logits there. The rows, sorted by length, go in right-padded batches as
+        continuations of copies of the prompt's key/values, one forward per batch. A batch holds at most
+        token_budget tokens of context (rows x (prompt + longest row)) and RANK_LOGITS_MB of logits.
+        """
+        import torch
+
+        self.load()
+        model = self._model
+        device = next(model.parameters()).device
+        n = len(prompt)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            kv, first = self._prefill(prompt)
+            t1 = time.perf_counter()
+            self.seconds["prefill"] += t1 - t0
+            first = torch.log_softmax(first, dim=-1)
+            vocab = first.shape[-1]
+            heads = torch.tensor([seq[0] for seq in continuations], dtype=torch.long, device=first.device)
+            out = first[heads].cpu().tolist()  # the first tokens: from the prompt's last logits
+            rows, row_of = _shared_rows(continuations)
+            served: dict[int, list[int]] = {}
+            for i, r in enumerate(row_of):
+                if r is not None:
+                    served.setdefault(r, []).append(i)
+            order = sorted(served, key=lambda r: (len(rows[r]), r))
+            k = 0
+            while k < len(order):
+                size, width = 1, len(rows[order[k]])  # rows of a batch; width grows along `order`
+                while k + size < len(order):
+                    w = len(rows[order[k + size]])
+                    fits = (size + 1) * (n + w) <= self.token_budget
+                    if not fits or (size + 1) * w * vocab * 4 > RANK_LOGITS_MB << 20:
+                        break
+                    size, width = size + 1, w
+                chunk = order[k : k + size]
+                k += size
+                ids = torch.full((size, width), self._pad, dtype=torch.long)
+                fed = torch.zeros((size, width), dtype=torch.long)
+                for b, r in enumerate(chunk):
+                    ids[b, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
+                    fed[b, : len(rows[r])] = 1
+                ids, fed = ids.to(device), fed.to(device)
+                cache = _cache_of(
+                    [(kk.expand(size, -1, -1, -1), vv.expand(size, -1, -1, -1)) for kk, vv in kv]
+                )
+                logits = model(
+                    input_ids=ids,
+                    attention_mask=torch.cat([torch.ones_like(ids[:, :1]).expand(size, n), fed], 1),
+                    position_ids=torch.arange(n, n + width, device=device)[None].expand(size, -1),
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                ).logits
+                lse = torch.logsumexp(logits.float(), dim=-1)  # [batch, width]
+                # cum[b, j]: log-probability of the row's tokens 1..j, each given those before it
+                nxt = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].float() - lse[:, :-1]
+                cum = torch.cat([torch.zeros_like(lse[:, :1]), nxt.cumsum(-1)], 1)
+                b_idx, pos, last = [], [], []
+                for b, r in enumerate(chunk):
+                    for i in served[r]:
+                        b_idx.append(b)
+                        # where the continuation's last token is predicted
+                        pos.append(len(continuations[i]) - 2)
+                        last.append(continuations[i][-1])
+                b_t = torch.tensor(b_idx, device=device)
+                p_t = torch.tensor(pos, device=device)
+                tail = (
+                    logits[b_t, p_t, torch.tensor(last, device=device)].float()
+                    - lse[b_t, p_t]
+                    + cum[b_t, p_t]
+                )
+                for i, x in zip((i for r in chunk for i in served[r]), tail.cpu().tolist(), strict=True):
+                    out[i] += x
+            self.seconds["rank"] += time.perf_counter() - t1
+        return [total / len(seq) for total, seq in zip(out, continuations, strict=True)]
+
+    def _rank(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+        """alignment.select=rank: per conversation, the candidate span of `settings.substring_of` whose tokens
+        plus end-of-turn the model finds most likely (mean log-probability; ties: the earliest, then shortest)."""
+        from eatlab.llm.constraint import span_candidates
+
+        spans = span_candidates(settings.substring_of, settings.max_span_words, settings.max_span_chars)
+        eot = self.end_of_turn()
+        seqs = [list(self._tok(c, add_special_tokens=False)["input_ids"]) + eot for c in spans]
+        replies = []
+        for conv in conversations:
+            prompt = self.encode(conv)
+            scores = self.score_continuations(prompt, seqs) if seqs else []
+            best = 0
+            for i, sc in enumerate(scores):  # strict: the first of equal scores (span_candidates' order) wins
+                if sc > scores[best]:
+                    best = i
+            meta = {"selected_by": "rank", "candidates": len(spans), "scored_tokens": sum(map(len, seqs))}
+            if scores:
+                meta["logprob"] = scores[best]
+            text = spans[best] if spans else ""  # a sentence without letters or digits: empty (counted)
+            replies.append(
+                Reply(
+                    text=text,
+                    prompt_tokens=len(prompt),  # the whole prompt, as generate counts it (computed: _prefill)
+                    # the chosen answer's tokens with its end-of-turn, as if generated (generate counts its
+                    # stop token too); all candidates' tokens, the actual work, are meta["scored_tokens"]
+                    completion_tokens=len(seqs[best]) if seqs else 0,
+                    entropies=None,  # nothing was decoded: no per-step distribution to measure
+                    finish_reason="stop",
+                    meta=meta,
+                )
+            )
+        return replies
+
     def _replies(self, prompts: list[list[int]], gen: list[list[int]], recorder) -> list[Reply]:
         """Replies from generated token ids: cut after the first end-of-sequence token."""
         import torch
@@ -442,6 +596,25 @@ class HFBackend(LLMBackend):
         self._model = None
         self._tok = None
         self.prefix_cache.clear()
+
+
+def _shared_rows(continuations: list[list[int]]) -> tuple[list[list[int]], list[int | None]]:
+    """The token rows to feed so that every continuation is scored: each continuation's tokens but its last are
+    a prefix of one row (`row_of[i]`; None: a one-token continuation, nothing to feed). Rows are the fed token
+    lists that are not a prefix of another: in lexicographic order, a list that is a prefix of others is followed
+    by one of them, which serves it."""
+    fed = sorted({tuple(c[:-1]) for c in continuations if len(c) > 1})
+    row_index: dict[tuple, int] = {}
+    rows: list[list[int]] = []
+    for t in range(len(fed) - 1, -1, -1):  # the longer extension first
+        seq = fed[t]
+        after = fed[t + 1] if t + 1 < len(fed) else None
+        if after is not None and after[: len(seq)] == seq:
+            row_index[seq] = row_index[after]
+        else:
+            row_index[seq] = len(rows)
+            rows.append(list(seq))
+    return rows, [row_index[tuple(c[:-1])] if len(c) > 1 else None for c in continuations]
 
 
 def _layers_of(cache) -> list[tuple]:

@@ -4,6 +4,8 @@ An answer may only be reused for the same weights, so the cache key carries a `m
 - hub weights: `<model id>` or `<model id>@<revision>`;
 - local weights (`model.path=DIR`): `<model id>@local:<fingerprint of DIR>` (unless `model.hash_weights=false`,
   where the user vouches that `model.id` names the weights);
+- a GGUF file (`model.path=FILE.gguf`, converted once to an HF folder by `eatlab.llm.gguf`):
+  `<model id>@gguf:<sha256 of the GGUF file, 16 hex>`, read from the converted folder's `gguf_source.json`;
 - quantized on load (bitsandbytes): `... +quant:4bit`;
 - with an adapter: `... +adapter:<fingerprint of the adapter folder>`.
 
@@ -19,12 +21,26 @@ practice. It does not depend on file times or absolute paths: a copied folder ke
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from eatlab.errors import ConfigError
 
 _SLICE = 1 << 20
 _SKIP = {"README.md", "SMOKE_MODEL", ".gitattributes"}
+GGUF_SOURCE = "gguf_source.json"  # in a folder converted from a GGUF file (eatlab.llm.gguf)
+
+
+def gguf_sha256(path: str | Path) -> str | None:
+    """The sha256 of the GGUF file that the folder `path` was converted from, or None (not a converted folder)."""
+    source = Path(path) / GGUF_SOURCE
+    if not source.is_file():
+        return None
+    try:
+        sha = json.loads(source.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
 
 
 def folder_fingerprint(path: str | Path) -> str:
@@ -63,7 +79,8 @@ def make_model_key(
         raise ConfigError("model.id: must name the model (it keys the response cache)")
     key = str(model_id)
     if local_path is not None and hash_weights:
-        key += f"@local:{folder_fingerprint(local_path)[:16]}"
+        sha = gguf_sha256(local_path)
+        key += f"@gguf:{sha[:16]}" if sha else f"@local:{folder_fingerprint(local_path)[:16]}"
     elif revision:
         key += f"@{revision}"
     if quantization:

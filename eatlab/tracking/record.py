@@ -30,8 +30,9 @@ def run_identity(cfg, run_dir: Path) -> dict:
     }
 
 
-def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list) -> None:
-    """Append the flat metrics to record.jsonl, rewrite record.csv, and log tables/artifacts to W&B if on."""
+def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list | None) -> None:
+    """Append the flat metrics to record.jsonl, rewrite record.csv, and log tables/artifacts to W&B if on
+    (`results` None: a task without sentence results, e.g. the alignment benchmark: summary scalars only)."""
     from eatlab.tracking.loggers import wandb_logger
 
     run_dir = Path(run_dir)
@@ -44,7 +45,9 @@ def record_run(cfg, run_dir: Path, metrics: dict, loggers: list, results: list) 
     writer.writerow(row)
     atomic_write_text(run_dir / RECORD_CSV, buf.getvalue())
     wb = wandb_logger(loggers)
-    if wb is not None:
+    if wb is not None and results is None:
+        wb.experiment.summary.update(flat_scalars(metrics))
+    elif wb is not None:
         from eatlab.tracking.wandb_tables import log_run_tables
 
         log_run_tables(wb.experiment, metrics, results, run_dir, int(cfg.get("n_sample_predictions", 20)))

@@ -2,6 +2,8 @@
 
 - `EchoBackend`: an LLM that answers every conversation with the second line of its first user turn (in the
   forward prompts, the source sentence: the "translation" is the source itself);
+- `LookupBackend`: answers from a JSON table {substring of the first user turn: answer} (the first key found
+  wins, else an empty answer): a scripted model whose right and wrong answers a test chooses;
 - `CapitalisedWords`: an "English NER" that calls every capitalised word after the first a PER;
 - `ExactCopy`: a method composed of eatlab's stages: translate forward, extract, then place each entity where
   it occurs verbatim in the source (no backward LLM).
@@ -46,6 +48,37 @@ class EchoBackend(LLMBackend):
                     completion_tokens=len(text.split()),
                     finish_reason="stop",
                 )
+            )
+        return out
+
+
+class LookupBackend(LLMBackend):
+    kind = "lookup"
+    local_weights = False
+
+    def __init__(self, model, table: str):
+        import json
+        from pathlib import Path
+
+        self.model = model
+        self.table_path = str(table)
+        self.table = json.loads(Path(table).read_text(encoding="utf-8"))
+
+    @classmethod
+    def cache_identity(cls, model, params: dict) -> str:
+        return f"lookup:{model.id}:{params.get('table')}"
+
+    @property
+    def model_key(self) -> str:
+        return f"lookup:{self.model.id}:{self.table_path}"
+
+    def generate(self, conversations, settings):
+        out = []
+        for conv in conversations:
+            first = next(m["content"] for m in conv if m["role"] == "user")
+            text = next((v for k, v in self.table.items() if k in first), "")
+            out.append(
+                Reply(text=text, prompt_tokens=len(first), completion_tokens=len(text), finish_reason="stop")
             )
         return out
 

@@ -21,7 +21,7 @@ from eatlab.llm.prompts import load_prompt_set
 from eatlab.utils.components import build, locate, require_subclass
 from eatlab.utils.hydra_runtime import task_overrides
 
-__all__ = ["Method", "build_method", "method_class", "method_rounds"]
+__all__ = ["Method", "build_method", "method_class", "method_rounds", "stage_context"]
 
 
 def method_class(cfg) -> type[Method]:
@@ -48,11 +48,10 @@ def method_rounds(cfg) -> dict[str, int]:
     return rounds
 
 
-def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
-    """The configured method over a fresh StageContext; the extractor is built only if the method takes one."""
-    cls = method_class(cfg)
-    rounds = method_rounds(cfg)
-    ctx = StageContext(
+def stage_context(cfg, client, language: Language, run_dir: Path, rounds: dict[str, int]) -> StageContext:
+    """The stages' shared context from the config (prompt set, generation, `alignment.*`): the one builder, used
+    by every method and by the alignment benchmark (eatlab.eat.align_eval)."""
+    return StageContext(
         client,
         load_prompt_set(cfg, rounds["forward"], rounds["backward"]),
         language,
@@ -60,7 +59,24 @@ def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
         run_dir,
         max_sentence_chars=cfg.get("max_sentence_chars", 1000),
         constrained_alignment=bool(OmegaConf.select(cfg, "alignment.constrained", default=False)),
+        alignment_select=alignment_select(cfg),
     )
+
+
+def alignment_select(cfg) -> dict:
+    """How a constrained backward answer is chosen (`alignment.select`, `alignment.max_span_words`,
+    `alignment.max_span_chars`), as the final round's GenerationSettings fields."""
+    return {
+        "substring_select": str(OmegaConf.select(cfg, "alignment.select", default="generate")),
+        "max_span_words": int(OmegaConf.select(cfg, "alignment.max_span_words", default=10)),
+        "max_span_chars": int(OmegaConf.select(cfg, "alignment.max_span_chars", default=16)),
+    }
+
+
+def build_method(cfg, client, language: Language, run_dir: Path) -> Method:
+    """The configured method over a fresh StageContext; the extractor is built only if the method takes one."""
+    cls = method_class(cfg)
+    ctx = stage_context(cfg, client, language, run_dir, method_rounds(cfg))
     kwargs = {"ctx": ctx}
     if "extractor" in inspect.signature(cls).parameters:
         kwargs["extractor"] = build_extractor(cfg, client)

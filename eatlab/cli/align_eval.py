@@ -1,0 +1,204 @@
+"""`eatlab-align-eval`: the entity-alignment benchmark on held-out EACL pairs (eatlab.eat.align_eval).
+
+eatlab-align-eval language=zh model.path=DIR align_eval.limit=50
+eatlab-align-eval -m language=zh,ja alignment.constrained=false,true       # free vs constrained
+eatlab-align-eval language=zh finetune=eacl_qlora                          # with the language's adapter
+eatlab-analyze outputs/multiruns/align_eval/<time>                         # tables, intervals, paired tests
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from eatlab.cli.task import Task, entry_point
+
+log = logging.getLogger("eatlab")
+
+
+def heldout_cases(cfg: DictConfig, language) -> tuple[list, dict]:
+    """The first `align_eval.limit` pairs of the language's held-out slice, and the slice's provenance."""
+    from eatlab.eat.align_eval import make_case
+    from eatlab.finetune.eacl import FilterOptions, prepare_language
+
+    h = cfg.heldout
+    split = prepare_language(
+        h.eacl_root,
+        language.code,
+        FilterOptions.from_config(h.filters),
+        float(h.val_fraction),
+        h.get("val_max"),
+        int(cfg.seed),
+    )
+    limit = cfg.align_eval.get("limit")
+    pairs = split.val if limit is None else split.val[: int(limit)]
+    cases = [make_case(p, language) for p in pairs]
+    prov = {
+        "source": str(h.eacl_root) if h.eacl_root else "in-repo sample (eatlab/resources/samples/eacl)",
+        "file": split.path,
+        "sha256": split.sha256,
+        "heldout_pairs": len(split.val),
+        "pairs": len(cases),
+        "pair_ids": [c.id for c in cases],
+        "counts": split.counts,
+    }
+    return cases, prov
+
+
+def progress_logger(total: int, what: str, every_s: float = 10.0):
+    """A callable(done) logging `what: done/total pairs (elapsed, eta)` at most every `every_s` and at the end."""
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.perf_counter() - t0
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        eta = now / done * (total - done) if done else 0.0
+        log.info("%s: %d/%d pairs (%.1f s, eta %.0f s)", what, done, total, now, eta)
+
+    return report
+
+
+def align_eval_task(cfg: DictConfig, task: Task) -> dict:
+    from eatlab.data.languages import get_language
+    from eatlab.eat.align_eval import run_backward, run_naming, scores_of
+    from eatlab.eat.artifacts import JsonlArtifact, finalize_artifacts
+    from eatlab.eat.methods import stage_context
+    from eatlab.finetune.adapter import adapter_provenance
+    from eatlab.finetune.tasks import Templates
+    from eatlab.llm.factory import build_client
+    from eatlab.rundir import (
+        ALIGN_BACKWARD,
+        ALIGN_NAMING,
+        artifact_name,
+        build_metrics,
+        flat_scalars,
+        write_metrics,
+    )
+    from eatlab.tracking.record import record_run
+
+    t_start = time.perf_counter()
+    run_dir = task.run_dir
+    language = get_language(cfg.language.code)
+    opts = cfg.align_eval
+    directions = list(opts.directions)
+    cases, data_prov = heldout_cases(cfg, language)  # bad data fails here, before the model loads
+    templates = Templates.from_config(cfg.heldout.templates)
+    client = build_client(cfg)
+    client.cache.ensure_open()
+    rounds = {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)}
+    ctx = stage_context(cfg, client, language, run_dir, rounds)
+    prov = task.provenance(
+        {
+            "data": data_prov,
+            "prompts": ctx.prompts.provenance(),
+            "model_key": getattr(client, "model_key", None),
+            "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
+        }
+    )
+    loggers = task.loggers()
+    backward = [] if "backward" in directions else None
+    naming = [] if "naming" in directions else None
+    seconds: Counter = Counter()
+    report = progress_logger(len(cases), f"align-eval {language.code}")
+    step = int(opts.batch_size)
+    art_b = JsonlArtifact(run_dir / artifact_name(ALIGN_BACKWARD)) if backward is not None else None
+    art_n = JsonlArtifact(run_dir / artifact_name(ALIGN_NAMING)) if naming is not None else None
+    try:
+        for lo in range(0, len(cases), step):
+            chunk = cases[lo : lo + step]
+            if backward is not None:
+                t0 = time.perf_counter()
+                recs = run_backward(ctx, chunk)
+                seconds["backward"] += time.perf_counter() - t0
+                art_b.write(recs)
+                backward += recs
+            if naming is not None:
+                t0 = time.perf_counter()
+                recs, faults = run_naming(
+                    client, chunk, templates, ctx.generation, int(opts.naming_max_new_tokens)
+                )
+                seconds["naming"] += time.perf_counter() - t0
+                ctx.count_faults("naming", Counter(faults))
+                art_n.write(recs)
+                naming += recs
+            report(lo + len(chunk))
+    finally:
+        client.close()
+    t0 = time.perf_counter()
+    scores = scores_of(backward, naming, int(opts.n_boot), int(cfg.seed))
+    seconds["scoring"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    metrics = build_metrics(
+        scores,
+        run={
+            "task": "align_eval",
+            "language": language.code,
+            "model": cfg.model.id,
+            "smoke_model": bool(cfg.model.get("smoke", False)),
+            "prompts": ctx.prompts.name,
+            "prompt_rounds": {"forward": rounds["forward"], "backward": len(ctx.prompts.backward.rounds)},
+            "alignment": {k: v for k, v in dict(cfg.get("alignment") or {}).items()},
+            "finetune": cfg.finetune.name,
+            "seed": int(cfg.seed),
+            "git_commit": prov["git"]["commit"],
+        },
+        data={k: v for k, v in data_prov.items() if k != "pair_ids"},
+        counters=client.counters_dict(),
+        stage_seconds=dict(seconds),
+        counts=dict(ctx.counts),
+        answer_faults={k: dict(v) for k, v in sorted(ctx.answer_faults.items())},
+    )
+    finalize_artifacts(run_dir)
+    for stage in (
+        "forward",
+        "ner",
+        "backward",
+    ):  # the stage files StageContext opens; this task writes its own
+        path = run_dir / artifact_name(stage)
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+    write_metrics(run_dir, metrics)
+    for lg in loggers:
+        lg.log_metrics(flat_scalars({"scores": scores}))
+    record_run(cfg, run_dir, metrics, loggers, None)
+    print(format_summary(metrics, run_dir))
+    return metrics
+
+
+def format_summary(metrics: dict, run_dir: Path) -> str:
+    """The job's scores as a few readable lines (percentages, with 95% intervals)."""
+    run = metrics["run"]
+    lines = [f"align-eval {run['language']} ({metrics['data'].get('pairs', 0)} held-out pairs) -> {run_dir}"]
+
+    def pct(block: dict) -> str:
+        lo, hi = block["ci95"]
+        return f"{100 * block['mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    bw = metrics.get("backward")
+    if bw:
+        for rec in ("eatlab", "reference"):
+            b = bw[rec]
+            lines.append(
+                f"  backward, {rec} recovery: exact {pct(b['exact'])}  char F1 {pct(b['char_f1'])}  "
+                f"placed {pct(b['placed'])}"
+            )
+        lines.append(f"  backward answers verbatim in the sentence: {100 * bw['verbatim_share']:.1f}%")
+    nm = metrics.get("naming")
+    if nm:
+        lines.append(f"  naming: exact {pct(nm['exact'])}  chrF {pct(nm['chrf'])}")
+    lines.append(
+        f"  LLM calls {metrics['llm_calls']} (cache hits {metrics['llm_cache_hits']}), {metrics['seconds'].get('total', 0):.1f} s"
+    )
+    return "\n".join(lines)
+
+
+@entry_point("align_eval", job_type="align_eval")
+def main(cfg: DictConfig, task: Task) -> dict:
+    return align_eval_task(cfg, task)
