@@ -132,6 +132,7 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_gguf_file_is_converted_once_and_reused(ggufs, tmp_path, caplog, monkeypatch):
     gguf = ggufs["untied"]
     models = tmp_path / "models"
@@ -281,6 +282,7 @@ def test_model_key_is_the_gguf_files_sha256(ggufs, tmp_path):
     assert make_model_key("m", local_path=plain).startswith("m@local:")
 
 
+@pytest.mark.slow
 def test_eatlab_runs_on_a_gguf_file(ggufs, compose, tmp_path):
     from eatlab.cli.run import run_eat
 

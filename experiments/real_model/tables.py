@@ -1,0 +1,91 @@
+"""Markdown tables of the real-model runs for docs/results.md, read from their run dirs.
+
+    python experiments/real_model/tables.py align outputs/real/align-r1 [more sweep dirs...]
+    python experiments/real_model/tables.py e2e outputs/real/e2e
+
+Scores come from metrics.json through eatlab's own readers (eatlab.rundir, eatlab.analysis.alignment); the
+paired tests are eatlab-analyze's. Percentages, as in every human-readable table of the project.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from eatlab.analysis.alignment import load_alignment, paired_tests
+from eatlab.rundir import DONE, iter_run_dirs
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(mean, lo, hi) -> str:
+    return f"{100 * mean:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def align(dirs: list[str]) -> None:
+    rds = [rd for d in dirs for rd in iter_run_dirs(d)]
+    runs, pairs = load_alignment(rds)
+    print("| lang | setting | recovery | exact | char F1 | placed | verbatim | naming exact / chrF | LLM calls | s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for _, r in runs.sort_values(["language", "setting", "recovery"], kind="stable").iterrows():
+        print(
+            f"| {r.language} | {r.setting} | {r.recovery} | {_ci(r.exact, r.exact_lo, r.exact_hi)} | "
+            f"{_ci(r.char_f1, r.char_f1_lo, r.char_f1_hi)} | {_pct(r.placed)} | {_pct(r.verbatim_share)} | "
+            f"{_pct(r.naming_exact)} / {_pct(r.naming_chrf)} | {r.llm_calls} | {r.seconds:.0f} |"
+        )
+    print()
+    tests = paired_tests(pairs[pairs["recovery"] == "eatlab"]) if not pairs.empty else None
+    if tests is not None and not tests.empty:
+        print("| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for _, t in tests.iterrows():
+            print(
+                f"| {t.language} | {t.setting} | {t.baseline.split(' / ')[0]} | {t.pairs} | "
+                f"{100 * t.exact_delta:+.1f} [{100 * t.exact_delta_lo:+.0f}, {100 * t.exact_delta_hi:+.0f}] | "
+                f"{t.exact_p:.3f} | {100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, "
+                f"{100 * t.char_f1_delta_hi:+.0f}] | {t.char_f1_p:.3f} |"
+            )
+
+
+def e2e(dirs: list[str]) -> None:
+    print(
+        "| lang | method | alignment | entity F1 [95%] | P / R | ref. token micro F1 | gold found / lost in "
+        "translation / missed by NER / misaligned backward | dropped in recovery | LLM calls | s |"
+    )
+    print("|---|---|---|---:|---:|---:|---|---|---:|---:|")
+    rows = []
+    for d in dirs:
+        for rd in iter_run_dirs(d):
+            if rd.status != DONE:
+                continue
+            m, cfg = rd.metrics, rd.config or {}
+            run = m.get("run") or {}
+            al = cfg.get("alignment") or {}
+            mode = "-" if run.get("method") != "eat" else (
+                "free" if not al.get("constrained") else ("ranked" if al.get("select") == "rank" else "constrained")
+            )  # fmt: skip
+            g = (m.get("failures") or {}).get("gold") or {}
+            drops = (m.get("failures") or {}).get("dropped_entities") or {}
+            lo, hi = m["entity_f1_ci95"]
+            rows.append(
+                (
+                    run.get("language"),
+                    run.get("method"),
+                    mode,
+                    f"| {run.get('language')} | {run.get('method')} | {mode} | {_ci(m['entity_f1'], lo, hi)} | "
+                    f"{_pct(m['entity_precision'])} / {_pct(m['entity_recall'])} | "
+                    f"{_pct(m['reference_token_micro_f1'])} | "
+                    f"{g.get('found', 0)} / {g.get('lost_in_translation', 0)} / {g.get('missed_by_ner', 0)} / "
+                    f"{g.get('misaligned_backward', 0)} of {m['n_gold_entities']} | "
+                    + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "-")
+                    + f" | {m['llm_calls']} | {(m.get('seconds') or {}).get('total', 0):.0f} |",
+                )
+            )
+    order = {"free": 0, "constrained": 1, "ranked": 2, "-": 3}
+    for *_, line in sorted(rows, key=lambda r: (r[0], r[1] != "eat", r[1], order[r[2]])):
+        print(line)
+
+
+if __name__ == "__main__":
+    {"align": align, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
