@@ -303,6 +303,30 @@ def test_ranked_scores_equal_a_plain_full_forward(tiny_backend, monkeypatch):
             assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_rank_top_first_scores_only_the_likeliest_starts(tiny_backend):
+    """Pruning by first token: the kept candidates keep their exact scores, the others are -inf, and keeping every
+    first token is the unpruned ranking."""
+    backend = tiny_backend
+    text = "Тетюши (Казанской губернии), Россия"
+    conv = [{"role": "user", "content": f"Which span of: {text}"}]
+    prompt = backend.encode(conv)
+    eot = backend.end_of_turn()
+    seqs = [backend._tok(c, add_special_tokens=False)["input_ids"] + eot for c in span_candidates(text)]
+    full = backend.score_continuations(prompt, seqs)
+    firsts = {q[0] for q in seqs}
+    assert backend.score_continuations(prompt, seqs, top_first=len(firsts)) == pytest.approx(full, abs=1e-5)
+    pruned = backend.score_continuations(prompt, seqs, top_first=2)
+    kept = [i for i, x in enumerate(pruned) if x != float("-inf")]
+    import torch
+
+    with torch.inference_mode():
+        lp = torch.log_softmax(backend._model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), -1)
+    likeliest = sorted(firsts, key=lambda t: -float(lp[t]))[:2]
+    assert {seqs[i][0] for i in kept} == set(likeliest) and 0 < len(kept) < len(seqs)
+    for i in kept:
+        assert pruned[i] == pytest.approx(full[i], abs=1e-5)  # other batches: float noise
+
+
 def test_a_ranked_answer_is_a_candidate_and_deterministic(tiny_backend, monkeypatch):
     backend = tiny_backend
     runs = []

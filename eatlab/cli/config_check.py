@@ -216,6 +216,7 @@ def _check_alignment(cfg, kind: str) -> None:
     _check_choice(cfg, "alignment.select", ("generate", "rank"))
     for key in ("alignment.max_span_words", "alignment.max_span_chars"):
         _check_int(cfg, key, minimum=1)
+    _check_int(cfg, "alignment.rank_top_first", minimum=1, null=True)
     if _get(cfg, "alignment.select") == "rank" and kind != "hf":
         raise ConfigError(
             f"alignment.select=rank needs backend=hf (backend={kind} does not score candidates)"

@@ -32,6 +32,9 @@ class GenerationSettings:
     substring_select: str = "generate"
     max_span_words: int = 10
     max_span_chars: int = 16
+    # rank: only candidates whose first token is among the rank_top_first likeliest first tokens (of the
+    # candidates') are scored in full; None: all. The full score costs one forward over every candidate.
+    rank_top_first: int | None = 16
     # version of the constrained answer's rules (word-boundary start/stop, rank's candidates): in every
     # constrained key, so answers cached under older rules are not reused. Bump when they change.
     # (unannotated class attributes: not fields, so not in asdict)
@@ -49,19 +52,25 @@ class GenerationSettings:
     def key_dict(self) -> dict:
         """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy, and a
         free call's key has no constraint entry (so constraints never change a free call's cache key). A
-        constrained key has the rule version and the selection mode; the span limits only when ranking."""
+        constrained key has the rule version and the selection mode; the span limits and pruning only when ranking."""
         d = asdict(self)
         if not self.do_sample:
             for k in ("temperature", "top_p", "top_k", "seed"):
                 d.pop(k)
         if self.substring_of is None:
-            for k in ("substring_of", "substring_select", "max_span_words", "max_span_chars"):
+            for k in (
+                "substring_of",
+                "substring_select",
+                "max_span_words",
+                "max_span_chars",
+                "rank_top_first",
+            ):
                 d.pop(k)
         else:
             d["substring_rule"] = self.SUBSTRING_RULE
             if self.substring_select != "rank":
-                d.pop("max_span_words")
-                d.pop("max_span_chars")
+                for k in ("max_span_words", "max_span_chars", "rank_top_first"):
+                    d.pop(k)
         return d
 
     @property

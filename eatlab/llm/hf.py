@@ -453,8 +453,15 @@ class HFBackend(LLMBackend):
             self._eot = ids[: stop + 1] if stop is not None else [first]
         return list(self._eot)
 
-    def score_continuations(self, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+    def score_continuations(
+        self, prompt: list[int], continuations: list[list[int]], top_first: int | None = None
+    ) -> list[float]:
         """Mean log-probability of each continuation's tokens (each non-empty) after `prompt`, in order.
+
+        `top_first`: only continuations whose first token is among the `top_first` likeliest of their first tokens
+        are scored in full (the others get -inf): the first token's probability is known from the prompt alone,
+        and on a real model a span that starts unlikely rarely wins, while scoring every candidate of a long
+        zh/ja sentence costs a forward over thousands of tokens.
 
         The prompt's key/values are computed once (`_prefill`, reusing the prefix store). A continuation's tokens
         but its last are fed; one fed row serves every continuation whose fed tokens are a prefix of it
@@ -478,7 +485,19 @@ class HFBackend(LLMBackend):
             vocab = first.shape[-1]
             heads = torch.tensor([seq[0] for seq in continuations], dtype=torch.long, device=first.device)
             out = first[heads].cpu().tolist()  # the first tokens: from the prompt's last logits
-            rows, row_of = _shared_rows(continuations)
+            keep = list(range(len(continuations)))
+            if top_first is not None:
+                lp = {seq[0]: out[i] for i, seq in enumerate(continuations)}
+                firsts = sorted(lp, key=lambda t: (-lp[t], t))
+                chosen = set(firsts[: int(top_first)])
+                keep = [i for i, seq in enumerate(continuations) if seq[0] in chosen]
+                for i, seq in enumerate(continuations):
+                    if seq[0] not in chosen:
+                        out[i] = float("-inf")
+            rows, kept_row_of = _shared_rows([continuations[i] for i in keep])
+            row_of: list[int | None] = [None] * len(continuations)
+            for i, r in zip(keep, kept_row_of):
+                row_of[i] = r
             served: dict[int, list[int]] = {}
             for i, r in enumerate(row_of):
                 if r is not None:
@@ -545,7 +564,7 @@ class HFBackend(LLMBackend):
         replies = []
         for conv in conversations:
             prompt = self.encode(conv)
-            scores = self.score_continuations(prompt, seqs) if seqs else []
+            scores = self.score_continuations(prompt, seqs, settings.rank_top_first) if seqs else []
             best = 0
             for i, sc in enumerate(scores):  # strict: the first of equal scores (span_candidates' order) wins
                 if sc > scores[best]:

@@ -70,6 +70,7 @@ def alignment_select(cfg) -> dict:
         "substring_select": str(OmegaConf.select(cfg, "alignment.select", default="generate")),
         "max_span_words": int(OmegaConf.select(cfg, "alignment.max_span_words", default=10)),
         "max_span_chars": int(OmegaConf.select(cfg, "alignment.max_span_chars", default=16)),
+        "rank_top_first": OmegaConf.select(cfg, "alignment.rank_top_first", default=16),
     }
 
 
