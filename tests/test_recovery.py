@@ -422,3 +422,13 @@ def test_a_lone_combining_mark_is_never_a_span():
     assert rec.span is None and rec.reason == "below_min_match"
     s = Sentence("hi-x-1", "hi", ["दिल्ली", "\u093c"], ["B-LOC", "O"])
     assert recover_span("दिल्ली", s, "LOC", language="hi").span == Span(0, 1, "LOC")
+
+
+def test_an_unclosed_bracket_ends_the_entity_before_it():
+    """A constrained answer copied past the entity into an opened bracket (measured on ru EACL pairs with the real
+    0.5B model: `Лянь Чжань (кит.`) is placed on the part before the bracket; closed parentheses keep their order."""
+    assert clean_answer("Лянь Чжань (кит.") == ["Лянь Чжань", "Лянь Чжань (кит"]
+    assert clean_answer("Тетюши (Казанской губернии)") == ["Тетюши (Казанской губернии)", "Тетюши"]
+    s = sent("ru", "Лянь Чжань ( кит . 連戰 ) — тайваньский политик .")
+    rec = recover_span("Лянь Чжань (кит.", s, "PER", language="ru")
+    assert (rec.span.start, rec.span.end) == (0, 2) and rec.matched_text == "Лянь Чжань"

@@ -108,6 +108,9 @@ _SUFFIX = re.compile(
     re.I | re.S,
 )
 _TRAILING_PAREN = re.compile(r"^(.+?)\s*[(（][^()（）]*[)）]\s*[.。]?$")
+# an answer that opens a bracket and never closes it ran on past the entity (`Лянь Чжань (кит.`, a constrained
+# answer copied up to where it could stop): the entity is what comes before the bracket
+_UNCLOSED_TAIL = re.compile(r"^(.+?)\s*[(（][^()（）]*$")
 
 
 def _quoted_segments(text: str) -> list[str]:
@@ -161,7 +164,8 @@ def clean_answer(answer: str) -> list[str]:
     Order: quoted segments (the model's explicit answer), text after an explanatory lead-in (`The final result
     ... is`, `The raw Chinese phrase is`, `Label:`) or before an explanatory tail (`X is the translation
     result...`), each line, then the whole answer; each also without a trailing parenthetical
-    (`"玫瑰湖" (Roshu)`). All NFKC-normalised, without markdown, quotes and final punctuation.
+    (`"玫瑰湖" (Roshu)`), and first without a bracket opened and never closed (`Лянь Чжань (кит.`). All
+    NFKC-normalised, without markdown, quotes and final punctuation.
     """
     if not isinstance(answer, str):
         return []
@@ -197,6 +201,9 @@ def clean_answer(answer: str) -> list[str]:
 
 
 def _variants(cand: str) -> list[str]:
+    m = _UNCLOSED_TAIL.match(cand)
+    if m:  # the part before a bracket that is never closed first: no entity ends inside an open bracket
+        return [_trim(m.group(1)), cand]
     m = _TRAILING_PAREN.match(cand)
     return [cand, _trim(m.group(1))] if m else [cand]
 
