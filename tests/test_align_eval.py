@@ -234,7 +234,7 @@ def test_analyze_shows_the_alignment_tables_and_paired_tests(sweep, tmp_path):
     row = table[(table["recovery"] == "eatlab") & table["setting"].str.contains("partly")].iloc[0]
     assert row["pairs"] == 9 and row["exact %"].startswith("55.6 [")
     paired = a.tables["alignment_paired"]
-    # baseline: the first setting with eatlab's recovery (no reference-prompt run in this sweep)
+    # baseline: the first free setting with eatlab's recovery (no reference-prompt run in this sweep)
     assert set(paired["baseline"]) == {"eatlab r3 free [backend.table=partly.json] / eatlab"}
     right = paired[(paired["recovery"] == "eatlab") & paired["setting"].str.contains("right")].iloc[0]
     assert right["pairs"] == 9 and right["exact_delta"] == pytest.approx(4 / 9)

@@ -115,7 +115,8 @@ def paired_tests(
     match and character F1, 95% interval, two-sided paired bootstrap p-value.
 
     `baseline` (setting, recovery): default, the reference release's way when present (reference prompts,
-    reference recovery, free), else the first setting with eatlab's recovery.
+    reference recovery, free), else the first free setting without an adapter with eatlab's recovery, else the
+    first with eatlab's recovery.
     """
     if pairs.empty:
         return pd.DataFrame()
@@ -124,8 +125,11 @@ def paired_tests(
         combos = list(dict.fromkeys(zip(g["setting"], g["recovery"])))
         base = baseline if baseline in combos else None
         if base is None:
-            base = next((c for c in combos if c[0].startswith("reference") and c[0].endswith("free")
-                         and c[1] == "reference"), None) or next((c for c in combos if c[1] == "eatlab"), combos[0])  # fmt: skip
+            base = (
+                next((c for c in combos if c[0].startswith("reference") and " free" in c[0] and c[1] == "reference"), None)
+                or next((c for c in combos if c[1] == "eatlab" and " free" in c[0] and "+" not in c[0]), None)
+                or next((c for c in combos if c[1] == "eatlab"), combos[0])
+            )  # fmt: skip
         b = g[(g["setting"] == base[0]) & (g["recovery"] == base[1])].set_index("pair_id")
         for combo in combos:
             if combo == base:
