@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from eatlab.data.bio import Span, spans_to_tags
 from eatlab.data.languages import Language
 from eatlab.data.record import SPACE_TOKEN, Sentence
+from eatlab.eat.recovery import recover_span
 from eatlab.eat.reference_recovery import reference_recover_sentence
 from eatlab.eat.stages import SentenceResult, StageContext, align_backward
 from eatlab.eval.bootstrap import bootstrap_mean_ci
@@ -119,8 +120,6 @@ def _placement(case: PairCase, span: Span | None) -> dict:
 
 def run_backward(ctx: StageContext, cases: Sequence[PairCase]) -> list[dict]:
     """The pipeline's backward stage on every pair, then both recoveries: one record per pair."""
-    from eatlab.eat.recovery import recover_span
-
     results = [
         SentenceResult(c.sentence, c.sentence.text, entities=[(PAIR_TYPE, c.pair.eng_entity)]) for c in cases
     ]
@@ -145,17 +144,13 @@ def run_backward(ctx: StageContext, cases: Sequence[PairCase]) -> list[dict]:
         if conv.failed:
             ctx.counts["failed_backward"] += 1
             ctx.last_error = conv.failed
-            ours, theirs = None, None
-            rec["eatlab"] = {**_placement(case, None), "reason": "request_failed"}
+            for rec_name in RECOVERIES:
+                rec[rec_name] = {**_placement(case, None), "reason": "request_failed"}
         else:
-            recovered = recover_span(answer, case.sentence, PAIR_TYPE, [], ctx.language.code, n_entities=1)
-            ours = recovered.span
-            rec["eatlab"] = {**_placement(case, ours), "reason": recovered.reason}
+            ours = recover_span(answer, case.sentence, PAIR_TYPE, [], ctx.language.code, n_entities=1)
+            rec["eatlab"] = {**_placement(case, ours.span), "reason": ours.reason}
             ref = reference_recover_sentence([(answer, PAIR_TYPE)], case.sentence)
             theirs = ref.spans[0] if ref.spans else None
-        if conv.failed:
-            rec["reference"] = {**_placement(case, None), "reason": "request_failed"}
-        else:
             rec["reference"] = {**_placement(case, theirs), "reason": None if theirs else "not_placed"}
         records.append(rec)
     return records
