@@ -1,6 +1,7 @@
 """Markdown tables of the real-model runs for docs/results.md, read from their run dirs.
 
     python experiments/real_model/tables.py align outputs/real/align-r1 [more sweep dirs...]
+    python experiments/real_model/tables.py cost outputs/real/align-r1 [...]   # calls and seconds of the runs
     python experiments/real_model/tables.py e2e outputs/real/e2e
 
 Scores come from metrics.json through eatlab's own readers (eatlab.rundir, eatlab.analysis.alignment); the
@@ -26,18 +27,23 @@ def _ci(mean, lo, hi) -> str:
 def align(dirs: list[str]) -> None:
     rds = [rd for d in dirs for rd in iter_run_dirs(d)]
     runs, pairs = load_alignment(rds)
-    print("| lang | setting | recovery | exact | char F1 | placed | verbatim | naming exact / chrF | LLM calls | s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    cost = bool(runs["llm_calls"].sum())  # re-scored from the cache: 0 calls, no cost columns (see `cost`)
+    print("| lang | setting | recovery | exact | char F1 | placed | verbatim | naming exact / chrF |"
+          + (" LLM calls | s |" if cost else ""))  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if cost else ""))
     for _, r in runs.sort_values(["language", "setting", "recovery"], kind="stable").iterrows():
         print(
             f"| {r.language} | {r.setting} | {r.recovery} | {_ci(r.exact, r.exact_lo, r.exact_hi)} | "
             f"{_ci(r.char_f1, r.char_f1_lo, r.char_f1_hi)} | {_pct(r.placed)} | {_pct(r.verbatim_share)} | "
-            f"{_pct(r.naming_exact)} / {_pct(r.naming_chrf)} | {r.llm_calls} | {r.seconds:.0f} |"
+            f"{_pct(r.naming_exact)} / {_pct(r.naming_chrf)} |"
+            + (f" {r.llm_calls} | {r.seconds:.0f} |" if cost else "")
         )
     print()
     tests = paired_tests(pairs[pairs["recovery"] == "eatlab"]) if not pairs.empty else None
     if tests is not None and not tests.empty:
-        print("| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |")
+        print(
+            "| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |"
+        )
         print("|---|---|---|---:|---:|---:|---:|---:|")
         for _, t in tests.iterrows():
             print(
@@ -46,6 +52,20 @@ def align(dirs: list[str]) -> None:
                 f"{t.exact_p:.3f} | {100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, "
                 f"{100 * t.char_f1_delta_hi:+.0f}] | {t.char_f1_p:.3f} |"
             )
+
+
+def cost(dirs: list[str]) -> None:
+    """LLM calls and wall seconds of the runs that computed the answers, one row per language and setting."""
+    rds = [rd for d in dirs for rd in iter_run_dirs(d)]
+    runs, _ = load_alignment(rds)
+    runs = runs[runs["recovery"] == "eatlab"].sort_values(["setting", "language"], kind="stable")
+    print("| setting | " + " | ".join(sorted(set(runs["language"]))) + " |")
+    print("|---|" + "---:|" * len(set(runs["language"])))
+    for setting, g in runs.groupby("setting", sort=False):
+        by = {r.language: f"{r.llm_calls} / {r.seconds:.0f} s" for _, r in g.iterrows()}
+        print(
+            f"| {setting} | " + " | ".join(by.get(lang, "") for lang in sorted(set(runs["language"]))) + " |"
+        )
 
 
 def e2e(dirs: list[str]) -> None:
@@ -88,4 +108,4 @@ def e2e(dirs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    {"align": align, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
+    {"align": align, "cost": cost, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
