@@ -11,9 +11,19 @@ paired tests are eatlab-analyze's. Percentages, as in every human-readable table
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from eatlab.analysis.alignment import load_alignment, paired_tests
 from eatlab.rundir import DONE, iter_run_dirs
+
+
+def _dirs(dirs: list[str]):
+    """The run dirs under each folder that exists (a phase not run yet is skipped, with a note)."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            print(f"skipped: {d} (no such folder)", file=sys.stderr)
+            continue
+        yield from iter_run_dirs(d)
 
 
 def _pct(x) -> str:
@@ -25,7 +35,7 @@ def _ci(mean, lo, hi) -> str:
 
 
 def align(dirs: list[str]) -> None:
-    rds = [rd for d in dirs for rd in iter_run_dirs(d)]
+    rds = list(_dirs(dirs))
     runs, pairs = load_alignment(rds)
     cost = bool(runs["llm_calls"].sum())  # re-scored from the cache: 0 calls, no cost columns (see `cost`)
     print("| lang | setting | recovery | exact | char F1 | placed | verbatim | naming exact / chrF |"
@@ -56,7 +66,7 @@ def align(dirs: list[str]) -> None:
 
 def cost(dirs: list[str]) -> None:
     """LLM calls and wall seconds of the runs that computed the answers, one row per language and setting."""
-    rds = [rd for d in dirs for rd in iter_run_dirs(d)]
+    rds = list(_dirs(dirs))
     runs, _ = load_alignment(rds)
     runs = runs[runs["recovery"] == "eatlab"].sort_values(["setting", "language"], kind="stable")
     print("| setting | " + " | ".join(sorted(set(runs["language"]))) + " |")
@@ -75,33 +85,32 @@ def e2e(dirs: list[str]) -> None:
     )
     print("|---|---|---|---:|---:|---:|---|---|---:|---:|")
     rows = []
-    for d in dirs:
-        for rd in iter_run_dirs(d):
-            if rd.status != DONE:
-                continue
-            m, cfg = rd.metrics, rd.config or {}
-            run = m.get("run") or {}
-            al = cfg.get("alignment") or {}
-            mode = "-" if run.get("method") != "eat" else (
-                "free" if not al.get("constrained") else ("ranked" if al.get("select") == "rank" else "constrained")
-            )  # fmt: skip
-            g = (m.get("failures") or {}).get("gold") or {}
-            drops = (m.get("failures") or {}).get("dropped_entities") or {}
-            lo, hi = m["entity_f1_ci95"]
-            rows.append(
-                (
-                    run.get("language"),
-                    run.get("method"),
-                    mode,
-                    f"| {run.get('language')} | {run.get('method')} | {mode} | {_ci(m['entity_f1'], lo, hi)} | "
-                    f"{_pct(m['entity_precision'])} / {_pct(m['entity_recall'])} | "
-                    f"{_pct(m['reference_token_micro_f1'])} | "
-                    f"{g.get('found', 0)} / {g.get('lost_in_translation', 0)} / {g.get('missed_by_ner', 0)} / "
-                    f"{g.get('misaligned_backward', 0)} of {m['n_gold_entities']} | "
-                    + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "-")
-                    + f" | {m['llm_calls']} | {(m.get('seconds') or {}).get('total', 0):.0f} |",
-                )
+    for rd in _dirs(dirs):
+        if rd.status != DONE:
+            continue
+        m, cfg = rd.metrics, rd.config or {}
+        run = m.get("run") or {}
+        al = cfg.get("alignment") or {}
+        mode = "-" if run.get("method") != "eat" else (
+            "free" if not al.get("constrained") else ("ranked" if al.get("select") == "rank" else "constrained")
+        )  # fmt: skip
+        g = (m.get("failures") or {}).get("gold") or {}
+        drops = (m.get("failures") or {}).get("dropped_entities") or {}
+        lo, hi = m["entity_f1_ci95"]
+        rows.append(
+            (
+                run.get("language"),
+                run.get("method"),
+                mode,
+                f"| {run.get('language')} | {run.get('method')} | {mode} | {_ci(m['entity_f1'], lo, hi)} | "
+                f"{_pct(m['entity_precision'])} / {_pct(m['entity_recall'])} | "
+                f"{_pct(m['reference_token_micro_f1'])} | "
+                f"{g.get('found', 0)} / {g.get('lost_in_translation', 0)} / {g.get('missed_by_ner', 0)} / "
+                f"{g.get('misaligned_backward', 0)} of {m['n_gold_entities']} | "
+                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "-")
+                + f" | {m['llm_calls']} | {(m.get('seconds') or {}).get('total', 0):.0f} |",
             )
+        )
     order = {"free": 0, "constrained": 1, "ranked": 2, "-": 3}
     for *_, line in sorted(rows, key=lambda r: (r[0], r[1] != "eat", r[1], order[r[2]])):
         print(line)
