@@ -243,3 +243,19 @@ def test_analyze_shows_the_alignment_tables_and_paired_tests(sweep, tmp_path):
     assert "Alignment benchmark: paired tests" in (tmp_path / "analysis" / "report.html").read_text(
         encoding="utf-8"
     )
+
+
+def test_align_eval_directions_are_checked():
+    from hydra import compose, initialize_config_dir
+
+    from eatlab.cli.config_check import validate_for
+    from eatlab.errors import ConfigError
+    from eatlab.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="align_eval", overrides=["align_eval.directions=[backward,forward]"])
+        with pytest.raises(ConfigError, match=r"align_eval.directions=\['backward', 'forward'\]: expected"):
+            validate_for("align_eval", cfg)
+        validate_for(
+            "align_eval", compose(config_name="align_eval", overrides=["align_eval.directions=[naming]"])
+        )

@@ -334,6 +334,14 @@ def validate_for(config_name: str, cfg: DictConfig) -> None:
             return
     if config_name == "train_extractor":
         extractor_factory(cfg)
+    if config_name == "align_eval":
+        directions = _get(cfg, "align_eval.directions")
+        known = ("backward", "naming")
+        if not OmegaConf.is_list(directions) or not directions or any(d not in known for d in directions):
+            shown = list(directions) if OmegaConf.is_list(directions) else directions
+            raise ConfigError(
+                f"align_eval.directions={shown}: expected a non-empty list of {', '.join(known)}"
+            )
     checks = {
         _INT: lambda key, null: _check_int(cfg, key, null=null),
         _POS: lambda key, null: _check_int(cfg, key, minimum=1, null=null),
