@@ -79,12 +79,26 @@ def cost(dirs: list[str]) -> None:
 
 
 def e2e(dirs: list[str]) -> None:
+    """`e2e DIRS [--cost-from DIRS]`: scores of DIRS; LLM calls and seconds from the `--cost-from` runs (the runs
+    that computed the answers, when DIRS re-scored them from the cache), matched by language, method, alignment."""
+    cost_dirs = dirs[dirs.index("--cost-from") + 1 :] if "--cost-from" in dirs else []
+    dirs = dirs[: dirs.index("--cost-from")] if "--cost-from" in dirs else dirs
+    spent = {key: line for key, line in _e2e_rows(cost_dirs)} if cost_dirs else {}
     print(
         "| lang | method | alignment | entity F1 [95%] | P / R | ref. token micro F1 | gold found / lost in "
         "translation / missed by NER / misaligned backward | dropped in recovery | LLM calls | s |"
     )
     print("|---|---|---|---:|---:|---:|---|---|---:|---:|")
-    rows = []
+    order = {"free": 0, "constrained": 1, "ranked": 2, "-": 3}
+    rows = sorted(_e2e_rows(dirs), key=lambda r: (r[0][0], r[0][1] != "eat", r[0][1], order[r[0][2]]))
+    for key, (line, calls, secs) in rows:
+        if key in spent:
+            calls, secs = spent[key][1], spent[key][2]
+        print(line + f" {calls} | {secs:.0f} |")
+
+
+def _e2e_rows(dirs: list[str]):
+    """((language, method, alignment), (row without its cost cells, LLM calls, seconds)) per finished run."""
     for rd in _dirs(dirs):
         if rd.status != DONE:
             continue
@@ -97,23 +111,18 @@ def e2e(dirs: list[str]) -> None:
         g = (m.get("failures") or {}).get("gold") or {}
         drops = (m.get("failures") or {}).get("dropped_entities") or {}
         lo, hi = m["entity_f1_ci95"]
-        rows.append(
-            (
-                run.get("language"),
-                run.get("method"),
-                mode,
-                f"| {run.get('language')} | {run.get('method')} | {mode} | {_ci(m['entity_f1'], lo, hi)} | "
-                f"{_pct(m['entity_precision'])} / {_pct(m['entity_recall'])} | "
-                f"{_pct(m['reference_token_micro_f1'])} | "
-                f"{g.get('found', 0)} / {g.get('lost_in_translation', 0)} / {g.get('missed_by_ner', 0)} / "
-                f"{g.get('misaligned_backward', 0)} of {m['n_gold_entities']} | "
-                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "-")
-                + f" | {m['llm_calls']} | {(m.get('seconds') or {}).get('total', 0):.0f} |",
-            )
+        line = (
+            f"| {run.get('language')} | {run.get('method')} | {mode} | {_ci(m['entity_f1'], lo, hi)} | "
+            f"{_pct(m['entity_precision'])} / {_pct(m['entity_recall'])} | {_pct(m['reference_token_micro_f1'])} | "
+            f"{g.get('found', 0)} / {g.get('lost_in_translation', 0)} / {g.get('missed_by_ner', 0)} / "
+            f"{g.get('misaligned_backward', 0)} of {m['n_gold_entities']} | "
+            + (", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "-")
+            + " |"
         )
-    order = {"free": 0, "constrained": 1, "ranked": 2, "-": 3}
-    for *_, line in sorted(rows, key=lambda r: (r[0], r[1] != "eat", r[1], order[r[2]])):
-        print(line)
+        yield (
+            (run.get("language"), run.get("method"), mode),
+            (line, m["llm_calls"], (m.get("seconds") or {}).get("total", 0)),
+        )
 
 
 if __name__ == "__main__":
