@@ -95,6 +95,17 @@ def _progress_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation: generated")]
 
 
+def zh_sample_overrides(shared_dir) -> list[str]:
+    """The tiny model on 80 real zh EACL pairs with short sentences: the runs of this file."""
+    return [
+        "language=zh",
+        "model=tiny",
+        f"finetune.eacl_root={shared_dir / 'data' / 'eacl'}",
+        "finetune.filters.max_pairs_per_language=80",
+        "finetune.filters.max_text_chars=100",
+    ]
+
+
 @pytest.mark.slow
 def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compose_finetune, compose, caplog):
     from eatlab.cli.finetune import run_finetune
@@ -102,11 +113,7 @@ def test_qlora_trains_saves_and_changes_the_pipeline(shared_dir, tmp_path, compo
     from eatlab.finetune.adapter import adapter_provenance
 
     cfg = compose_finetune([
-        "language=zh",
-        "model=tiny",
-        f"finetune.eacl_root={shared_dir / 'data' / 'eacl'}",
-        "finetune.filters.max_pairs_per_language=80",
-        "finetune.filters.max_text_chars=100",
+        *zh_sample_overrides(shared_dir),
         "finetune.batch_size=4",
         "finetune.eval_batch_size=8",
         "finetune.val_max_new_tokens=6",
@@ -222,11 +229,7 @@ def test_val_generate_limits_the_greedy_answers_not_the_loss(
 
     def run(val_generate: int, name: str) -> dict:
         cfg = compose_finetune([
-            "language=zh",
-            "model=tiny",
-            f"finetune.eacl_root={shared_dir / 'data' / 'eacl'}",
-            "finetune.filters.max_pairs_per_language=80",
-            "finetune.filters.max_text_chars=100",
+            *zh_sample_overrides(shared_dir),
             "finetune.eval_batch_size=2",
             "finetune.val_max_new_tokens=4",
             f"finetune.val_generate={val_generate}",
