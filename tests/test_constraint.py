@@ -165,6 +165,23 @@ def test_the_openai_backend_sends_the_grammar_or_says_it_could_not(param):
         assert rep.meta == {"unconstrained": True} and sanitize_reply(rep)["unconstrained_answers"] == 1
 
 
+def test_the_openai_backend_sends_each_row_its_own_grammar():
+    """Per-row settings over HTTP: every request of one concurrent call carries its own sentence's grammar."""
+    from eatlab.llm.constraint import substring_grammar
+    from eatlab.llm.openai_http import OpenAIBackend
+    from eatlab.testing.fault_server import FaultServer, OracleModel
+
+    texts = TEXTS[:4]
+    convs = [[{"role": "user", "content": f"Copy a name from row {k}."}] for k in range(4)]
+    with FaultServer(OracleModel.from_sentences([])) as srv:
+        backend = OpenAIBackend(srv.base_url, "m", constraint_param="grammar", max_retries=0, concurrency=4)
+        replies = backend.generate(convs, _rows(texts))
+        backend.close()
+    assert len(replies) == 4 and all(r.error is None for r in replies)
+    sent = {r.messages[-1]["content"]: r.params["grammar"] for r in srv.requests}
+    assert sent == {c[-1]["content"]: substring_grammar(t) for c, t in zip(convs, texts, strict=True)}
+
+
 @pytest.mark.slow
 def test_a_constrained_eat_run_only_copies_source_text(compose, tmp_path):
     """`alignment.constrained=true` end to end (tiny model): every backward answer is in its sentence; the
@@ -369,3 +386,55 @@ def test_a_ranked_eat_run_answers_with_candidates(compose, tmp_path):
         rows = db.execute("SELECT settings, meta FROM responses WHERE stage = 'backward'").fetchall()
     ranked = [json.loads(m) for k, m in rows if json.loads(k).get("substring_select") == "rank"]
     assert ranked and all(m["selected_by"] == "rank" for m in ranked)
+
+
+def _rows(texts, select="generate"):
+    return [GenerationSettings(max_new_tokens=10, substring_of=t, substring_select=select) for t in texts]
+
+
+@pytest.mark.parametrize("select", ["generate", "rank"])
+def test_rows_of_different_sentences_share_a_batch_and_answer_as_alone(tiny_backend, select):
+    """Per-row constraints (one sentence per row) in one batch give every row the answer it gets alone."""
+    texts = random.Random(1).sample(TEXTS, 4)
+    convs = [[{"role": "user", "content": f"Copy a name from: {t}"}] for t in texts]
+    together = tiny_backend.generate(convs, _rows(texts, select))
+    alone = [tiny_backend.generate([c], s)[0] for c, s in zip(convs, _rows(texts, select), strict=True)]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert all(r.text and r.text in t for r, t in zip(together, texts, strict=True))
+
+
+def test_the_client_sends_one_call_per_batch_shape(tiny_backend, monkeypatch, tmp_path):
+    """The client groups misses by batch shape for a backend with row constraints: the free rows in one call, the
+    constrained rows (three sentences) in another; the answers are cached under each row's own key."""
+    from eatlab.llm.cache import ResponseCache
+    from eatlab.llm.client import LLMClient
+
+    calls = []
+    real = tiny_backend.generate
+
+    def observed(conversations, settings):
+        calls.append((len(conversations), isinstance(settings, GenerationSettings)))
+        return real(conversations, settings)
+
+    monkeypatch.setattr(tiny_backend, "generate", observed)
+    texts = TEXTS[:3]
+    convs = [[{"role": "user", "content": f"Which name in: {t}"}] for t in texts]
+    free = GenerationSettings(max_new_tokens=4)
+    rows = [free, free, *_rows(texts)]
+    client = LLMClient(tiny_backend, ResponseCache(tmp_path / "cache.sqlite"), owns_backend=False)
+    first = client.chat([convs[0], convs[1], *convs], rows, stage="backward")
+    assert sorted(calls) == [(2, True), (3, False)]
+    again = client.chat([convs[0], convs[1], *convs], rows, stage="backward")
+    assert len(calls) == 2 and [r.text for r in again] == [r.text for r in first]
+    assert client.counters["backward"].llm_calls == 5 and client.counters["backward"].llm_cache_hits == 5
+
+
+def test_rows_may_differ_only_in_their_sentence():
+    from eatlab.llm.base import split_rows
+
+    shared, texts = split_rows(_rows(["ab", "cd"]), 2)
+    assert shared == GenerationSettings(max_new_tokens=10) and texts == ["ab", "cd"]
+    with pytest.raises(ValueError, match="only in substring_of"):
+        split_rows([*_rows(["ab"]), GenerationSettings(max_new_tokens=11, substring_of="cd")], 2)
+    with pytest.raises(ValueError, match="2 settings for 3"):
+        split_rows(_rows(["ab", "cd"]), 3)

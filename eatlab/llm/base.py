@@ -7,7 +7,8 @@ cache and the per-stage counters for metrics.json.
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 Conversation = list[Message]
@@ -77,6 +78,30 @@ class GenerationSettings:
     def cacheable(self) -> bool:
         """Sampled answers are only reproducible (and so only cached) with a fixed seed."""
         return not self.do_sample or self.seed is not None
+
+
+def batch_shape(settings: GenerationSettings) -> tuple[GenerationSettings, bool]:
+    """What the rows of one batched call share: every setting but the constraint's text, and whether there is
+    one. Rows of equal shape go in one `generate` call of a backend with `row_constraints`."""
+    return replace(settings, substring_of=None), settings.substring_of is not None
+
+
+def split_rows(
+    settings: GenerationSettings | Sequence[GenerationSettings], n: int
+) -> tuple[GenerationSettings, list[str | None]]:
+    """The shared settings of a `generate` call (without a constraint text) and each row's `substring_of`.
+
+    `settings` is one GenerationSettings for every row, or one per row differing only in `substring_of`
+    (backends with `row_constraints`)."""
+    if isinstance(settings, GenerationSettings):
+        return replace(settings, substring_of=None), [settings.substring_of] * n
+    rows = list(settings)
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} settings for {n} conversations")
+    shapes = {batch_shape(r) for r in rows}
+    if len(shapes) > 1:
+        raise ValueError("per-row settings may differ only in substring_of")
+    return replace(rows[0], substring_of=None), [r.substring_of for r in rows]
 
 
 def generation_config(cfg) -> dict:
@@ -166,6 +191,9 @@ class LLMBackend(abc.ABC):
     """
 
     kind: str = "abstract"  # enters the cache key: answers of different backends are never mixed
+    # True: `generate` also takes one GenerationSettings per conversation, equal but for `substring_of`
+    # (`split_rows`), so that constrained answers over different sentences share a batch
+    row_constraints: bool = False
     local_weights: bool = True  # False: the weights live elsewhere (a server); `model.path` is not read
 
     @classmethod
@@ -193,8 +221,11 @@ class LLMBackend(abc.ABC):
         """Identity of the weights for the cache: model id plus revision or local-weights hash, plus adapter hash."""
 
     @abc.abstractmethod
-    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
-        """Answer every conversation's last user turn; one Reply per conversation, in order."""
+    def generate(
+        self, conversations: list[Conversation], settings: GenerationSettings | Sequence[GenerationSettings]
+    ) -> list[Reply]:
+        """Answer every conversation's last user turn; one Reply per conversation, in order. `settings` is a
+        sequence (one per conversation) only for backends with `row_constraints`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP pools, GPU memory)."""

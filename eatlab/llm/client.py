@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, batch_shape
 from eatlab.llm.cache import ResponseCache, cache_key
 
 BackendFactory = Callable[[], LLMBackend]
@@ -89,9 +89,16 @@ class LLMClient:
 
     # -- one request set ------------------------------------------------------------------------------------
     def chat(
-        self, conversations: Sequence[Conversation], settings: GenerationSettings, stage: str = "forward"
+        self,
+        conversations: Sequence[Conversation],
+        settings: GenerationSettings | Sequence[GenerationSettings],
+        stage: str = "forward",
     ) -> list[Reply]:
-        """One reply per conversation, in order: cached answers where present, the model for the rest."""
+        """One reply per conversation, in order: cached answers where present, the model for the rest.
+
+        `settings` is one GenerationSettings for all, or one per conversation (each keys its own cache entry). The
+        misses go to the backend in one call per batch shape (`batch_shape`: settings equal but for the
+        constraint's text) when it has `row_constraints`, else in one call per distinct settings."""
         counters = self.counters.setdefault(stage, StageCounters())
         n = len(conversations)
         if n == 0:
@@ -99,11 +106,12 @@ class LLMClient:
         for conv in conversations:
             if not conv or conv[-1].get("role") != "user":
                 raise ConfigError("LLMClient.chat: every conversation must end with a user message")
-        cacheable = settings.cacheable
-        keys = [self.key(c, settings) for c in conversations] if cacheable else [None] * n
-        hits = (
-            self.cache.get_many(k for k in keys if k is not None) if cacheable and self.cache.enabled else {}
-        )
+        rows = [settings] * n if isinstance(settings, GenerationSettings) else list(settings)
+        if len(rows) != n:
+            raise ConfigError(f"LLMClient.chat: {len(rows)} settings for {n} conversations")
+        keys = [self.key(c, s) if s.cacheable else None for c, s in zip(conversations, rows)]
+        wanted = [k for k in keys if k is not None]
+        hits = self.cache.get_many(wanted) if wanted and self.cache.enabled else {}
         replies: list[Reply | None] = [hits.get(k) if k is not None else None for k in keys]
         counters.llm_cache_hits += sum(r is not None for r in replies)
 
@@ -112,15 +120,22 @@ class LLMClient:
         for i, r in enumerate(replies):
             if r is None:
                 todo.setdefault(keys[i] if keys[i] is not None else ("uncached", i), []).append(i)
-        if todo:
-            first = [idx[0] for idx in todo.values()]
+        if not todo:
+            return replies  # type: ignore[return-value]
+        backend = self.backend
+        calls: dict[object, list[list[int]]] = {}  # one backend call per group of equal settings / shapes
+        for idx in todo.values():
+            s = rows[idx[0]]
+            calls.setdefault(batch_shape(s) if backend.row_constraints else s, []).append(idx)
+        for groups in calls.values():
+            first = [idx[0] for idx in groups]
             t0 = time.perf_counter()
             fresh = self._generate_and_store(
-                [conversations[i] for i in first], settings, stage, cacheable and self.cache.writable
+                [conversations[i] for i in first], [rows[i] for i in first], stage, self.cache.writable
             )
             counters.seconds += time.perf_counter() - t0
             counters.llm_calls += len(first)
-            for idx, reply in zip(todo.values(), fresh, strict=True):
+            for idx, reply in zip(groups, fresh, strict=True):
                 counters.prompt_tokens += reply.prompt_tokens
                 counters.completion_tokens += reply.completion_tokens
                 if reply.error is not None:
@@ -130,9 +145,10 @@ class LLMClient:
         return replies  # type: ignore[return-value]
 
     def _generate_and_store(
-        self, convs: list[Conversation], settings: GenerationSettings, stage: str, store: bool
+        self, convs: list[Conversation], rows: list[GenerationSettings], stage: str, store: bool
     ) -> list[Reply]:
-        """The backend's replies, each written to the cache as soon as it exists.
+        """The backend's replies (`rows`: each conversation's settings, of one batch shape), each written to the
+        cache as soon as it exists.
 
         A run killed in the middle of a request set then loses only the requests in flight: backends that stream
         replies (`streams_replies`, the HTTP backend) store each one as it arrives; backends with a `batch_size`
@@ -142,13 +158,22 @@ class LLMClient:
         backend = self.backend
 
         def save(pairs) -> None:
-            items = [(self.kind, self.model_key, c, settings, r) for c, r in pairs if r.error is None]
+            items = [
+                (self.kind, self.model_key, convs[i], rows[i], r)
+                for i, r in pairs
+                if r.error is None and rows[i].cacheable
+            ]
             if store and items:
                 self.cache.put_many(items, stage=stage)
 
+        def settings_of(idx: list[int]):
+            """One settings object when the rows share it (every backend takes that), else the list."""
+            sub = [rows[i] for i in idx]
+            return sub[0] if all(s == sub[0] for s in sub) else sub
+
         n = len(convs)
         if getattr(backend, "streams_replies", False):
-            out = backend.generate(convs, settings, on_reply=lambda i, r: save([(convs[i], r)]))
+            out = backend.generate(convs, settings_of(list(range(n))), on_reply=lambda i, r: save([(i, r)]))
             if len(out) != n:
                 raise RuntimeError(f"backend {self.kind} returned {len(out)} replies for {n} requests")
             return out
@@ -160,12 +185,12 @@ class LLMClient:
         out: list[Reply | None] = [None] * n
         for start in range(0, n, chunk):
             idx = order[start : start + chunk]
-            got = backend.generate([convs[i] for i in idx], settings)
+            got = backend.generate([convs[i] for i in idx], settings_of(idx))
             if len(got) != len(idx):
                 raise RuntimeError(f"backend {self.kind} returned {len(got)} replies for {len(idx)} requests")
             for i, r in zip(idx, got):
                 out[i] = r
-            save([(convs[i], r) for i, r in zip(idx, got)])
+            save(list(zip(idx, got)))
         return out  # type: ignore[return-value]
 
     # -- reporting ------------------------------------------------------------------------------------------

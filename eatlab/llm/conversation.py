@@ -70,7 +70,8 @@ def run_conversations(
     reference transcripts were recorded; see `sanitize_reply`, whose fault counts each result keeps). A
     conversation whose round fails stops there; its result carries the error. `final_substring_of[i]`
     constrains conversation i's last reply to a verbatim substring of that text (earlier rounds stay free); the
-    final round then goes in one call per distinct text, since the constraint is part of the call's settings.
+    final round still goes in one client call, with per-row settings (backends with `row_constraints` batch
+    rows of different texts together; the client splits the call for the others).
     `final_settings` sets further GenerationSettings fields of those constrained calls (`substring_select`,
     `max_span_words`, `max_span_chars`: how the constrained answer is chosen).
     """
@@ -83,22 +84,19 @@ def run_conversations(
         for i in active:
             results[i].messages.append({"role": "user", "content": fill(rnd.text, values[i])})
         settings = settings_for_round(generation, rnd.max_new_tokens)
-        groups: dict[str | None, list[int]] = {}
-        for i in active:
-            text = final_substring_of[i] if final_substring_of is not None and k == last else None
-            groups.setdefault(text, []).append(i)
-        for text, members in groups.items():
-            replies = client.chat(
-                [results[i].messages for i in members],
-                settings if text is None else replace(settings, substring_of=text, **(final_settings or {})),
-                stage=stage,
-            )
-            for i, rep in zip(members, replies):
-                rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
-                results[i].faults.update(sanitize_reply(rep))
-                results[i].replies.append(rep)
-                if rep.error is None:
-                    results[i].messages.append({"role": "assistant", "content": rep.text})
+        rows = [
+            replace(settings, substring_of=final_substring_of[i], **(final_settings or {}))
+            if final_substring_of is not None and k == last and final_substring_of[i] is not None
+            else settings
+            for i in active
+        ]
+        replies = client.chat([results[i].messages for i in active], rows, stage=stage)
+        for i, rep in zip(active, replies, strict=True):
+            rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
+            results[i].faults.update(sanitize_reply(rep))
+            results[i].replies.append(rep)
+            if rep.error is None:
+                results[i].messages.append({"role": "assistant", "content": rep.text})
     return results
 
 

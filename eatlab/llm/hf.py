@@ -34,10 +34,11 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, split_rows
 from eatlab.llm.identity import make_model_key
 from eatlab.llm.prefix_cache import PrefixKVStore
 from eatlab.utils.io import canonical_json
@@ -73,6 +74,7 @@ class HFBackend(LLMBackend):
     """A transformers causal LM (hub id or local folder), optionally with a peft adapter."""
 
     kind = "hf"
+    row_constraints = True  # SubstringProcessor keeps one automaton per row
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
@@ -244,26 +246,39 @@ class HFBackend(LLMBackend):
             out.append(cur)
         return out
 
-    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+    def generate(
+        self, conversations: list[Conversation], settings: GenerationSettings | Sequence[GenerationSettings]
+    ) -> list[Reply]:
         if not conversations:
             return []
         self.load()
-        if settings.substring_of is not None and settings.substring_select == "rank":
-            return self._rank(conversations, settings)
+        shared, texts = split_rows(settings, len(conversations))
+        if shared.substring_select == "rank" and any(t is not None for t in texts):
+            return self._rank(conversations, shared, texts)
         prompts = [self.encode(c) for c in conversations]
         replies: list[Reply | None] = [None] * len(conversations)
         run = self._generate_reusing if self.prefix_reuse else self._generate_batch
-        for batch in self.batches([len(p) for p in prompts], settings.max_new_tokens):
-            outs = run([prompts[i] for i in batch], [conversations[i] for i in batch], settings)
+        for batch in self.batches([len(p) for p in prompts], shared.max_new_tokens):
+            outs = run(
+                [prompts[i] for i in batch],
+                [conversations[i] for i in batch],
+                shared,
+                [texts[i] for i in batch],
+            )
             for i, r in zip(batch, outs, strict=True):
                 replies[i] = r
-        if settings.substring_of is not None:
-            for r in replies:  # a constrained answer cut at its token budget may end inside a character
+        for r, text in zip(replies, texts):
+            if text is not None:  # a constrained answer cut at its token budget may end inside a character
                 r.text = r.text.rstrip("\ufffd")
         return replies  # type: ignore[return-value]
 
     def _processors(
-        self, settings: GenerationSettings, conversations: list[Conversation], device, prompt_width: int
+        self,
+        settings: GenerationSettings,
+        conversations: list[Conversation],
+        device,
+        prompt_width: int,
+        texts: list[str | None],
     ):
         import torch
         from transformers import (
@@ -280,10 +295,9 @@ class HFBackend(LLMBackend):
             procs.append(recorder)  # first: sees the raw logits
         if settings.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-        if settings.substring_of is not None:  # before any sampling warper: they see only allowed tokens
+        if any(t is not None for t in texts):  # before any sampling warper: they see only allowed tokens
             from eatlab.llm.constraint import SubstringProcessor
 
-            texts = [settings.substring_of] * len(conversations)
             procs.append(SubstringProcessor(self._tok, texts, sorted(self._eos), prompt_width))
         if settings.do_sample:
             if settings.temperature <= 0:
@@ -306,7 +320,7 @@ class HFBackend(LLMBackend):
         return procs, recorder
 
     def _generate_batch(
-        self, prompts: list[list[int]], conversations: list[Conversation], settings
+        self, prompts: list[list[int]], conversations: list[Conversation], settings, texts: list[str | None]
     ) -> list[Reply]:
         import torch
         from transformers import GenerationConfig
@@ -319,7 +333,7 @@ class HFBackend(LLMBackend):
         for r, p in enumerate(prompts):
             ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p) :] = 1
-        procs, recorder = self._processors(settings, conversations, device, width)
+        procs, recorder = self._processors(settings, conversations, device, width, texts)
         # Every knob explicit: nothing is inherited from the model's generation_config.json.
         gc = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
@@ -348,7 +362,7 @@ class HFBackend(LLMBackend):
         return self._replies(prompts, out[:, width:].cpu().tolist(), recorder)
 
     def _generate_reusing(
-        self, prompts: list[list[int]], conversations: list[Conversation], settings
+        self, prompts: list[list[int]], conversations: list[Conversation], settings, texts: list[str | None]
     ) -> list[Reply]:
         """Greedy/seeded decoding like `generate`, but each prompt starts from the key/value states of its
         longest already-computed prefix (`prefix_cache`): rows are prefilled one by one over their new tokens
@@ -374,7 +388,7 @@ class HFBackend(LLMBackend):
                 ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 mask[r, width - len(p) :] = 1
             positions = torch.tensor([len(p) for p in prompts], device=device)
-            procs, recorder = self._processors(settings, conversations, device, width)
+            procs, recorder = self._processors(settings, conversations, device, width, texts)
             eos = torch.tensor(sorted(self._eos), device=device)
             unfinished = torch.ones(len(prompts), dtype=torch.bool, device=device)
             scores = torch.stack(first_logits)
@@ -553,16 +567,22 @@ class HFBackend(LLMBackend):
             self.seconds["rank"] += time.perf_counter() - t1
         return [total / len(seq) for total, seq in zip(out, continuations, strict=True)]
 
-    def _rank(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
-        """alignment.select=rank: per conversation, the candidate span of `settings.substring_of` whose tokens
+    def _rank(
+        self, conversations: list[Conversation], settings: GenerationSettings, texts: list[str]
+    ) -> list[Reply]:
+        """alignment.select=rank: per conversation, the candidate span of its text (`texts`) whose tokens
         plus end-of-turn the model finds most likely (mean log-probability; ties: the earliest, then shortest)."""
         from eatlab.llm.constraint import span_candidates
 
-        spans = span_candidates(settings.substring_of, settings.max_span_words, settings.max_span_chars)
         eot = self.end_of_turn()
-        seqs = [list(self._tok(c, add_special_tokens=False)["input_ids"]) + eot for c in spans]
+        candidates: dict[str, tuple[list[str], list[list[int]]]] = {}
         replies = []
-        for conv in conversations:
+        for conv, text in zip(conversations, texts, strict=True):
+            if text not in candidates:  # the sentence's spans and their tokens, once per sentence
+                spans = span_candidates(text, settings.max_span_words, settings.max_span_chars)
+                seqs = [list(self._tok(c, add_special_tokens=False)["input_ids"]) + eot for c in spans]
+                candidates[text] = (spans, seqs)
+            spans, seqs = candidates[text]
             prompt = self.encode(conv)
             scores = self.score_continuations(prompt, seqs, settings.rank_top_first) if seqs else []
             best = 0

@@ -30,13 +30,14 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, split_rows
 from eatlab.llm.entropy import entropy_from_top_logprobs
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class OpenAIBackend(LLMBackend):
 
     kind = "openai"
     streams_replies = True  # generate() accepts on_reply
+    row_constraints = True  # one request per conversation: each carries its own grammar
     local_weights = False
 
     @classmethod
@@ -254,13 +256,16 @@ class OpenAIBackend(LLMBackend):
     def generate(
         self,
         conversations: list[Conversation],
-        settings: GenerationSettings,
+        settings: GenerationSettings | Sequence[GenerationSettings],
         on_reply: Callable[[int, Reply], None] | None = None,
     ) -> list[Reply]:
-        """One reply per conversation, in order; `on_reply(i, reply)` is called as each one arrives."""
+        """One reply per conversation, in order; `on_reply(i, reply)` is called as each one arrives. Per-row
+        settings (`row_constraints`): each request carries its own sentence's grammar."""
         if not conversations:
             return []
-        free = settings.substring_of is not None and not self.constraint_param
+        shared, texts = split_rows(settings, len(conversations))
+        rows = [replace(shared, substring_of=t) for t in texts]
+        free = any(t is not None for t in texts) and not self.constraint_param
         if free and not self._warned_unconstrained:
             self._warned_unconstrained = True
             log.warning(
@@ -270,8 +275,8 @@ class OpenAIBackend(LLMBackend):
             )
 
         def one(i: int) -> Reply:
-            reply = self.request(conversations[i], settings)
-            if free:
+            reply = self.request(conversations[i], rows[i])
+            if free and texts[i] is not None:
                 reply.meta["unconstrained"] = True
             if on_reply is not None:
                 on_reply(i, reply)

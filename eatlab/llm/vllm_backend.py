@@ -14,10 +14,12 @@ selected and first used; without it the backend fails with a ConfigError that sa
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, split_rows
 from eatlab.llm.entropy import entropy_from_top_logprobs
 from eatlab.llm.identity import make_model_key
 
@@ -40,6 +42,7 @@ class VLLMBackend(LLMBackend):
     """vllm.LLM, created on the first `generate`."""
 
     kind = "vllm"
+    row_constraints = True  # a list of SamplingParams, one grammar per conversation
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
@@ -147,14 +150,21 @@ class VLLMBackend(LLMBackend):
                 kw["guided_decoding"] = GuidedDecodingParams(grammar=grammar)
         return vllm.SamplingParams(**kw)
 
-    def generate(self, conversations: list[Conversation], settings: GenerationSettings) -> list[Reply]:
+    def generate(
+        self, conversations: list[Conversation], settings: GenerationSettings | Sequence[GenerationSettings]
+    ) -> list[Reply]:
         if not conversations:
             return []
         self.load()
         msgs = [[{"role": m["role"], "content": m["content"]} for m in c] for c in conversations]
+        if isinstance(settings, GenerationSettings):
+            params = self.sampling_params(settings)
+        else:  # one grammar per row (LLM.chat takes a list of SamplingParams, one per conversation)
+            shared, texts = split_rows(settings, len(conversations))
+            params = [self.sampling_params(replace(shared, substring_of=t)) for t in texts]
         outputs = self._llm.chat(
             msgs,
-            sampling_params=self.sampling_params(settings),
+            sampling_params=params,
             use_tqdm=False,
             lora_request=self._lora,
             add_generation_prompt=True,
