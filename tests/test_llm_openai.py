@@ -195,7 +195,7 @@ def test_top_logprobs_give_approximate_entropies(server):
     assert r.entropies == pytest.approx([1.5 * math.log(2), math.log(2)])
 
 
-def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path):
+def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path, monkeypatch, caplog):
     cache = ResponseCache(tmp_path / "c.sqlite")
     client = LLMClient(make(server, max_retries=0), cache)
     first = client.chat([conv("a"), conv("b"), conv("a"), conv("503 always")], GREEDY)
@@ -208,7 +208,11 @@ def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path):
 
     direction, values = scripted([["padded", "503 always"], ["next", "next"]], [GREEDY.max_new_tokens, 4])
     prefixes = [[{"role": "system", "content": "sys"}]] * 2
-    ok, failed = run_conversations(client, prefixes, direction, values, {}, "backward")
+    monkeypatch.setattr("eatlab.llm.conversation.SLOW_ROUND_S", 0.0)  # every round is "slow": logged
+    with caplog.at_level("INFO", logger="eatlab.llm.conversation"):
+        ok, failed = run_conversations(client, prefixes, direction, values, {}, "backward")
+    progress = [r.getMessage().split(" in ")[0] for r in caplog.records]
+    assert progress == ["backward round 1/2: 2 conversations", "backward round 2/2: 1 conversations"]
     assert ok.messages[2] == {"role": "assistant", "content": "padded reply"}  # cleaned before appending
     assert [r.text for r in ok.replies] == ["padded reply", "echo: next"]
     assert failed.failed and len(failed.replies) == 1  # a failed conversation stops: its round 2 is not sent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -9,6 +11,9 @@ from dataclasses import dataclass, field, replace
 from eatlab.llm.answers import strip_control
 from eatlab.llm.base import Conversation, Reply, settings_for_round
 from eatlab.llm.prompts import Direction, Round, fill
+
+log = logging.getLogger(__name__)
+SLOW_ROUND_S = 5.0  # a round that took longer is logged (progress on CPU runs, where one round takes minutes)
 
 # model faults counted per reply (any round): see `sanitize_reply`
 ANSWER_FAULTS = ("empty_answers", "truncated_answers", "control_chars_stripped", "unconstrained_answers")
@@ -90,7 +95,11 @@ def run_conversations(
             else settings
             for i in active
         ]
+        t0 = time.perf_counter()
         replies = client.chat([results[i].messages for i in active], rows, stage=stage)
+        took = time.perf_counter() - t0
+        if took >= SLOW_ROUND_S:
+            log.info("%s round %d/%d: %d conversations in %.0f s", stage, k + 1, last + 1, len(active), took)
         for i, rep in zip(active, replies, strict=True):
             rep = replace(rep)  # the client hands the same Reply to identical requests: clean a copy each
             results[i].faults.update(sanitize_reply(rep))
