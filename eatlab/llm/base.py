@@ -36,10 +36,11 @@ class GenerationSettings:
     # rank: only candidates whose first token is among the rank_top_first likeliest first tokens (of the
     # candidates') are scored in full; None: all. The full score costs one forward over every candidate.
     rank_top_first: int | None = 16
-    # version of the constrained answer's rules (word-boundary start/stop, rank's candidates): in every
-    # constrained key, so answers cached under older rules are not reused. Bump when they change.
+    # version of the constrained answer's rules per selection mode (generate: word-boundary start/stop, a leading
+    # space on the first token since 3; rank: its candidates): in every constrained key, so answers cached under
+    # older rules are not reused. Bump when they change.
     # (unannotated class attributes: not fields, so not in asdict)
-    SUBSTRING_RULE = 2
+    SUBSTRING_RULE = {"generate": 3, "rank": 2}
     SELECT_MODES = ("generate", "rank")
 
     def __post_init__(self):
@@ -68,7 +69,7 @@ class GenerationSettings:
             ):
                 d.pop(k)
         else:
-            d["substring_rule"] = self.SUBSTRING_RULE
+            d["substring_rule"] = self.SUBSTRING_RULE[self.substring_select]
             if self.substring_select != "rank":
                 for k in ("max_span_words", "max_span_chars", "rank_top_first"):
                     d.pop(k)

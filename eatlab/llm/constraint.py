@@ -4,7 +4,8 @@ source sentence), then stop.
 A logits processor over the tokenizer's byte pieces. Per row it keeps the byte positions of the text where the
 answer so far can end; a token is allowed when its bytes continue the answer from one of them, so the answer
 is always a substring of the text, including inside multi-byte characters. Where the answer may stop matters
-as much as the constraint: it starts only at a letter or digit at a word start, and the end-of-sequence token is
+as much as the constraint: it starts only at a letter or digit at a word start (its first token may carry one
+leading space, which is not part of the answer), and the end-of-sequence token is
 allowed only once it holds a letter or digit, is whole UTF-8, and ends at a word end (any character boundary
 in scripts written without spaces), so answers neither stop after one letter nor run on into punctuation.
 
@@ -168,14 +169,21 @@ class SubstringState:
         return k == len(t) or not _wordish(t[k]) or _spaceless(t[k]) or _spaceless(t[k - 1])
 
     def allowed(self, table: dict[bytes, list[int]], max_len: int) -> list[int]:
-        """Token ids that keep the answer a substring of the text."""
+        """Token ids that keep the answer a substring of the text. The first token may also carry one leading
+        space (" أد"): byte-level BPE merges a space into word-initial pieces, and a model that prefers the
+        spaced piece would otherwise be pushed to a worse start (rule 3; the space is not part of the answer)."""
         out: list[int] = []
         data = self.data
-        for e in sorted(self.starts if self.ends is None else self.ends):
+        first = self.ends is None
+        for e in sorted(self.starts if first else self.ends):
             for n in range(1, min(max_len, len(data) - e) + 1):
                 ids = table.get(data[e : e + n])
                 if ids:
                     out.extend(ids)
+                if first and n < max_len:
+                    ids = table.get(b" " + data[e : e + n])
+                    if ids:
+                        out.extend(ids)
         return out
 
     def may_stop(self) -> bool:
@@ -190,6 +198,8 @@ class SubstringState:
         return any(self._may_end(e) for e in self.ends)
 
     def advance(self, piece: bytes) -> None:
+        if self.ends is None and piece[:1] == b" ":  # a first piece with its leading space (starts never are one)
+            piece = piece[1:]
         src = self.starts if self.ends is None else self.ends
         self.ends = {e + len(piece) for e in src if self.data[e : e + len(piece)] == piece}
         self.generated += piece

@@ -35,9 +35,14 @@ def _ci(mean, lo, hi) -> str:
 
 
 def align(dirs: list[str]) -> None:
+    """`align DIRS [--vs SETTING]`: scores, then paired tests against eatlab r1 free (and, with `--vs`, against
+    SETTING in the languages that have it, e.g. `--vs "eatlab r1 free +eacl_qlora"`)."""
+    vs = dirs[dirs.index("--vs") + 1] if "--vs" in dirs else None
+    dirs = dirs[: dirs.index("--vs")] if "--vs" in dirs else dirs
     rds = list(_dirs(dirs))
     runs, pairs = load_alignment(rds)
-    cost = bool(runs["llm_calls"].sum())  # re-scored from the cache: 0 calls, no cost columns (see `cost`)
+    # cost columns only when every run computed its answers (re-scored runs have 0 calls; see `cost`)
+    cost = bool((runs["llm_calls"] > 0).all())
     print("| lang | setting | recovery | exact | char F1 | placed | verbatim | naming exact / chrF |"
           + (" LLM calls | s |" if cost else ""))  # fmt: skip
     print("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if cost else ""))
@@ -49,19 +54,31 @@ def align(dirs: list[str]) -> None:
             + (f" {r.llm_calls} | {r.seconds:.0f} |" if cost else "")
         )
     print()
-    tests = paired_tests(pairs[pairs["recovery"] == "eatlab"]) if not pairs.empty else None
-    if tests is not None and not tests.empty:
+    ours = pairs[pairs["recovery"] == "eatlab"] if not pairs.empty else pairs
+    _paired(paired_tests(ours) if not ours.empty else None)
+    if vs is not None and not ours.empty:
+        print()
+        tests = paired_tests(ours, baseline=(vs, "eatlab"))
+        tests = tests[tests["baseline"] == f"{vs} / eatlab"]
+        if "+" in vs:  # an adapter's setting: against its own variants only
+            tests = tests[tests["setting"].str.contains("+", regex=False)]
+        _paired(tests)
+
+
+def _paired(tests) -> None:
+    if tests is None or tests.empty:
+        return
+    print(
+        "| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for _, t in tests.iterrows():
         print(
-            "| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |"
+            f"| {t.language} | {t.setting} | {t.baseline.split(' / ')[0]} | {t.pairs} | "
+            f"{100 * t.exact_delta:+.1f} [{100 * t.exact_delta_lo:+.0f}, {100 * t.exact_delta_hi:+.0f}] | "
+            f"{t.exact_p:.3f} | {100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, "
+            f"{100 * t.char_f1_delta_hi:+.0f}] | {t.char_f1_p:.3f} |"
         )
-        print("|---|---|---|---:|---:|---:|---:|---:|")
-        for _, t in tests.iterrows():
-            print(
-                f"| {t.language} | {t.setting} | {t.baseline.split(' / ')[0]} | {t.pairs} | "
-                f"{100 * t.exact_delta:+.1f} [{100 * t.exact_delta_lo:+.0f}, {100 * t.exact_delta_hi:+.0f}] | "
-                f"{t.exact_p:.3f} | {100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, "
-                f"{100 * t.char_f1_delta_hi:+.0f}] | {t.char_f1_p:.3f} |"
-            )
 
 
 def cost(dirs: list[str]) -> None:
