@@ -4,6 +4,7 @@ normal replies, timeouts, 5xx, 429, malformed bodies, auth, bounded concurrency,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -41,7 +42,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _leave(self):
+        """This request stops counting as in flight: before its reply is written (a client that has its reply
+        may send the next request at once), or when it ends without one."""
+        if getattr(self, "_inflight", False):
+            self._inflight = False
+            with self.server.lock:
+                self.server.inflight -= 1
+
     def _send(self, status: int, body: bytes, headers: dict | None = None):
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -60,11 +70,11 @@ class Handler(BaseHTTPRequestHandler):
             n = srv.attempts[prompt] = srv.attempts.get(prompt, 0) + 1
             srv.inflight += 1
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        self._inflight = True
         try:
             self._answer(body, prompt, n)
         finally:
-            with srv.lock:
-                srv.inflight -= 1
+            self._leave()
 
     def _answer(self, body, prompt, n):
         if self.path != "/v1/chat/completions":
@@ -195,7 +205,7 @@ def test_top_logprobs_give_approximate_entropies(server):
     assert r.entropies == pytest.approx([1.5 * math.log(2), math.log(2)])
 
 
-def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path, monkeypatch, caplog):
+def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path, monkeypatch):
     cache = ResponseCache(tmp_path / "c.sqlite")
     client = LLMClient(make(server, max_retries=0), cache)
     first = client.chat([conv("a"), conv("b"), conv("a"), conv("503 always")], GREEDY)
@@ -209,9 +219,17 @@ def test_client_caches_answers_not_errors_and_strips_rounds(server, tmp_path, mo
     direction, values = scripted([["padded", "503 always"], ["next", "next"]], [GREEDY.max_new_tokens, 4])
     prefixes = [[{"role": "system", "content": "sys"}]] * 2
     monkeypatch.setattr("eatlab.llm.conversation.SLOW_ROUND_S", 0.0)  # every round is "slow": logged
-    with caplog.at_level("INFO", logger="eatlab.llm.conversation"):
+    # a handler on the logger itself: earlier tests' Hydra logging config may change what reaches the root
+    logger, progress = logging.getLogger("eatlab.llm.conversation"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: progress.append(record.getMessage().split(" in ")[0])
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    monkeypatch.setattr(logger, "disabled", False)
+    logger.addHandler(handler)
+    try:
         ok, failed = run_conversations(client, prefixes, direction, values, {}, "backward")
-    progress = [r.getMessage().split(" in ")[0] for r in caplog.records]
+    finally:
+        logger.removeHandler(handler)
     assert progress == ["backward round 1/2: 2 conversations", "backward round 2/2: 1 conversations"]
     assert ok.messages[2] == {"role": "assistant", "content": "padded reply"}  # cleaned before appending
     assert [r.text for r in ok.replies] == ["padded reply", "echo: next"]
