@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model measurements of docs/results.md ("A real model in the loop"), one phase per argument:
-#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-constrained|finetune|align-ft|e2e|baselines|analyze
+#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze
 # MODEL is the folder ../shared/tools/real-model/build.sh wrote (MODEL/hf: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M
 # dequantised to fp32). Each phase is a Hydra multirun; the response cache (outputs/cache/) is shared, so a
 # constrained or ranked run pays only for its final backward rounds. Hours of CPU on 2 cores: run it with nohup.
@@ -14,12 +14,19 @@ FT_LANGS=${FT_LANGS:-zh ja ar}
 NSL=${NSL:-zh,ja,ko,ar,ru,hi,hy,ka}
 E2E="data.root=$SHARED/wikiann data.split=dev data.limit=16 extractor=spacy"
 case "${1:?phase}" in
-  align)  # free alignment, both prompt sets; every run scores both recoveries
+  align)  # one round, free and constrained (eatlab's prompts); every run scores both recoveries
     eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=$ALIGN_LANGS \
-      prompts=eatlab,reference hydra.sweep.dir=$OUT/align-free ;;
-  align-constrained)  # the constrained final round: decoded, and ranked candidate spans
+      prompts=eatlab prompt_rounds=r1 alignment=free,constrained hydra.sweep.dir=$OUT/align-r1 ;;
+  align-ranked)  # candidate spans ranked by the model instead of decoded (hf backend)
+    eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=zh,ja \
+      prompts=eatlab prompt_rounds=r1 alignment=ranked hydra.sweep.dir=$OUT/align-r1-ranked ;;
+  align-r3)  # eatlab's three rounds
+    eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=zh \
+      prompts=eatlab prompt_rounds=r3 alignment=free,constrained hydra.sweep.dir=$OUT/align-r3 ;;
+  align-ref)  # the reference release's script: its three rounds and budgets
     eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=$ALIGN_LANGS \
-      prompts=eatlab alignment=constrained,ranked hydra.sweep.dir=$OUT/align-constrained ;;
+      prompts=reference 'prompts.max_new_tokens=[200,200,80]' alignment=free,constrained \
+      hydra.sweep.dir=$OUT/align-ref ;;
   finetune)  # one QLoRA adapter per language on its EACL train pairs (4-bit on CPU, 24 steps of 16 examples)
     for L in $FT_LANGS; do
       eatlab-finetune finetune=eacl_qlora language=$L $M finetune.eacl_root=$SHARED/eacl trainer.max_steps=24 \
@@ -27,9 +34,9 @@ case "${1:?phase}" in
     done ;;
   align-ft)  # the adapters on their languages' held-out pairs (never trained on)
     eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=${FT_LANGS// /,} \
-      prompts=eatlab finetune=eacl_qlora alignment=free,constrained hydra.sweep.dir=$OUT/align-ft ;;
-  e2e)  # EAT end to end, 16 dev sentences per NSL: free, constrained, ranked
-    eatlab -m $M $E2E language=$NSL method=eat alignment=free,constrained,ranked hydra.sweep.dir=$OUT/e2e-eat ;;
+      prompts=eatlab prompt_rounds=r1 finetune=eacl_qlora alignment=free,constrained hydra.sweep.dir=$OUT/align-ft ;;
+  e2e)  # EAT end to end, 16 dev sentences per NSL: free and constrained
+    eatlab -m $M $E2E language=$NSL method=eat alignment=free,constrained hydra.sweep.dir=$OUT/e2e-eat ;;
   baselines)
     eatlab -m $M $E2E language=$NSL method=direct_llm,translate_test hydra.sweep.dir=$OUT/e2e-baselines ;;
   analyze)
