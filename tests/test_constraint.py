@@ -451,5 +451,7 @@ def test_rows_may_differ_only_in_their_sentence():
     assert shared == GenerationSettings(max_new_tokens=10) and texts == ["ab", "cd"]
     with pytest.raises(ValueError, match="only in substring_of"):
         split_rows([*_rows(["ab"]), GenerationSettings(max_new_tokens=11, substring_of="cd")], 2)
+    with pytest.raises(ValueError, match="all rows constrained, or none"):
+        split_rows([*_rows(["ab"]), GenerationSettings(max_new_tokens=10)], 2)
     with pytest.raises(ValueError, match="2 settings for 3"):
         split_rows(_rows(["ab", "cd"]), 3)

@@ -101,7 +101,7 @@ def split_rows(
         raise ValueError(f"{len(rows)} settings for {n} conversations")
     shapes = {batch_shape(r) for r in rows}
     if len(shapes) > 1:
-        raise ValueError("per-row settings may differ only in substring_of")
+        raise ValueError("per-row settings may differ only in substring_of (all rows constrained, or none)")
     return replace(rows[0], substring_of=None), [r.substring_of for r in rows]
 
 
