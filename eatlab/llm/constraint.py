@@ -198,9 +198,8 @@ class SubstringState:
         return any(self._may_end(e) for e in self.ends)
 
     def advance(self, piece: bytes) -> None:
-        if (
-            self.ends is None and piece[:1] == b" "
-        ):  # a first piece with its leading space (starts never are one)
+        # a first piece may carry a leading space (no start is a space, so it cannot be the text's own)
+        if self.ends is None and piece[:1] == b" ":
             piece = piece[1:]
         src = self.starts if self.ends is None else self.ends
         self.ends = {e + len(piece) for e in src if self.data[e : e + len(piece)] == piece}
