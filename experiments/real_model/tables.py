@@ -34,11 +34,9 @@ def _ci(mean, lo, hi) -> str:
     return f"{100 * mean:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
-def align(dirs: list[str]) -> None:
-    """`align DIRS [--vs SETTING]`: scores, then paired tests against eatlab r1 free (and, with `--vs`, against
-    SETTING in the languages that have it, e.g. `--vs "eatlab r1 free +eacl_qlora"`)."""
-    vs = dirs[dirs.index("--vs") + 1] if "--vs" in dirs else None
-    dirs = dirs[: dirs.index("--vs")] if "--vs" in dirs else dirs
+def align(dirs: list[str], vs: str | None = None) -> None:
+    """Scores, then paired tests against eatlab r1 free (and, with `vs`, against that setting in the languages
+    that have it, e.g. `--vs "eatlab r1 free +eacl_qlora"`)."""
     rds = list(_dirs(dirs))
     runs, pairs = load_alignment(rds)
     # cost columns only when every run computed its answers (re-scored runs have 0 calls; see `cost`)
@@ -95,11 +93,9 @@ def cost(dirs: list[str]) -> None:
         )
 
 
-def e2e(dirs: list[str]) -> None:
-    """`e2e DIRS [--cost-from DIRS]`: scores of DIRS; LLM calls and seconds from the `--cost-from` runs (the runs
-    that computed the answers, when DIRS re-scored them from the cache), matched by language, method, alignment."""
-    cost_dirs = dirs[dirs.index("--cost-from") + 1 :] if "--cost-from" in dirs else []
-    dirs = dirs[: dirs.index("--cost-from")] if "--cost-from" in dirs else dirs
+def e2e(dirs: list[str], cost_dirs: list[str] | None = None) -> None:
+    """Scores of `dirs`; LLM calls and seconds from `cost_dirs` (the runs that computed the answers, when `dirs`
+    re-scored them from the cache), matched by language, method, alignment."""
     spent = {key: line for key, line in _e2e_rows(cost_dirs)} if cost_dirs else {}
     print(
         "| lang | method | alignment | entity F1 [95%] | P / R | ref. token micro F1 | gold found / lost in "
@@ -142,5 +138,26 @@ def _e2e_rows(dirs: list[str]):
         )
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="table", required=True)
+    p = sub.add_parser("align", help="benchmark scores and paired tests")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--vs", help="a second baseline setting, e.g. 'eatlab r1 free +eacl_qlora'")
+    sub.add_parser("cost", help="LLM calls and seconds of the benchmark runs").add_argument("dirs", nargs="+")
+    p = sub.add_parser("e2e", help="end-to-end scores")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--cost-from", nargs="+", default=None, help="the runs that computed the answers")
+    args = parser.parse_args(argv)
+    if args.table == "align":
+        align(args.dirs, args.vs)
+    elif args.table == "cost":
+        cost(args.dirs)
+    else:
+        e2e(args.dirs, args.cost_from)
+
+
 if __name__ == "__main__":
-    {"align": align, "cost": cost, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
+    main()
