@@ -12,6 +12,12 @@ distribution of the delta under the null hypothesis "no difference" (Efron & Tib
   bootstrap of Berg-Kirkpatrick, Burkett & Klein (2012), which counts d_i > 2d, with `>=` and the usual +1.
 
 Identical systems give d = d_i = 0 and p = 1; a clearly better system gives p close to 1/(B+1).
+
+Cluster bootstrap (`units=`): every function takes an optional sequence of cluster ids, one per item. The
+resampled unit is then the cluster, not the item: items sharing an id (EACL pairs with the same (sentence,
+normalised gold), a document's sentences) are summed into one row first, so duplicates are not counted as
+independent evidence. Means become sum / count over the resampled clusters. Without `units` every item is
+its own unit (and the results are the same as before the argument existed).
 """
 
 from __future__ import annotations
@@ -56,15 +62,38 @@ def _resampled_sums(tables: list[np.ndarray], n_boot: int, seed: int) -> list[np
     return sums
 
 
+def _unit_index(units, n: int) -> np.ndarray:
+    """Cluster number (0, 1, ... by first appearance) of each of the n items; ids compare by their repr."""
+    keys = [repr(u) for u in units]
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} unit ids for {n} items: give one per item")
+    index: dict[str, int] = {}
+    return np.fromiter((index.setdefault(k, len(index)) for k in keys), dtype=np.int64, count=n)
+
+
+def _by_unit(tables: list[np.ndarray], units) -> list[np.ndarray]:
+    """Sum each (n, k) table's rows per cluster -> (n_units, k); `units=None` keeps one row per item."""
+    if units is None:
+        return tables
+    inverse = _unit_index(units, tables[0].shape[0])
+    n_units = int(inverse.max()) + 1 if inverse.size else 0
+    out = []
+    for t in tables:
+        agg = np.zeros((n_units, t.shape[1]), dtype=t.dtype)
+        np.add.at(agg, inverse, t)
+        out.append(agg)
+    return out
+
+
 def bootstrap_f1_ci(
-    counts: EntityCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    counts: EntityCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95, units=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of micro entity F1, resampling sentences (seeded, deterministic)."""
+    """Percentile bootstrap interval of micro entity F1, resampling sentences or `units` (seeded)."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     if counts.n_sentences == 0:
         return 0.0, 0.0
-    (sums,) = _resampled_sums([counts.totals()], n_boot, seed)
+    (sums,) = _resampled_sums(_by_unit([counts.totals()], units), n_boot, seed)
     f1 = f1_from_sums(sums[:, 0], sums[:, 1], sums[:, 2])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(f1, [alpha, 1.0 - alpha])
@@ -101,6 +130,7 @@ def paired_bootstrap_test(
     n_boot: int = 1000,
     seed: int = 0,
     alternative: Literal["two-sided", "greater"] = "two-sided",
+    units=None,
 ) -> PairedBootstrapResult:
     """Paired bootstrap test of entity F1 between systems A and B on the same gold (see module docstring)."""
     if counts_a.n_sentences != counts_b.n_sentences:
@@ -115,7 +145,7 @@ def paired_bootstrap_test(
     f1_a = float(f1_from_sums(*ta.sum(axis=0)))
     f1_b = float(f1_from_sums(*tb.sum(axis=0)))
     delta = f1_a - f1_b
-    sa, sb = _resampled_sums([ta, tb], n_boot, seed)
+    sa, sb = _resampled_sums(_by_unit([ta, tb], units), n_boot, seed)
     deltas = f1_from_sums(sa[:, 0], sa[:, 1], sa[:, 2]) - f1_from_sums(sb[:, 0], sb[:, 1], sb[:, 2])
     shifted = deltas - delta
     if alternative == "two-sided":
@@ -128,16 +158,29 @@ def paired_bootstrap_test(
 
 
 # -- means of per-item scores (the alignment benchmark: exact match 0/1, character F1 in [0, 1] per pair) -------
-def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-item scores, resampling items (seeded)."""
+def _resampled_totals(columns: list[np.ndarray], units, n_boot: int, seed: int):
+    """Sums of each (n,) column over `n_boot` shared resamples of items or clusters, and the resampled item
+    counts: ((B, len(columns)), (B, 1) or the constant n)."""
+    n = columns[0].shape[0]
+    if units is None:
+        (sums,) = _resampled_sums([np.stack(columns, axis=1)], n_boot, seed)
+        return sums, float(n)
+    (sums,) = _resampled_sums(_by_unit([np.stack(columns + [np.ones(n)], axis=1)], units), n_boot, seed)
+    return sums[:, :-1], sums[:, -1:]
+
+
+def bootstrap_mean_ci(
+    values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, units=None
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item scores, resampling items or `units` (seeded)."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
-    x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    x = np.asarray(values, dtype=np.float64).ravel()
     if x.shape[0] == 0:
         return 0.0, 0.0
-    (sums,) = _resampled_sums([x], n_boot, seed)
+    sums, counts = _resampled_totals([x], units, n_boot, seed)
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(sums[:, 0] / x.shape[0], [alpha, 1.0 - alpha])
+    low, high = np.quantile((sums / counts)[:, 0], [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
@@ -147,11 +190,13 @@ def paired_bootstrap_mean_test(
     n_boot: int = 1000,
     seed: int = 0,
     alternative: Literal["two-sided", "greater"] = "two-sided",
+    units=None,
 ) -> dict:
     """The paired bootstrap test of the module docstring for the means of two settings' scores on the same items
-    (`values_a[i]` and `values_b[i]` score item i): {mean_a, mean_b, delta, delta_ci95, p_value, n, n_boot}."""
-    a = np.asarray(values_a, dtype=np.float64).reshape(-1, 1)
-    b = np.asarray(values_b, dtype=np.float64).reshape(-1, 1)
+    (`values_a[i]` and `values_b[i]` score item i), resampling items or `units`:
+    {mean_a, mean_b, delta, delta_ci95, p_value, n, n_units, n_boot, alternative}."""
+    a = np.asarray(values_a, dtype=np.float64).ravel()
+    b = np.asarray(values_b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"{a.shape[0]} vs {b.shape[0]} items: a paired test needs the same items")
     if alternative not in ("two-sided", "greater"):
@@ -161,11 +206,12 @@ def paired_bootstrap_mean_test(
     n = a.shape[0]
     if n == 0:
         return {"mean_a": 0.0, "mean_b": 0.0, "delta": 0.0, "delta_ci95": [0.0, 0.0], "p_value": 1.0,
-                "n": 0, "n_boot": n_boot, "alternative": alternative}  # fmt: skip
+                "n": 0, "n_units": 0, "n_boot": n_boot, "alternative": alternative}  # fmt: skip
     mean_a, mean_b = float(a.mean()), float(b.mean())
     delta = mean_a - mean_b
-    sa, sb = _resampled_sums([a, b], n_boot, seed)
-    deltas = (sa[:, 0] - sb[:, 0]) / n
+    n_units = n if units is None else int(_unit_index(units, n).max()) + 1
+    sums, counts = _resampled_totals([a, b], units, n_boot, seed)
+    deltas = ((sums[:, 0:1] - sums[:, 1:2]) / counts)[:, 0]
     shifted = deltas - delta
     extreme = (
         np.abs(shifted) >= abs(delta) - 1e-12 if alternative == "two-sided" else shifted >= delta - 1e-12
@@ -179,6 +225,7 @@ def paired_bootstrap_mean_test(
         "delta_ci95": [float(low), float(high)],
         "p_value": p,
         "n": n,
+        "n_units": n_units,
         "n_boot": n_boot,
         "alternative": alternative,
     }
