@@ -15,6 +15,8 @@ from eatlab.finetune import builder
 from eatlab.finetune.eacl import (
     EACL_SAMPLES_DIR,
     FILTER_STEPS,
+    SLICES,
+    AlignedPair,
     FilterOptions,
     align,
     clean_text,
@@ -164,14 +166,23 @@ def test_filter_report_on_the_full_release(shared_dir, tmp_path):
         assert list(c) == list(FILTER_STEPS)
         assert c["read"] >= c["nonempty"] >= c["t2s"] >= c["dedup"], lang
         assert c["verbatim"] <= c["normalized"] <= c["qualifier"] <= c["inverted"] <= c["t2s"] == c["dedup"]
-        assert c["train"] + c["val"] == c["dedup"]
-        assert 0 < c["val"] <= 200
+        assert c["train"] + c["dev"] + c["test"] == c["dedup"]
+        assert 0 < c["dev"] <= 200 and 0 < c["test"] <= 200
     # The README's verbatim shares, and what normalisation recovers where titles and texts differ in form only
     ru, zh = report["languages"]["ru"]["counts"], report["languages"]["zh"]["counts"]
     assert ru["read"] == 3640 and ru["verbatim"] == 797 and ru["normalized"] > 0.5 * ru["read"]
     assert ru["inverted"] > ru["qualifier"]  # "Surname, Given" titles
     assert zh["read"] == 3395 and zh["verbatim"] == 2382 and zh["t2s"] > zh["inverted"] + 300
     assert all(r["counts"]["dedup"] / r["counts"]["read"] > 0.75 for r in report["languages"].values())
+    for s in splits:
+        _assert_disjoint(s)
+    # train / dev / test per language; ja's and ru's dev slices lost the 3 and 2 pairs (Olympics, Chicago Cubs;
+    # Nottingham, Inter) whose sentences a training pair shares under another title
+    sizes = {s.language: (len(s.train), len(s.val), len(s.test)) for s in splits}
+    assert {k: sizes[k] for k in ("zh", "ja", "ko", "ar", "ru")} == {
+        "zh": (2545, 142, 141), "ja": (2750, 149, 151), "ko": (1885, 105, 104),
+        "ar": (2671, 149, 148), "ru": (2732, 150, 151),
+    }  # fmt: skip
 
 
 # --- split and mix -------------------------------------------------------------------------------------------------
@@ -185,13 +196,68 @@ def test_heldout_split_is_seeded_and_keeps_titles_on_one_side():
     assert other.val != splits[0].val
     for s in splits:
         assert {normalize(p.tgt_entity) for p in s.train}.isdisjoint({normalize(p.tgt_entity) for p in s.val})
-        assert len(s.train) + len(s.val) == s.counts["dedup"]
+        assert len(s.train) + len(s.val) + len(s.test) == s.counts["dedup"]
     train, val = mix(splits, seed=3)
     assert {p.language for p in train} == {"zh", "ja"}
     assert [p.language for p in train[:40]] != sorted(p.language for p in train[:40])  # interleaved
     assert len(val) == sum(len(s.val) for s in splits)
     with pytest.raises(ConfigError, match="val_fraction"):
         split_heldout(train, 1.5, None, 0)
+
+
+def _assert_disjoint(split) -> None:
+    """Titles (normalised) and sentences (normalised, uncropped) of train, dev and test never meet."""
+    titles = {n: {normalize(p.tgt_entity) for p in split.pairs(n)} for n in SLICES}
+    sentences = {n: {p.sentence_key for p in split.pairs(n)} for n in SLICES}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert titles[a].isdisjoint(titles[b]), (split.language, a, b)
+        assert sentences[a].isdisjoint(sentences[b]), (split.language, a, b)
+
+
+def test_sample_slices_are_disjoint_in_titles_and_sentences():
+    for lang in ("zh", "ja"):
+        split = prepare_language(None, lang, FilterOptions(), seed=0)
+        _assert_disjoint(split)
+        assert (len(split.train), len(split.val), len(split.test)) == {"zh": (153, 9, 9), "ja": (163, 9, 9)}[
+            lang
+        ]
+        assert split.counts["dev"] == len(split.val) and split.pairs("dev") is split.val
+    with pytest.raises(ConfigError, match="split=val: expected one of train, dev, test"):
+        split.pairs("val")
+
+
+def _pair(i: int, title: str, text: str, lead: str | None = None) -> AlignedPair:
+    start = text.index(title)
+    return AlignedPair(
+        "xx", i, f"E{i}", title, text, start, start + len(title), "verbatim", lead=lead or text
+    )
+
+
+def _titles(pairs) -> list[str]:
+    return [p.tgt_entity for p in pairs]
+
+
+def test_a_heldout_title_whose_sentence_is_in_train_goes_to_train():
+    pairs = [_pair(i, t, f"{t} is place {i}.") for i, t in enumerate("ABCDEFGHIJ")]
+    train, dev, test = split_heldout(pairs, 0.1, None, 0, 0.1, None)
+    assert (_titles(dev), _titles(test)) == (["H"], ["I"])  # seed 0: H is dev, I is test
+    # H has a second sentence, which it shares with the training title A (another case, another crop of the
+    # same lead sentence): both H pairs go to train, dev is left empty (it is not refilled)
+    shared = [
+        *pairs[1:],
+        _pair(0, "A", "A", lead="A AND H, PLACE 7."),
+        _pair(10, "H", "H, place 7", "A and H, place 7."),
+    ]
+    train, dev, test = split_heldout(shared, 0.1, None, 0, 0.1, None)
+    assert sorted(_titles(train)) == ["A", "B", "C", "D", "E", "F", "G", "H", "H", "J"]
+    assert (dev, _titles(test)) == ([], ["I"])
+    # a test title sharing a sentence with a dev title joins dev
+    joint = [*pairs[:7], _pair(7, "H", "H and I."), _pair(8, "I", "H and I."), pairs[9]]
+    train, dev, test = split_heldout(joint, 0.1, None, 0, 0.1, None)
+    assert (_titles(dev), test) == (["H", "I"], [])
+    assert len(train) == 8
+    with pytest.raises(ConfigError, match="test_fraction"):
+        split_heldout(pairs, 0.1, None, 0, 1.0, None)
 
 
 # --- examples ------------------------------------------------------------------------------------------------------
@@ -257,7 +323,7 @@ def test_builder_makes_an_eacl_corpus_that_trains(tmp_path):
     assert corpus.read_text(encoding="utf-8") == json.dumps(records, ensure_ascii=False)
     report = json.loads((tmp_path / "eacl" / "corpus_hi.build.json").read_text(encoding="utf-8"))
     assert report["counts"] == {"links": 4, "pairs": 3, "links_without_lead": 1, "repeated_lead_titles": 0}
-    split = prepare_language(tmp_path / "eacl", "hi", FilterOptions(), val_fraction=0.0)
+    split = prepare_language(tmp_path / "eacl", "hi", FilterOptions(), val_fraction=0.0, test_fraction=0.0)
     assert [p.phrase for p in split.train] == ["भारत", "नई दिल्ली", "भारत"]
     tsv = tmp_path / "leads.tsv"
     tsv.write_text("tgt_title\tlead\nभारत\tभारत एक देश है।\nभारत\tदूसरा\n", encoding="utf-8")

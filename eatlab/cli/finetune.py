@@ -122,7 +122,16 @@ def prepare_data(cfg, run_dir: Path):
     opts = FilterOptions.from_config(f.filters)
     seed = int(cfg.seed)
     splits = [
-        prepare_language(f.eacl_root, lang, opts, float(f.val_fraction), f.get("val_max"), seed)
+        prepare_language(
+            f.eacl_root,
+            lang,
+            opts,
+            float(f.val_fraction),
+            f.get("val_max"),
+            seed,
+            float(f.get("test_fraction", 0.05)),
+            f.get("test_max", 200),
+        )
         for lang in languages
     ]
     report = filter_report(splits)

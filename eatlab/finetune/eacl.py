@@ -1,4 +1,5 @@
-"""EACL pairs: loading, the phrase-in-text filters (with a per-language keep report), mixing and the held-out slice.
+"""EACL pairs: loading, the phrase-in-text filters (with a per-language keep report), mixing and the train / dev /
+test slices (titles and sentences disjoint across the three).
 
 An EACL file (`corpus_<lang>.json`) is a JSON list of `{"eng_entity", "tgt_entity", "text"}`: an English
 mention, the title of the linked target-language Wikipedia article and that article's lead sentence. Both tuning
@@ -33,7 +34,8 @@ STRESS_MARKS = {"\u0301"}  # combining acute accent: Russian Wikipedia marks str
 # Ways of finding the title in the text, tried in this order; each one adds the pairs the earlier ones missed.
 MATCH_STEPS = ("verbatim", "normalized", "qualifier", "inverted", "t2s")
 # The keep report's columns: pairs left after each step (match steps cumulative).
-FILTER_STEPS = ("read", "nonempty", *MATCH_STEPS, "dedup", "train", "val")
+FILTER_STEPS = ("read", "nonempty", *MATCH_STEPS, "dedup", "train", "dev", "test")
+SLICES = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,13 @@ class AlignedPair:
     start: int  # -1 when the title was not found (kept only with filters.phrase_in_text=false)
     end: int
     match: str  # the MATCH_STEPS step that found the title ("none" when unlocated)
+    lead: str = field(default="", compare=False, repr=False)  # the whole cleaned sentence, before cropping
+
+    @property
+    def sentence_key(self) -> str:
+        """What "the same sentence" means for the slices: the normalised lead sentence, uncropped (two titles of
+        one long sentence are cropped to different windows)."""
+        return normalize(self.lead or self.text)
 
     @property
     def phrase(self) -> str:
@@ -97,9 +106,16 @@ class LanguageSplit:
     path: str
     sha256: str
     train: list[AlignedPair] = field(default_factory=list)
-    val: list[AlignedPair] = field(default_factory=list)
+    val: list[AlignedPair] = field(default_factory=list)  # the dev slice: eatlab-finetune validates on it
+    test: list[AlignedPair] = field(default_factory=list)  # never trained or validated on
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+
+    def pairs(self, name: str) -> list[AlignedPair]:
+        """The slice called `name`: train, dev or test."""
+        if name not in SLICES:
+            raise ConfigError(f"split={name}: expected one of {', '.join(SLICES)}")
+        return {"train": self.train, "dev": self.val, "test": self.test}[name]
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -334,42 +350,68 @@ def align(
             ctext, s, e = crop(text, span[0], span[1], opts.max_text_chars)
         else:
             ctext, s, e = crop(text, 0, 0, opts.max_text_chars)[0], -1, -1
-        kept.append(AlignedPair(p.language, p.index, eng, tgt, ctext, s, e, found[0] if found else "none"))
+        match = found[0] if found else "none"
+        kept.append(AlignedPair(p.language, p.index, eng, tgt, ctext, s, e, match, lead=text))
     for step in FILTER_STEPS[: FILTER_STEPS.index("dedup") + 1]:
         counts.setdefault(step, 0)
     return kept, dict(counts), dict(dropped)
 
 
-def split_heldout(
-    pairs: list[AlignedPair], val_fraction: float, val_max: int | None, seed: int
-) -> tuple[list[AlignedPair], list[AlignedPair]]:
-    """Seeded held-out slice, drawn by target title so that no title (and its sentence) is on both sides.
+def _target(n: int, fraction: float, most: int | None, key: str) -> int:
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"finetune.{key}={fraction}: expected a fraction in [0, 1)")
+    if not n or fraction == 0:
+        return 0
+    target = max(1, round(n * fraction))
+    return target if most is None else min(target, int(most))
 
-    Several English mentions link to one title ("EU", "European Union"); splitting by pair would put the same
-    sentence and answer in train and validation and inflate the validation exact match.
+
+def split_heldout(
+    pairs: list[AlignedPair],
+    val_fraction: float,
+    val_max: int | None,
+    seed: int,
+    test_fraction: float = 0.0,
+    test_max: int | None = None,
+) -> tuple[list[AlignedPair], list[AlignedPair], list[AlignedPair]]:
+    """Seeded train / dev / test slices, drawn by target title, with titles and sentences disjoint across them.
+
+    Several English mentions link to one title ("EU", "European Union"), and one sentence can carry several
+    titles; a title or a sentence on two sides would put the same answer or the same text in training and
+    evaluation. Titles (normalised) are shuffled with `seed`; the first ones fill dev (`val_fraction` of the
+    pairs, at most `val_max`), the next ones test. Then a held-out title whose pairs share a sentence with train
+    goes to train, and a test title sharing a sentence with dev goes to dev, until no sentence is on two sides.
     """
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"finetune.val_fraction={val_fraction}: expected a fraction in [0, 1)")
-    if not pairs or val_fraction == 0:
-        return list(pairs), []
+    n_dev = _target(len(pairs), val_fraction, val_max, "val_fraction")
+    n_test = _target(len(pairs), test_fraction, test_max, "test_fraction")
     groups: dict[str, list[AlignedPair]] = {}
     for p in pairs:
         groups.setdefault(normalize(p.tgt_entity), []).append(p)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
-    target = max(1, round(len(pairs) * val_fraction))
-    if val_max is not None:
-        target = min(target, int(val_max))
-    val_keys: set[str] = set()
-    n_val = 0
+    side: dict[str, int] = {}  # title -> 0 train, 1 dev, 2 test
+    filled = [0, 0, 0]
     for k in keys:
-        if n_val >= target:
-            break
-        val_keys.add(k)
-        n_val += len(groups[k])
-    train = [p for p in pairs if normalize(p.tgt_entity) not in val_keys]
-    val = [p for p in pairs if normalize(p.tgt_entity) in val_keys]
-    return train, val
+        s = 1 if filled[1] < n_dev else 2 if filled[2] < n_test else 0
+        side[k] = s
+        filled[s] += len(groups[k])
+    # a sentence belongs to the first slice (train, dev, test) that has it: move held-out titles up to a fixpoint
+    moved = True
+    while moved:
+        moved = False
+        first: dict[str, int] = {}
+        for k, members in groups.items():
+            for p in members:
+                key = p.sentence_key
+                first[key] = min(first.get(key, 2), side[k])
+        for k, members in groups.items():
+            up = min(first[p.sentence_key] for p in members)
+            if up < side[k]:
+                side[k], moved = up, True
+    slices: tuple[list[AlignedPair], ...] = ([], [], [])
+    for p in pairs:
+        slices[side[normalize(p.tgt_entity)]].append(p)
+    return slices
 
 
 def prepare_language(
@@ -379,8 +421,10 @@ def prepare_language(
     val_fraction: float = 0.05,
     val_max: int | None = 200,
     seed: int = 0,
+    test_fraction: float = 0.05,
+    test_max: int | None = 200,
 ) -> LanguageSplit:
-    """Load, filter, cap and split one language's EACL file."""
+    """Load, filter, cap and split one language's EACL file into train, dev (`val_*`) and test (`test_*`)."""
     from eatlab.utils.io import sha256_file
 
     path = eacl_path(root, language)
@@ -390,13 +434,14 @@ def prepare_language(
         keep_idx = sorted(rng.sample(range(len(kept)), int(opts.max_pairs_per_language)))
         dropped["capped"] = len(kept) - len(keep_idx)
         kept = [kept[i] for i in keep_idx]
-    train, val = split_heldout(kept, val_fraction, val_max, seed)
-    counts["train"], counts["val"] = len(train), len(val)
-    return LanguageSplit(language, str(path), sha256_file(path), train, val, counts, dropped)
+    train, dev, test = split_heldout(kept, val_fraction, val_max, seed, test_fraction, test_max)
+    counts["train"], counts["dev"], counts["test"] = len(train), len(dev), len(test)
+    return LanguageSplit(language, str(path), sha256_file(path), train, dev, test, counts, dropped)
 
 
 def mix(splits: list[LanguageSplit], seed: int) -> tuple[list[AlignedPair], list[AlignedPair]]:
-    """All languages' training pairs shuffled together (seeded); validation pairs kept in language order."""
+    """All languages' training pairs shuffled together (seeded); dev pairs (validation) kept in language order.
+    The test slices stay out: eatlab-finetune never sees them."""
     train = [p for s in splits for p in s.train]
     random.Random(f"{seed}-mix").shuffle(train)
     val = [p for s in splits for p in s.val]
