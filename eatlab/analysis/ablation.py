@@ -13,6 +13,7 @@ import pandas as pd
 from eatlab.analysis.load import SETTING_COLUMNS
 from eatlab.eval.bootstrap import paired_bootstrap_test
 from eatlab.eval.entity import entity_counts
+from eatlab.eval.stats import holm, n_boot_for_family
 
 METRICS = ("entity_f1", "reference_token_micro_f1")
 
@@ -71,12 +72,16 @@ def paired_comparison(
     """Each run whose `column` is not `baseline`, against the baseline run that differs from it only in `column`
     (and the `ignore`d settings), same language and seed: entity F1 of both, the delta (run - baseline), its 95%
     interval and the two-sided paired bootstrap p-value over the sentences both runs share (Berg-Kirkpatrick et
-    al. 2012; eatlab.eval.bootstrap)."""
+    al. 2012; eatlab.eval.bootstrap; the sentence is the resampled unit).
+
+    The table is one family of comparisons: `p_holm` is the Holm-adjusted p beside the raw `p_value`, and
+    `significant_0.05` reads `p_holm`; the bootstrap uses at least `n_boot_for_family(rows)` resamples, so the
+    smallest reportable p, 1/(B+1), can pass Holm."""
     if runs.empty or column not in runs or sentences.empty or "gold_tags" not in sentences:
         return pd.DataFrame()
     keys = ["language", "seed", *[c for c in SETTING_COLUMNS if c != column and c not in ignore]]
     base = runs[runs[column].astype(str) == baseline]
-    rows = []
+    todo = []
     for _, other in runs[runs[column].astype(str) != baseline].iterrows():
         match = base
         for k in keys:
@@ -86,8 +91,11 @@ def paired_comparison(
         b = match.iloc[0]
         ids_b = set(sentences.loc[sentences["run"] == b["run"], "sentence_id"])
         ids = [i for i in sentences.loc[sentences["run"] == other["run"], "sentence_id"] if i in ids_b]
-        if not ids:
-            continue
+        if ids:
+            todo.append((other, b, ids))
+    n_boot = max(n_boot, n_boot_for_family(len(todo)))
+    rows = []
+    for other, b, ids in todo:
         res = paired_bootstrap_test(
             _counts_for(sentences, other["run"], ids),
             _counts_for(sentences, b["run"], ids),
@@ -108,12 +116,16 @@ def paired_comparison(
                 "delta_ci_low": res.delta_ci95[0],
                 "delta_ci_high": res.delta_ci95[1],
                 "p_value": res.p_value,
-                "significant_0.05": res.p_value < 0.05,
+                "n_boot": n_boot,
                 "run": other["run"],
                 "run_baseline": b["run"],
             }
         )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out.insert(out.columns.get_loc("p_value") + 1, "p_holm", holm(out["p_value"]))
+        out.insert(out.columns.get_loc("p_holm") + 1, "significant_0.05", out["p_holm"] < 0.05)
+    return out
 
 
 def ft_comparison(runs: pd.DataFrame, sentences: pd.DataFrame, **kw) -> pd.DataFrame:

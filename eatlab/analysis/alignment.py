@@ -1,5 +1,11 @@
 """The alignment benchmark's tables (`eatlab-align-eval` run dirs): scores per language and setting with their
-95% intervals, and paired bootstrap tests between settings on the same held-out pairs.
+95% intervals, and paired tests between settings on the same held-out pairs.
+
+Statistics (docs/metrics.md, "Statistics"): exact match and placed share are proportions with Wilson intervals;
+exact-match deltas use the exact McNemar test on the discordant pairs (shown) with its Clopper-Pearson interval;
+character-F1 deltas use the paired bootstrap over the independent unit, (sentence, normalised gold) when the
+per-pair records carry them (else the pair); each paired table is one family with Holm-adjusted p-values beside
+the raw ones, and enough resamples that the smallest bootstrap p can pass Holm.
 
 A *setting* is what the runs of one language differ in (prompt set, rounds, `alignment.*`, fine-tuning) plus the
 span recovery (every run reports both, eatlab's and the reference release's), so "reference prompts + reference
@@ -8,9 +14,12 @@ recovery" and "eatlab prompts + eatlab recovery + constrained" are two rows of o
 
 from __future__ import annotations
 
+import unicodedata
+
 import pandas as pd
 
 from eatlab.eval.bootstrap import paired_bootstrap_mean_test
+from eatlab.eval.stats import holm, n_boot_for_family, paired_exact, proportion_ci
 from eatlab.rundir import ALIGN_BACKWARD, DONE, RunDir
 
 TASK = "align_eval"
@@ -51,6 +60,24 @@ def _labels(dirs: list[RunDir]) -> dict[str, str]:
     return out
 
 
+def _text(v) -> str | None:
+    """A record's sentence or gold: a string, or a dict holding it under `text` (else its `id`)."""
+    if isinstance(v, dict):
+        v = v.get("text", v.get("id"))
+    return None if v is None else str(v)
+
+
+def unit_of(record: dict) -> str:
+    """The independent unit of a per-pair record: its own `unit` when align-eval wrote one, else (sentence,
+    normalised gold) when it has both (so "Olympic" and "OLYMPIC" in one sentence are one item), else the pair."""
+    if record.get("unit") is not None:
+        return repr(record["unit"])
+    sentence, gold = _text(record.get("sentence")), _text(record.get("gold"))
+    if sentence is not None and gold is not None:
+        return repr((sentence, " ".join(unicodedata.normalize("NFKC", gold).casefold().split())))
+    return repr(record["pair_id"])
+
+
 def load_alignment(dirs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run and recovery, one row per run, recovery and pair) of the finished benchmark runs."""
     runs, pairs = [], []
@@ -69,6 +96,8 @@ def load_alignment(dirs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
                    "recovery": rec, "n": b["n"]}  # fmt: skip
             for k in PAIR_METRICS:
                 row[k], (row[f"{k}_lo"], row[f"{k}_hi"]) = b[k]["mean"], b[k]["ci95"]
+            for k in ("exact", "placed"):  # proportions: Wilson, never zero-width at 0/n or n/n
+                row[f"{k}_lo"], row[f"{k}_hi"] = proportion_ci(round(b[k]["mean"] * b["n"]), b["n"])
             row["verbatim_share"] = m["backward"].get("verbatim_share")
             for k in ("exact", "chrf"):
                 row[f"naming_{k}"] = (naming.get(k) or {}).get("mean")
@@ -78,13 +107,14 @@ def load_alignment(dirs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
             for rec in RECOVERIES:
                 if rec in r:
                     pairs.append({"run": rd.name, "language": run["language"], "setting": setting,
-                                  "recovery": rec, "pair_id": r["pair_id"],
+                                  "recovery": rec, "pair_id": r["pair_id"], "unit": unit_of(r),
                                   **{k: float(r[rec][k]) for k in PAIR_METRICS}})  # fmt: skip
     return pd.DataFrame(runs), pd.DataFrame(pairs)
 
 
 def alignment_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Scores per language, setting and recovery, in percent with 95% intervals (a human-readable table)."""
+    """Scores per language, setting and recovery, in percent with 95% intervals (a human-readable table; exact
+    match with its Wilson interval)."""
     if runs.empty:
         return pd.DataFrame()
 
@@ -111,8 +141,13 @@ def alignment_table(runs: pd.DataFrame) -> pd.DataFrame:
 def paired_tests(
     pairs: pd.DataFrame, baseline: tuple[str, str] | None = None, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """Every (setting, recovery) of a language against the baseline on the pairs both scored: delta of exact
-    match and character F1, 95% interval, two-sided paired bootstrap p-value.
+    """Every (setting, recovery) of a language against the baseline on the pairs both scored.
+
+    Exact match: delta, the discordant pairs (`exact_a_only`: this setting right and the baseline wrong,
+    `exact_b_only` the reverse), exact McNemar p and its agreeing 95% interval (eatlab.eval.stats.paired_exact).
+    Character F1: delta, 95% interval and two-sided paired bootstrap p, resampling the frame's `unit` column
+    (`char_f1_units` of them) when present, else the pairs. The table is one family: `*_p_holm` are Holm-adjusted
+    over all its p-values, and the bootstrap uses at least `n_boot_for_family(family size)` resamples.
 
     `baseline` (setting, recovery): default, the reference release's way when present (reference prompts,
     reference recovery, free), else the first free setting without an adapter with eatlab's recovery, else the
@@ -120,7 +155,7 @@ def paired_tests(
     """
     if pairs.empty:
         return pd.DataFrame()
-    rows = []
+    todo = []
     for lang, g in pairs.groupby("language", sort=True):
         combos = list(dict.fromkeys(zip(g["setting"], g["recovery"])))
         base = baseline if baseline in combos else None
@@ -132,16 +167,31 @@ def paired_tests(
             )  # fmt: skip
         b = g[(g["setting"] == base[0]) & (g["recovery"] == base[1])].set_index("pair_id")
         for combo in combos:
-            if combo == base:
-                continue
-            a = g[(g["setting"] == combo[0]) & (g["recovery"] == combo[1])].set_index("pair_id")
-            shared = [p for p in a.index if p in b.index]
-            row = {"language": lang, "setting": combo[0], "recovery": combo[1], "baseline": f"{base[0]} / {base[1]}",
-                   "pairs": len(shared)}  # fmt: skip
-            for k in ("exact", "char_f1"):
-                t = paired_bootstrap_mean_test(a.loc[shared, k], b.loc[shared, k], n_boot=n_boot, seed=seed)
-                row[f"{k}_delta"] = t["delta"]
-                row[f"{k}_delta_lo"], row[f"{k}_delta_hi"] = t["delta_ci95"]
-                row[f"{k}_p"] = t["p_value"]
-            rows.append(row)
-    return pd.DataFrame(rows)
+            if combo != base:
+                a = g[(g["setting"] == combo[0]) & (g["recovery"] == combo[1])].set_index("pair_id")
+                todo.append((lang, combo, base, a, b))
+    n_boot = max(n_boot, n_boot_for_family(2 * len(todo)))
+    rows = []
+    for lang, combo, base, a, b in todo:
+        shared = [p for p in a.index if p in b.index]
+        row = {"language": lang, "setting": combo[0], "recovery": combo[1], "baseline": f"{base[0]} / {base[1]}",
+               "pairs": len(shared)}  # fmt: skip
+        e = paired_exact(a.loc[shared, "exact"] > 0.5, b.loc[shared, "exact"] > 0.5)
+        row["exact_delta"] = e["delta"]
+        row["exact_delta_lo"], row["exact_delta_hi"] = e["delta_ci95"]
+        row["exact_a_only"], row["exact_b_only"] = e["a_only"], e["b_only"]
+        row["exact_p"] = e["p_value"]
+        units = list(b.loc[shared, "unit"]) if "unit" in b else None
+        t = paired_bootstrap_mean_test(
+            a.loc[shared, "char_f1"], b.loc[shared, "char_f1"], n_boot=n_boot, seed=seed, units=units
+        )
+        row["char_f1_delta"] = t["delta"]
+        row["char_f1_delta_lo"], row["char_f1_delta_hi"] = t["delta_ci95"]
+        row["char_f1_p"] = t["p_value"]
+        row["char_f1_units"], row["n_boot"] = t["n_units"], n_boot
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        adjusted = holm(list(out["exact_p"]) + list(out["char_f1_p"]))
+        out["exact_p_holm"], out["char_f1_p_holm"] = adjusted[: len(out)], adjusted[len(out) :]
+    return out

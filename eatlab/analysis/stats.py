@@ -1,8 +1,11 @@
-"""Correlations between a quality measure and NER scores: Pearson, Spearman and Kendall with scipy's p-values
-and percentile bootstrap intervals (pairs resampled with replacement, seeded).
+"""Correlations between a quality measure and NER scores: Pearson, Spearman and Kendall with scipy's p-values;
+Pearson's interval is scipy's own (Fisher z), Spearman's and Kendall's are percentile bootstrap intervals (pairs
+resampled with replacement, seeded).
 
-Undefined cases are reported, not hidden: fewer than 3 complete pairs, or a constant side, give NaN with a
-`note`. Bootstrap resamples that come out constant are dropped from the interval (their count is kept).
+Undefined or meaningless cases are reported, not hidden: fewer than 3 complete pairs, or a constant side, give NaN
+with a `note`; fewer than MIN_N pairs keep the coefficients but give no p-value and no interval, with the note
+"n too small" (three runs otherwise print p=0.0000 and a degenerate [0.95, 1.00]). Bootstrap resamples that come
+out constant are dropped from the interval (their count is kept).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 METHODS = ("pearson", "spearman", "kendall")
+MIN_N = 5  # fewer complete pairs than this: coefficients only, "n too small", no p-value or interval
 
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -50,7 +54,7 @@ def bootstrap_coefficients(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int)
 
 
 def correlate(x, y, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Pearson, Spearman and Kendall between x and y (NaN pairs dropped), p-values and bootstrap intervals."""
+    """Pearson, Spearman and Kendall between x and y (NaN pairs dropped), p-values and intervals (see above)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -64,13 +68,22 @@ def correlate(x, y, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -
         res["note"] = "constant input: correlation undefined"
         return res
     tests = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
-    for m, fn in tests.items():
-        r = fn(x, y)
-        res[m], res[f"{m}_p"] = float(r.statistic), float(r.pvalue)
+    results = {m: fn(x, y) for m, fn in tests.items()}
+    for m, r in results.items():
+        res[m] = float(r.statistic)
+    if len(x) < MIN_N:
+        res["note"] = f"n too small ({len(x)} < {MIN_N} pairs): no p-value or interval"
+        return res
+    for m, r in results.items():
+        res[f"{m}_p"] = float(r.pvalue)
+    ci = results["pearson"].confidence_interval(confidence_level=level)
+    res["pearson_ci_low"], res["pearson_ci_high"] = float(ci.low), float(ci.high)
     if n_boot > 0:
         boots = bootstrap_coefficients(x, y, n_boot, seed)
         alpha = (1.0 - level) / 2.0
         for m, vals in boots.items():
+            if m == "pearson":
+                continue
             vals = vals[np.isfinite(vals)]
             if len(vals):
                 lo, hi = np.quantile(vals, [alpha, 1.0 - alpha])
