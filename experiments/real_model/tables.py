@@ -5,7 +5,10 @@
     python experiments/real_model/tables.py e2e outputs/real/e2e
 
 Scores come from metrics.json through eatlab's own readers (eatlab.rundir, eatlab.analysis.alignment); the
-paired tests are eatlab-analyze's. Percentages, as in every human-readable table of the project.
+paired tests are eatlab-analyze's (docs/metrics.md, "Statistics"): exact match with its Wilson interval, exact
+deltas by the exact McNemar test with the discordant pairs shown, char F1 deltas by the paired bootstrap over
+(sentence, gold) units, and Holm-adjusted p over each printed paired table. Percentages, as in every
+human-readable table of the project.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 from eatlab.analysis.alignment import load_alignment, paired_tests
+from eatlab.eval.stats import holm
 from eatlab.rundir import DONE, iter_run_dirs
 
 
@@ -32,6 +36,11 @@ def _pct(x) -> str:
 
 def _ci(mean, lo, hi) -> str:
     return f"{100 * mean:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def _p(p: float) -> str:
+    """A p-value to three decimals; below 0.001 as "<0.001" (never a bare 0.000)."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def align(dirs: list[str], vs: str | None = None) -> None:
@@ -64,19 +73,30 @@ def align(dirs: list[str], vs: str | None = None) -> None:
 
 
 def _paired(tests) -> None:
+    """The paired tests as printed: one family, Holm-adjusted over the rows shown (both metrics)."""
     if tests is None or tests.empty:
         return
+    adjusted = holm(list(tests["exact_p"]) + list(tests["char_f1_p"]))
+    n = len(tests)
     print(
-        "| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | p | char F1 delta [95%] | p |"
+        "| lang | setting (eatlab recovery) | vs | pairs | exact delta [95%] | this/base only | p | p Holm "
+        "| char F1 delta [95%] | units | p | p Holm |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for _, t in tests.iterrows():
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k, (_, t) in enumerate(tests.iterrows()):
         print(
             f"| {t.language} | {t.setting} | {t.baseline.split(' / ')[0]} | {t.pairs} | "
             f"{100 * t.exact_delta:+.1f} [{100 * t.exact_delta_lo:+.0f}, {100 * t.exact_delta_hi:+.0f}] | "
-            f"{t.exact_p:.3f} | {100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, "
-            f"{100 * t.char_f1_delta_hi:+.0f}] | {t.char_f1_p:.3f} |"
+            f"{t.exact_a_only}/{t.exact_b_only} | {_p(t.exact_p)} | {_p(adjusted[k])} | "
+            f"{100 * t.char_f1_delta:+.1f} [{100 * t.char_f1_delta_lo:+.0f}, {100 * t.char_f1_delta_hi:+.0f}] | "
+            f"{t.char_f1_units} | {_p(t.char_f1_p)} | {_p(adjusted[n + k])} |"
         )
+    print()
+    print(
+        f"Exact: exact McNemar test, the discordant pairs (this setting only right / baseline only right) and its "
+        f"Clopper-Pearson interval; char F1: paired bootstrap over (sentence, gold) units, "
+        f"{int(tests['n_boot'].max())} resamples; Holm over the {2 * n} p-values of this table."
+    )
 
 
 def cost(dirs: list[str]) -> None:
