@@ -246,6 +246,21 @@ def test_bad_gguf_paths_are_one_line_errors(ggufs, tmp_path):
     assert not models.exists()  # nothing converted by any of these
 
 
+@pytest.mark.parametrize("cut", [10, 30, 500, 2000])
+def test_a_gguf_cut_inside_its_header_is_a_one_line_error(ggufs, tmp_path, cut):
+    """An interrupted download: the gguf reader's struct.error becomes one line naming the file (was a traceback)."""
+    models = tmp_path / "models"
+    cut_file = tmp_path / "cut.gguf"
+    cut_file.write_bytes(ggufs["untied"].read_bytes()[:cut])
+    with pytest.raises(ConfigError) as e:
+        model_source(cfg_for(cut_file, models))
+    assert str(e.value) == (
+        f"model.path={cut_file}: the GGUF file is cut short inside its header ({cut} bytes): "
+        "an interrupted download or copy? fetch it again"
+    )
+    assert [p.name for p in models.iterdir() if p.is_dir()] == []  # no folder, not even a half one
+
+
 def test_without_the_gguf_package_the_error_says_how_to_install_it(ggufs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
     models = tmp_path / "models"

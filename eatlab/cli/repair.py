@@ -19,10 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eatlab.eat.artifacts import PARTIAL, JsonlCheck, check_jsonl, repair_jsonl
-from eatlab.llm.cache import _SCHEMA, SCHEMA_VERSION, header_problem, key_of
-
-_COLUMNS = ("key, engine, model, messages, settings, text, prompt_tokens, completion_tokens, entropies, "
-            "entropy_approx, finish_reason, meta, stage, source, created")  # fmt: skip
+from eatlab.llm.cache import ROW_COLUMNS, ResponseCache, header_problem, key_of, refuse_folder
 
 
 @dataclass
@@ -47,6 +44,7 @@ def _ro(path: Path) -> sqlite3.Connection:
 def check_cache(path: Path, full: bool = True) -> CacheCheck:
     """Header check, then SQLite's integrity_check (quick_check with full=False), then a row count."""
     path = Path(path)
+    refuse_folder(path)
     if not path.exists():
         return CacheCheck(path, True, 0)
     problem = header_problem(path)
@@ -67,35 +65,79 @@ def check_cache(path: Path, full: bool = True) -> CacheCheck:
 
 
 def _salvage(conn: sqlite3.Connection) -> Iterator[tuple]:
-    """Every row that can be read, in rowid order, skipping (with growing steps) over unreadable pages.
+    """Every intact row that can be read: what reading the table one rowid at a time would give.
 
-    Rowids going backwards mean a damaged page is being read: treated like a read error. Rows whose key is not
-    the hash of their own engine, model, messages and settings are damaged too and left out.
+    First a walk in rowid order (`WHERE rowid >= ?`), restarted one rowid further on after each read error (a
+    damaged page); rowids going backwards mean a damaged page is being read, and count as an error. A seek into
+    a garbled page can jump over rows, so every rowid in the range not read by the walk is then read on its own.
+    The range comes from the walk and from both indexes (every row's rowid, on pages of their own), each read
+    forwards and backwards up to its first damaged page. Rows whose key is not the hash of their own engine,
+    model, messages and settings are damaged too and left out.
     """
-    pos, step = -(2**63), 1
-    while step <= 2**40:
+    known = _known_rowids(conn)
+    if not known:
+        return
+    cols = ", ".join(ROW_COLUMNS)
+    lo, hi = min(known), max(known)
+    found: set[int] = set()
+    pos = lo
+    while pos <= hi:
         try:
-            cur = conn.execute(
-                f"SELECT rowid, {_COLUMNS} FROM responses WHERE rowid > ? ORDER BY rowid", (pos,)
-            )
+            cur = conn.execute(f"SELECT rowid, {cols} FROM responses WHERE rowid >= ? ORDER BY rowid", (pos,))
             for row in cur:
-                if row[0] <= pos:
+                if row[0] < pos:
                     raise sqlite3.DatabaseError("rowids out of order")
-                pos, step = row[0], 1
-                if _intact(row[1:]):
+                pos = row[0] + 1
+                if row[0] not in found and _intact(row[1:]):
+                    found.add(row[0])
                     yield row[1:]
-            return
-        except sqlite3.DatabaseError as exc:
-            if "no such table" in str(exc):
-                return
-            pos, step = pos + step, step * 2
+            break
+        except sqlite3.DatabaseError:
+            pos += 1
+    for rowid in range(lo, max(hi, max(found, default=hi)) + 1):
+        if rowid in found:
+            continue
+        try:
+            row = conn.execute(f"SELECT {cols} FROM responses WHERE rowid = ?", (rowid,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None and _intact(row):
+            yield row
+
+
+def _known_rowids(conn: sqlite3.Connection) -> set[int]:
+    """The rowids that the table and each index give, read forwards and backwards up to a damaged page."""
+    known: set[int] = set()
+    try:
+        scans = [("responses NOT INDEXED", ["rowid"])]
+        for idx in [r[1] for r in conn.execute("PRAGMA index_list(responses)").fetchall()]:
+            cols = [f'"{r[2]}"' for r in conn.execute(f'PRAGMA index_info("{idx}")').fetchall()]
+            scans.append((f'responses INDEXED BY "{idx}"', cols))  # in its own order: index pages only
+    except sqlite3.DatabaseError:
+        return known  # the schema itself is unreadable
+    for source, order in scans:
+        for direction in ("ASC", "DESC"):
+            by = ", ".join(f"{c} {direction}" for c in order)
+            try:
+                for (rowid,) in conn.execute(f"SELECT rowid FROM {source} ORDER BY {by}"):
+                    known.add(rowid)
+            except sqlite3.DatabaseError:
+                continue  # read the other way up to the damage
+            break  # read whole: no need to read it backwards
+    return known
 
 
 def _intact(row: tuple) -> bool:
-    key, engine, model, messages, settings = row[:5]
+    """The key is the hash of the row's own request, the answer has no NUL (a page cut or zeroed by the damage
+    leaves them; a rare real one only costs asking again) and meta is a JSON object."""
+    key, engine, model, messages, settings, text = row[:6]
+    meta = row[ROW_COLUMNS.index("meta")]
     try:
-        return key == key_of(engine, model, json.loads(messages), json.loads(settings)) and isinstance(
-            row[5], str
+        return (
+            key == key_of(engine, model, json.loads(messages), json.loads(settings))
+            and isinstance(text, str)
+            and "\x00" not in text
+            and (meta is None or isinstance(json.loads(meta), dict))
         )
     except (TypeError, ValueError):
         return False
@@ -163,17 +205,12 @@ def repair_cache(path: Path) -> CacheRepair:
         if src.exists():
             shutil.move(src, Path(str(backup) + suffix))
     rows = _salvage_copy(backup)
-    new = sqlite3.connect(str(path), isolation_level=None)
+    cache = ResponseCache(path)
     try:
-        new.execute("PRAGMA journal_mode=WAL")
-        new.executescript(_SCHEMA)
-        new.execute("INSERT OR IGNORE INTO info(name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        new.execute("BEGIN IMMEDIATE")
-        new.executemany(f"INSERT OR IGNORE INTO responses({_COLUMNS}) VALUES ({','.join('?' * 15)})", rows)
-        new.execute("COMMIT")
-        kept = new.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        cache.put_rows(rows)
+        kept = len(cache)
     finally:
-        new.close()
+        cache.close()
     return CacheRepair(path, kept, before, backup)
 
 

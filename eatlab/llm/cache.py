@@ -47,6 +47,10 @@ def default_cache_path() -> Path:
 MODES = ("readwrite", "readonly", "off")
 SCHEMA_VERSION = "1"
 
+ROW_COLUMNS = ("key", "engine", "model", "messages", "settings", "text", "prompt_tokens", "completion_tokens",
+               "entropies", "entropy_approx", "finish_reason", "meta", "stage", "source", "created")  # fmt: skip
+"""A stored row, in this order: what `ResponseCache.put_rows` takes and a repair reads from a damaged file."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
@@ -140,6 +144,14 @@ def _cache_error(path: Path, exc: sqlite3.Error) -> ConfigError:
     return ConfigError(f"cache.path={path}: {msg} (check the folder's permissions and free space)")
 
 
+def refuse_folder(path: Path) -> None:
+    """A folder given as the cache file fails in one line naming the file meant (not IsADirectoryError later)."""
+    if Path(path).is_dir():
+        raise ConfigError(
+            f"cache.path={path}: is a folder, not a cache file (did you mean cache.path={Path(path) / 'responses.sqlite'}?)"
+        )
+
+
 def header_problem(path: Path) -> str | None:
     """What is wrong with an SQLite file's header and size, without opening it (None: looks sound or absent).
 
@@ -214,6 +226,7 @@ class ResponseCache:
         self._conn = None  # a connection inherited through fork must not be used
         if self.mode == "off":
             return None
+        refuse_folder(self.path)
         problem = header_problem(self.path)
         if problem:
             raise CacheDamagedError(self.path, problem)
@@ -405,12 +418,19 @@ class ResponseCache:
                     now,
                 )
             )
+        return self.put_rows(rows)
+
+    def put_rows(self, rows: Iterable[tuple]) -> int:
+        """Store raw rows (ROW_COLUMNS order, e.g. read from another cache file); returns how many were new.
+
+        Existing keys are kept (first answer wins). `eatlab-cache repair` rebuilds a damaged cache through this.
+        """
+        rows = [tuple(r) for r in rows]
         if not rows or not self.writable:
             return 0
         sql = (
-            "INSERT INTO responses(key, engine, model, messages, settings, text, prompt_tokens, completion_tokens, "
-            "entropies, entropy_approx, finish_reason, meta, stage, source, created) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING"
+            f"INSERT INTO responses({', '.join(ROW_COLUMNS)}) VALUES ({','.join('?' * len(ROW_COLUMNS))}) "
+            "ON CONFLICT(key) DO NOTHING"
         )
         with self._lock:
             conn = self._connect()

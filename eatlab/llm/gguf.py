@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -175,6 +176,11 @@ def _convert(gguf: Path, sha256: str, tmp: Path) -> None:
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except struct.error:  # the gguf reader unpacks the header with struct: a file cut inside it
+        raise ConfigError(
+            f"model.path={gguf}: the GGUF file is cut short inside its header ({gguf.stat().st_size} bytes): "
+            "an interrupted download or copy? fetch it again"
+        ) from None
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
         raise ConfigError(
             f"model.path={gguf}: transformers {transformers.__version__} cannot load this GGUF file "
