@@ -245,3 +245,18 @@ def test_results_tables_print_discordant_pairs_and_holm(capsys):
     assert "| 4/0 | 0.125 |" in row and "| 8 |" in row
     assert "Holm over the 4 p-values" in out
     assert tables._p(1 / 12001) == "<0.001" and tables._p(0.0532) == "0.053"
+
+
+def test_score_bootstraps_over_units_when_given():
+    from eatlab.eval.scores import score
+
+    gold = [["B-PER", "O"], ["B-LOC", "O"], ["O", "B-ORG"], ["B-PER", "B-LOC"]]
+    pred = [["B-PER", "O"], ["O", "O"], ["O", "B-ORG"], ["B-LOC", "O"]]
+    tokens = [["a", "b"]] * 4
+    plain = score(gold, pred, tokens, "en", char_tokenized=False, n_boot=300)
+    dup = score(
+        gold * 2, pred * 2, tokens * 2, "en", char_tokenized=False, n_boot=300, units=[0, 1, 2, 3] * 2
+    )
+    assert plain["bootstrap"]["unit"] == "sentence" and dup["bootstrap"]["unit"] == "cluster"
+    assert dup["entity_f1"] == plain["entity_f1"]
+    assert dup["entity_f1_ci95"] == pytest.approx(plain["entity_f1_ci95"])

@@ -29,11 +29,13 @@ def score(
     seed: int = 0,
     n_boot: int = 1000,
     char_tokenized: bool | None = None,
+    units: Sequence | None = None,
 ) -> dict:
     """Entity-level scores (seqeval default mode), the reference token-level scores and a bootstrap interval.
 
     `char_tokenized` defaults to the language table's flag (zh/ja); an unknown language raises ConfigError.
-    All scores are fractions in [0, 1]; `entity_f1_ci95` is a seeded percentile bootstrap over sentences.
+    All scores are fractions in [0, 1]; `entity_f1_ci95` is a seeded percentile bootstrap over sentences, or over
+    `units` (one cluster id per sentence, e.g. its document) when the sentences are not independent.
     """
     if char_tokenized is None:
         char_tokenized = get_language(language).char_tokenized
@@ -44,9 +46,10 @@ def score(
     counts = entity_counts(gold_sentences_tags, pred_tags)
     result = entity_scores(counts)
     result.update(reference_scores(gold_sentences_tags, pred_tags, tokens, char_tokenized))
-    low, high = bootstrap_f1_ci(counts, n_boot=n_boot, seed=seed)
+    low, high = bootstrap_f1_ci(counts, n_boot=n_boot, seed=seed, units=units)
     result["n_sentences"] = counts.n_sentences
     result["entity_f1_ci95"] = [low, high]
-    result["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "sentence", "method": "percentile"}
+    result["bootstrap"] = {"n_boot": n_boot, "seed": seed, "unit": "sentence" if units is None else "cluster",
+                           "method": "percentile"}  # fmt: skip
     result["language"] = language
     return result
