@@ -239,7 +239,8 @@ def test_analyze_shows_the_alignment_tables_and_paired_tests(sweep, tmp_path):
     right = paired[(paired["recovery"] == "eatlab") & paired["setting"].str.contains("right")].iloc[0]
     assert right["pairs"] == 9 and right["exact_delta"] == pytest.approx(4 / 9)
     # 4 vs 0 discordant pairs: the exact McNemar test gives p = 0.125 (not "significant")
-    assert (right["exact_a_only"], right["exact_b_only"]) == (4, 0) and right["exact_p"] == pytest.approx(0.125)
+    assert (right["exact_a_only"], right["exact_b_only"]) == (4, 0)
+    assert right["exact_p"] == pytest.approx(0.125)
     assert a.runs.empty  # no end-to-end runs in this sweep
     assert "Alignment benchmark: paired tests" in (tmp_path / "analysis" / "report.html").read_text(
         encoding="utf-8"
