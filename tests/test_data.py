@@ -96,6 +96,35 @@ def test_bad_input_names_file_and_line(tmp_path, content, line, what):
     assert "\n" not in msg
 
 
+def test_a_line_with_other_columns_than_the_first_is_an_error_not_a_misread_tag(tmp_path):
+    """On f4a7be8 the stray 3-column line read its last column as gold (O), leaving an orphan I-LOC behind it."""
+    p = tmp_path / "gold.txt"
+    p.write_text("City\tB-LOC\nHall\tI-LOC\tO\nPark\tI-LOC\n\n", encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        read_conll(p, "en")
+    assert str(exc.value) == (
+        f"{p}:2: 3 columns where line 1 has 2: every line must have the same columns "
+        "('token<TAB>tag', or 'token<TAB>gold<TAB>pred'): 'Hall\\tI-LOC\\tO'"
+    )
+    p.write_text("City\tB-LOC\tO\nHall\tI-LOC\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold\.txt:2: 2 columns where line 1 has 3"):
+        read_conll(p, "en")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_token(tmp_path):
+    """An editor's BOM (and one from files joined with cat) was read into the first token on f4a7be8."""
+    (tmp_path / "zh").mkdir()
+    p = tmp_path / "zh" / "test.txt"
+    p.write_text("北\tB-LOC\n京\tI-LOC\n\n\ufeff上\tB-LOC\n海\tI-LOC\n\n", encoding="utf-8-sig")
+    assert p.read_bytes()[:3] == b"\xef\xbb\xbf"
+    first, second = select_sentences("zh", "test", root=tmp_path).sentences
+    assert (first.tokens, first.text, second.tokens) == (["北", "京"], "北京", ["上", "海"])
+    # a token that is a lone U+FEFF (ka/test.txt:57365 of the real data) stays a token
+    p.write_text("\ufeff\tO\nა\tO\n\n", encoding="utf-8")
+    (s,) = read_conll(p, "ka")
+    assert s.tokens == ["\ufeff", "ა"]
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_conll(tmp_path / "nope.txt", "en")

@@ -1,8 +1,9 @@
 """Readers and writers for the CoNLL layout of WikiANN (and the raw Rahimi release files).
 
 One token per line, columns split on tabs or whitespace, first column the token and last column the tag, so a
-`token gold pred` file read as a prediction yields its predicted tags. A blank line ends a sentence. Tokens of
-the raw Rahimi release carry a language prefix (`zh:北京`), which is stripped.
+`token gold pred` file read as a prediction yields its predicted tags; every line has as many columns as the first
+(else the last column of a stray line is not its tag). A blank line ends a sentence. Tokens of the raw Rahimi
+release carry a language prefix (`zh:北京`), which is stripped; a byte-order mark is dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from eatlab.data.bio import VALID_TAGS
 from eatlab.data.record import Sentence
 from eatlab.errors import DataError
+
+BOM = "\ufeff"
 
 
 def read_conll(
@@ -23,8 +26,9 @@ def read_conll(
 ) -> list[Sentence]:
     """Read a CoNLL file into sentences with ids `<language>-<split>-<index>`.
 
-    `char_tokenized` defaults to the language table's flag (zh/ja). Raises DataError naming file and line for a
-    missing or empty file, a line with a single column or an unknown tag.
+    `char_tokenized` defaults to the language table's flag (zh/ja). A byte-order mark at the start of a line is
+    dropped. Raises DataError naming file and line for a missing or empty file, a line with a single column, a
+    line with more or fewer columns than the file's first (its last column is not the same tag) or an unknown tag.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,11 +49,14 @@ def read_conll(
             tokens.clear()
             tags.clear()
 
+    width: tuple[int, int] | None = None  # (columns, line) of the first token line: every line has as many
     try:
         fh = path.open(encoding="utf-8")
         with fh:
             for lineno, raw in enumerate(fh, start=1):
                 line = raw.rstrip("\r\n")
+                if line[:1] == BOM and not line[1:2].isspace():  # a byte-order mark (an editor's, or files
+                    line = line[1:]  # joined with cat), not a token: ka/test.txt has a lone U+FEFF token
                 if not line.strip():
                     flush()
                     continue
@@ -58,6 +65,15 @@ def read_conll(
                 if len(cols) < 2:
                     raise DataError(
                         path, f"expected 'token<TAB>tag', got a single column: {line[:40]!r}", lineno
+                    )
+                if width is None:
+                    width = (len(cols), lineno)
+                elif len(cols) != width[0]:  # which column is the tag here? (the last would misread gold)
+                    raise DataError(
+                        path,
+                        f"{len(cols)} columns where line {width[1]} has {width[0]}: every line must have the same "
+                        f"columns ('token<TAB>tag', or 'token<TAB>gold<TAB>pred'): {line[:40]!r}",
+                        lineno,
                     )
                 token, tag = cols[0].strip(), cols[-1].strip()
                 if strip_prefix and token.startswith(prefix) and len(token) > len(prefix):
