@@ -1,6 +1,7 @@
 """`eatlab-align-eval`: the entity-alignment benchmark on held-out EACL pairs (eatlab.eat.align_eval).
 
-eatlab-align-eval language=zh model.path=DIR align_eval.limit=50
+eatlab-align-eval language=zh model.path=DIR align_eval.limit=50    # the dev slice (choose settings here)
+eatlab-align-eval language=zh model.path=DIR align_eval.split=test  # the test slice, once per final setting
 eatlab-align-eval -m language=zh,ja alignment.constrained=false,true       # free vs constrained
 eatlab-align-eval language=zh finetune=eacl_qlora                          # with the language's adapter
 eatlab-analyze outputs/multiruns/align_eval/<time>                         # tables, intervals, paired tests
@@ -16,16 +17,21 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from eatlab.cli.task import Task, entry_point
+from eatlab.errors import ConfigError
 
 log = logging.getLogger("eatlab")
 
 
-def heldout_cases(cfg: DictConfig, language) -> tuple[list, dict]:
-    """The first `align_eval.limit` pairs of the language's held-out slice, and the slice's provenance."""
-    from eatlab.eat.align_eval import make_case
+def heldout_cases(cfg: DictConfig, language) -> tuple[list, list, dict]:
+    """The first `align_eval.limit` pairs of the language's `align_eval.split` slice (dev or test), their shifted
+    variants (empty with `align_eval.shifted=false`), and the slice's provenance."""
+    from eatlab.eat.align_eval import make_case, shifted_cases
     from eatlab.finetune.eacl import FilterOptions, prepare_language
 
     h = cfg.heldout
+    name = str(cfg.align_eval.get("split", "dev"))
+    if name not in ("dev", "test"):
+        raise ConfigError(f"align_eval.split={name}: expected dev or test")
     split = prepare_language(
         h.eacl_root,
         language.code,
@@ -33,20 +39,30 @@ def heldout_cases(cfg: DictConfig, language) -> tuple[list, dict]:
         float(h.val_fraction),
         h.get("val_max"),
         int(cfg.seed),
+        float(h.get("test_fraction", 0.05)),
+        h.get("test_max", 200),
     )
+    pool = split.pairs(name)
     limit = cfg.align_eval.get("limit")
-    pairs = split.val if limit is None else split.val[: int(limit)]
+    pairs = pool if limit is None else pool[: int(limit)]
     cases = [make_case(p, language) for p in pairs]
+    want_shifted = cfg.align_eval.get("shifted", True)
+    if not isinstance(want_shifted, bool):
+        raise ConfigError(f"align_eval.shifted={want_shifted}: expected true or false")
+    shifted = shifted_cases(cases, pool, language) if want_shifted else []
     prov = {
         "source": str(h.eacl_root) if h.eacl_root else "in-repo sample (eatlab/resources/samples/eacl)",
         "file": split.path,
         "sha256": split.sha256,
-        "heldout_pairs": len(split.val),
+        "split": name,
+        "heldout_pairs": len(pool),
         "pairs": len(cases),
+        "units": len({c.unit for c in cases}),
+        "shifted_pairs": len(shifted),
         "pair_ids": [c.id for c in cases],
         "counts": split.counts,
     }
-    return cases, prov
+    return cases, shifted, prov
 
 
 def progress_logger(total: int, what: str, every_s: float = 10.0):
@@ -67,7 +83,7 @@ def progress_logger(total: int, what: str, every_s: float = 10.0):
 
 def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     from eatlab.data.languages import get_language
-    from eatlab.eat.align_eval import run_backward, run_naming, scores_of
+    from eatlab.eat.align_eval import SHIFTED_ARTIFACT, run_backward, run_naming, scores_of
     from eatlab.eat.artifacts import JsonlArtifact, finalize_artifacts
     from eatlab.eat.methods import stage_context
     from eatlab.finetune.adapter import adapter_provenance
@@ -88,7 +104,9 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     language = get_language(cfg.language.code)
     opts = cfg.align_eval
     directions = list(opts.directions)
-    cases, data_prov = heldout_cases(cfg, language)  # bad data fails here, before the model loads
+    cases, shifted_all, data_prov = heldout_cases(
+        cfg, language
+    )  # bad data fails here, before the model loads
     templates = Templates.from_config(cfg.heldout.templates)
     client = build_client(cfg)
     client.cache.ensure_open()
@@ -104,21 +122,32 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     )
     loggers = task.loggers()
     backward = [] if "backward" in directions else None
+    shifted = [] if backward is not None and opts.get("shifted", True) else None
+    by_id = {c.id: c for c in shifted_all}
     naming = [] if "naming" in directions else None
     seconds: Counter = Counter()
     report = progress_logger(len(cases), f"align-eval {language.code}")
     step = int(opts.batch_size)
     art_b = JsonlArtifact(run_dir / artifact_name(ALIGN_BACKWARD)) if backward is not None else None
     art_n = JsonlArtifact(run_dir / artifact_name(ALIGN_NAMING)) if naming is not None else None
+    art_s = JsonlArtifact(run_dir / artifact_name(SHIFTED_ARTIFACT)) if shifted is not None else None
     try:
         for lo in range(0, len(cases), step):
             chunk = cases[lo : lo + step]
             if backward is not None:
                 t0 = time.perf_counter()
-                recs = run_backward(ctx, chunk)
+                moved = (
+                    [] if shifted is None else [by_id[k] for c in chunk if (k := c.id + "-shifted") in by_id]
+                )
+                recs = run_backward(
+                    ctx, [*chunk, *moved]
+                )  # the shifted variants ride in the same model calls
                 seconds["backward"] += time.perf_counter() - t0
-                art_b.write(recs)
-                backward += recs
+                art_b.write(recs[: len(chunk)])
+                backward += recs[: len(chunk)]
+                if moved:
+                    art_s.write(recs[len(chunk) :])
+                    shifted += recs[len(chunk) :]
             if naming is not None:
                 t0 = time.perf_counter()
                 recs, faults = run_naming(
@@ -132,7 +161,7 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     finally:
         client.close()
     t0 = time.perf_counter()
-    scores = scores_of(backward, naming, int(opts.n_boot), int(cfg.seed))
+    scores = scores_of(backward, naming, int(opts.n_boot), int(cfg.seed), shifted)
     seconds["scoring"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     metrics = build_metrics(
@@ -146,6 +175,8 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
             "prompt_rounds": {"forward": rounds["forward"], "backward": len(ctx.prompts.backward.rounds)},
             "alignment": {k: v for k, v in dict(cfg.get("alignment") or {}).items()},
             "finetune": cfg.finetune.name,
+            "split": data_prov["split"],
+            "shifted": shifted is not None,
             "seed": int(cfg.seed),
             "git_commit": prov["git"]["commit"],
         },
@@ -173,22 +204,33 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
 
 
 def format_summary(metrics: dict, run_dir: Path) -> str:
-    """The job's scores as a few readable lines (percentages, with 95% intervals)."""
-    run = metrics["run"]
-    lines = [f"align-eval {run['language']} ({metrics['data'].get('pairs', 0)} held-out pairs) -> {run_dir}"]
+    """The job's scores as readable lines: per recovery, the model against the copy-the-head control on all pairs
+    and per slice (gold position, shifted), in percent with 95% intervals."""
+    run, data = metrics["run"], metrics["data"]
+    lines = [
+        f"align-eval {run['language']}, {data.get('split', 'dev')} slice ({data.get('pairs', 0)} pairs, "
+        f"{data.get('units', 0)} distinct sentence+gold items) -> {run_dir}"
+    ]
 
     def pct(block: dict) -> str:
         lo, hi = block["ci95"]
         return f"{100 * block['mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    bw = metrics.get("backward")
+    bw, ctl = metrics.get("backward"), metrics.get("control")
     if bw:
+        names = ["all", *bw.get("slices", {})]
+        width = 22
         for rec in ("eatlab", "reference"):
-            b = bw[rec]
-            lines.append(
-                f"  backward, {rec} recovery: exact {pct(b['exact'])}  char F1 {pct(b['char_f1'])}  "
-                f"placed {pct(b['placed'])}"
-            )
+            head = [f"{n} ({(bw[rec] if n == 'all' else bw['slices'][n][rec])['n']})" for n in names]
+            lines.append(f"  backward, {rec} recovery".ljust(38) + "".join(h.ljust(width) for h in head))
+            for metric, label in (("exact", "exact"), ("char_f1", "char F1"), ("placed", "placed")):
+                for who, block in (("model", bw), ("copy-the-head control", ctl)):
+                    if block is None or (who != "model" and metric == "placed"):
+                        continue
+                    cells = [
+                        pct((block[rec] if n == "all" else block["slices"][n][rec])[metric]) for n in names
+                    ]
+                    lines.append(f"    {label}, {who}".ljust(38) + "".join(c.ljust(width) for c in cells))
         lines.append(f"  backward answers verbatim in the sentence: {100 * bw['verbatim_share']:.1f}%")
     nm = metrics.get("naming")
     if nm:
