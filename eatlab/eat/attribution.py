@@ -1,9 +1,12 @@
 """Failure attribution against gold: where each gold entity was lost, and what each predicted entity is.
 
-Per gold entity (exact span and type, conlleval chunking):
+Per gold entity (exact span and type, conlleval chunking), the first that applies:
 - `found`: predicted exactly;
-- `misaligned_backward`: a predicted span overlaps it with the wrong boundary or type, or an English entity of
-  the sentence could not be mapped back (its backward answer was dropped) and is charged to it;
+- `ner_wrong_type`: predicted on exactly its span with another type. The span was translated, extracted and
+  aligned back right; the type is the English NER's, so this is an English NER error, not an alignment one;
+- `misaligned_backward`: the backward answer was placed elsewhere (a predicted span overlaps it with the
+  wrong boundary), or an English entity of the sentence could not be mapped back (its backward answer was
+  dropped) and is charged to it;
 - `missed_by_ner`: the English translation still has a name candidate (a run of capitalised words or digits
   not covered by any extracted entity) that could stand for it;
 - `lost_in_translation`: none of the above: no trace of the entity survived in the English sentence
@@ -22,7 +25,7 @@ from collections import Counter
 
 from eatlab.data.bio import Span
 
-GOLD_CLASSES = ("found", "lost_in_translation", "missed_by_ner", "misaligned_backward")
+GOLD_CLASSES = ("found", "lost_in_translation", "missed_by_ner", "ner_wrong_type", "misaligned_backward")
 PRED_CLASSES = ("correct", "wrong_type", "wrong_boundary", "hallucinated")
 _NAME_RUN = re.compile(
     r"(?:\b[A-Z][\w'’.-]*|\b\d[\w.-]*)(?:\s+(?:of|the|de|von|van|al|el|[A-Z][\w'’.-]*|\d[\w.-]*))*"
@@ -70,6 +73,8 @@ def attribute_sentence(
     for g in gold:
         if g in pred_set:
             gold_cls.append("found")
+        elif any(p.start == g.start and p.end == g.end for p in pred):
+            gold_cls.append("ner_wrong_type")
         elif any(_overlaps(g, p) for p in pred):
             gold_cls.append("misaligned_backward")
         elif unrecovered > 0:
