@@ -224,6 +224,12 @@ def test_sample_slices_are_disjoint_in_titles_and_sentences():
         assert split.counts["dev"] == len(split.val) and split.pairs("dev") is split.val
     with pytest.raises(ConfigError, match="split=val: expected one of train, dev, test"):
         split.pairs("val")
+    # eatlab-finetune trains on train and validates on dev; test never reaches it
+    splits = [prepare_language(None, lang, FilterOptions(), seed=0) for lang in ("zh", "ja")]
+    train, val = mix(splits, seed=0)
+    tested = {(p.language, p.index) for s in splits for p in s.test}
+    assert tested and not tested & {(p.language, p.index) for p in train + val}
+    assert val == [p for s in splits for p in s.val]
 
 
 def _pair(i: int, title: str, text: str, lead: str | None = None) -> AlignedPair:
