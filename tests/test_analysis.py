@@ -365,3 +365,85 @@ def test_wandb_report_builds_the_same_views():
         "ft_comparison",
     }
     assert "eat-2025-01-01_00-00-00" in repr(grids[0].runsets[0].filters)
+
+
+# ------------------------------------------------------------------------------------------------ the report page
+def _min_width_px(table: str) -> float:
+    """A table's narrowest rendering (its min-content width) at the report's 0.85em of 16px: per column, the
+    widest piece that cannot break (pieces end at spaces and <wbr>; `text` cells wrap anywhere), 8 px a
+    character (a wide estimate for system-ui), plus 2 x 7 px padding and a border."""
+    import html as html_lib
+    import re
+
+    head = re.findall(r"<th>(.*?)</th>", table)
+    widths = [max(len(p) for p in re.split(r"<wbr>|\s", html_lib.unescape(h))) for h in head]
+    for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]:
+        for i, (cls, cell) in enumerate(re.findall(r'<td class="(\w+)">(.*?)</td>', row)):
+            pieces = re.split(r"<wbr>|\s", html_lib.unescape(cell))
+            widths[i] = max(widths[i], 1 if cls == "text" else max(len(p) for p in pieces))
+    return sum(w * 8 + 15 for w in widths)
+
+
+def test_the_report_fits_the_page_and_shows_the_prompt_as_written(tmp_path):
+    """On f4a7be8 the runs table had 21 columns of unbreakable names (about 2000 px at its narrowest, on a
+    1200 px page) and the prompt note showed a literal \\n\\n."""
+    import html
+    import re
+    import textwrap
+    from collections import defaultdict
+
+    from eatlab.analysis.analyze import Analysis, _quality_notes, write_outputs
+    from eatlab.analysis.quality import ROUNDTRIP_PROMPT
+
+    n = 4
+    runs = pd.DataFrame(
+        {
+            "run": [
+                f"{i}_language=zh,prompt_rounds=r3,finetune=eacl_qlora,model=qwen2.5-7b" for i in range(n)
+            ],
+            "run_dir": [f"/home/someone/outputs/multiruns/eat/2025-01-01_12-00-00/{i}" for i in range(n)],
+            "status": ["ok", "ok", "ok", "failed"],
+            "error": [None] * 3
+            + ["cache.path=/a/very/long/path/to/responses.sqlite: the cache file is damaged"],
+            "overrides": ["language=zh prompt_rounds=r3 finetune=eacl_qlora model=qwen2.5-7b"] * n,
+            "language": ["zh", "ja", "ko", "ar"],
+            "model": ["Qwen/Qwen2.5-7B-Instruct@a09a35458c702b33eeacc393d103063234e8bc28"] * n,
+            "rounds": ["r3"] * n,
+            "finetune": ["eacl_qlora"] * n,
+            "seed": [0, 1, 2, 3],
+            **{
+                c: [0.123456] * n
+                for c in (
+                    "entity_f1",
+                    "entity_f1_ci_low",
+                    "entity_f1_ci_high",
+                    "reference_token_micro_f1",
+                    "rt_bleu",
+                    "rt_chrf",
+                    "ref_bleu",
+                    "ref_chrf",
+                    "entropy_mean",
+                )  # fmt: skip
+            },
+            "n_sentences": [1000] * n,
+            "llm_calls": [123456] * n,
+            "llm_cache_hits": [123456] * n,
+            "seconds_total": [12345.678] * n,
+            "smoke_model": [False] * n,
+            "entropy_approx": [False] * n,
+        }
+    )
+    notes = _quality_notes(runs, roundtrip=True, references=None)
+    a = Analysis(
+        tmp_path, tmp_path, runs, pd.DataFrame(), pd.DataFrame(), defaultdict(pd.DataFrame), notes=notes
+    )
+    write_outputs(a)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    (runs_table,) = re.findall(r"<h2>Runs</h2>.*?</table>", page, re.S)
+    assert _min_width_px(runs_table) <= 1200 - 32  # the page's max-width less its padding
+    assert "0.1235\u2013<wbr>0.1235" in runs_table  # the interval in one cell
+    assert page.count('<div class="scroll"><table>') == page.count("<table>")  # wider tables scroll in a box
+    # the prompt as the model got it: its own lines, not `\n\n` written out
+    assert "\\n" not in page and "white-space: pre-wrap" in page
+    assert html.escape(textwrap.indent(ROUNDTRIP_PROMPT, "    ")) in page
+    assert pd.read_csv(tmp_path / "runs.csv").columns.tolist() == runs.columns.tolist()  # the CSV keeps all

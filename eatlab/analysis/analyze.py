@@ -4,6 +4,7 @@ plots and report.html, all written under `<sweep>/analysis/` (or `out_dir`)."""
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def _quality_notes(runs_ok: pd.DataFrame, roundtrip: bool, references: Path | No
     if roundtrip:
         notes.append(
             "Round-trip BLEU/chrF (rt_bleu, rt_chrf): each run's English was translated back into the source language "
-            "by the same model (its resolved_config.yaml), greedily, with the prompt: "
-            f"{ROUNDTRIP_PROMPT!r}; scored against the source sentence with sacrebleu and the language's tokenizer. "
+            "by the same model (its resolved_config.yaml), greedily, with this prompt ({language} and {english} "
+            "filled in):\n\n" + textwrap.indent(ROUNDTRIP_PROMPT, "    ") + "\n\n"
+            "Scored against the source sentence with sacrebleu and the language's tokenizer. "
             "It measures what survives the trip, forward and back together; WikiANN has no reference translations."
         )
     else:
@@ -238,6 +240,21 @@ def analyze_sweep(
     return analysis
 
 
+RUN_VIEW = ("run", "status", "language", "rounds", "finetune", "model", "seed", "entity_f1", "entity_f1 95% CI",
+            "reference_token_micro_f1", "n_sentences", "rt_chrf", "ref_chrf", "entropy_mean", "error")  # fmt: skip
+
+
+def runs_view(runs: pd.DataFrame) -> pd.DataFrame:
+    """The report's runs table: the columns that fit a page (the interval in one cell); runs.csv has them all."""
+    view = runs.copy()
+    if {"entity_f1_ci_low", "entity_f1_ci_high"} <= set(view.columns):
+        view["entity_f1 95% CI"] = [
+            "" if pd.isna(lo) or pd.isna(hi) else f"{lo:.4f}\u2013{hi:.4f}"
+            for lo, hi in zip(view["entity_f1_ci_low"], view["entity_f1_ci_high"])
+        ]
+    return view[[c for c in RUN_VIEW if c in view.columns]]
+
+
 def write_outputs(a: Analysis) -> None:
     out = a.out_dir
     a.runs.to_csv(out / "runs.csv", index=False)
@@ -249,35 +266,13 @@ def write_outputs(a: Analysis) -> None:
     (out / "tables").mkdir(exist_ok=True)
     for name, df in a.tables.items():
         df.to_csv(out / "tables" / f"{name}.csv", index=False)
-    run_cols = [
-        c
-        for c in (
-            "run",
-            "status",
-            "language",
-            "rounds",
-            "finetune",
-            "model",
-            "seed",
-            "entity_f1",
-            "entity_f1_ci_low",
-            "entity_f1_ci_high",
-            "reference_token_micro_f1",
-            "n_sentences",
-            "rt_bleu",
-            "rt_chrf",
-            "ref_bleu",
-            "ref_chrf",
-            "entropy_mean",
-            "llm_calls",
-            "llm_cache_hits",
-            "seconds_total",
-            "error",
-        )
-        if c in a.runs
-    ]
     sections = [
-        ("Runs", "One row per run dir; failed runs keep their error.", a.runs[run_cols]),
+        (
+            "Runs",
+            "One row per run dir; failed runs keep their error. The main columns: every column (BLEU, tokens, "
+            "cache hits, timings, failure counts) is in runs.csv.",
+            runs_view(a.runs),
+        ),
         (
             "Main table: entity F1",
             "Entity-level micro F1 (seqeval default) per language; avg_nsl = mean over the NSLs present.",
