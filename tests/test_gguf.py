@@ -236,10 +236,8 @@ def test_bad_gguf_paths_are_one_line_errors(ggufs, tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"^model\.path=.*missing\.gguf: no such GGUF file$"):
         model_source(cfg_for(tmp_path / "missing.gguf", models))
-    with pytest.raises(
-        ConfigError, match=r"^model\.path=.*not smoke\.gguf: a GGUF file is not a smoke model"
-    ):
-        model_source(cfg_for(tmp_path / "not smoke.gguf", models, smoke=True))
+    with pytest.raises(ConfigError, match=r"^model\.path=.*not smoke\.gguf: no such GGUF file$"):
+        model_source(cfg_for(tmp_path / "not smoke.gguf", models, smoke=True))  # any group: these weights
     # an HF folder that also holds a GGUF is an HF folder
     (two / "config.json").write_text("{}")
     assert model_source(cfg_for(two, models)) == (str(two), True)

@@ -33,11 +33,12 @@ def test_model_configs():
         m = yaml.safe_load((CONF_DIR / "model" / f"qwen2.5-{s}b.yaml").read_text())
         assert m["id"] == f"Qwen/Qwen2.5-{s.upper()}B-Instruct" and m["path"] is None and not m["smoke"]
     tiny = cfg_for("model=tiny").model
-    assert tiny.smoke and tiny.id == "eatlab/tiny-qwen2-smoke" and tiny.path.endswith("models/tiny-qwen2")
+    assert tiny.smoke and tiny.id == "eatlab/tiny-qwen2-smoke" and tiny.path is None
+    assert tiny.smoke_path.endswith("models/tiny-qwen2")  # built there when model.path is null
 
 
 def test_hf_backend_from_config_builds_the_smoke_model_lazily(tmp_path):
-    cfg = cfg_for("model=tiny", "backend=hf", f"model.path={TINY_DIR}", f"cache.path={tmp_path / 'c.sqlite'}",
+    cfg = cfg_for("model=tiny", "backend=hf", f"model.smoke_path={TINY_DIR}", f"cache.path={tmp_path / 'c.sqlite'}",
                   "backend.batch_size=4")  # fmt: skip
     backend = build_backend(cfg)
     assert isinstance(backend, HFBackend) and not backend.loaded and backend.batch_size == 4

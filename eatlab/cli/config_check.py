@@ -188,13 +188,17 @@ def validate_config(cfg: DictConfig) -> None:
     _check_choice(cfg, "cache.mode", MODES)
     from eatlab.eat.methods import method_class
     from eatlab.extractors.base import extractor_factory
-    from eatlab.llm.factory import backend_class
+    from eatlab.llm.factory import backend_class, check_backend
+    from eatlab.utils.components import check_params, node_params
 
-    kind = backend_class(cfg).kind  # each component's `_target_` must import (one line naming the key)
+    backend = backend_class(cfg)  # each component's `_target_` must import (one line naming the key)
     if _get(cfg, "extractor") is not _ABSENT:  # the alignment benchmark has no extractor or method
-        extractor_factory(cfg)
-        method_class(cfg)
-    if kind == "openai":
+        ext = {k: v for k, v in node_params(cfg.extractor).items() if k != "train"}  # train: the recipe
+        check_params(extractor_factory(cfg), ext, "extractor", provided=("client", "prompts", "generation"))
+        check_params(method_class(cfg), node_params(cfg.method), "method", provided=("ctx", "extractor"))
+    from eatlab.llm.openai_http import OpenAIBackend
+
+    if issubclass(backend, OpenAIBackend):  # its HTTP settings, with their ranges
         url = _get(cfg, "backend.base_url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             _fail("backend.base_url", url, "an http:// or https:// URL")
@@ -202,7 +206,8 @@ def validate_config(cfg: DictConfig) -> None:
         _check_int(cfg, "backend.max_retries", minimum=0)
         for key in ("backend.timeout_s", "backend.backoff_s", "backend.max_backoff_s"):
             _check_num(cfg, key, minimum=0)
-    _check_alignment(cfg, kind)
+    _check_alignment(cfg, backend)
+    check_backend(cfg)  # the node against its class: also when every answer is cached (nothing is built)
     model_id = _get(cfg, "model.id")
     if model_id is not _ABSENT and (not isinstance(model_id, str) or not model_id.strip()):
         _fail("model.id", model_id, "the model's name")
@@ -210,16 +215,17 @@ def validate_config(cfg: DictConfig) -> None:
     _check_data_files(cfg)
 
 
-def _check_alignment(cfg, kind: str) -> None:
-    """`alignment.*`: ranking candidate spans needs the model's log-probabilities, which only backend=hf has."""
+def _check_alignment(cfg, backend) -> None:
+    """`alignment.*`: ranking candidate spans needs a backend class that scores them (`rank_scoring`)."""
     _check_bool(cfg, "alignment.constrained")
     _check_choice(cfg, "alignment.select", ("generate", "rank"))
     for key in ("alignment.max_span_words", "alignment.max_span_chars"):
         _check_int(cfg, key, minimum=1)
     _check_int(cfg, "alignment.rank_top_first", minimum=1, null=True)
-    if _get(cfg, "alignment.select") == "rank" and kind != "hf":
+    if _get(cfg, "alignment.select") == "rank" and not backend.rank_scoring:
         raise ConfigError(
-            f"alignment.select=rank needs backend=hf (backend={kind} does not score candidates)"
+            f"alignment.select=rank needs backend=hf or a backend class with rank_scoring "
+            f"({backend.__module__}.{backend.__qualname__} does not score candidate spans)"
         )
 
 

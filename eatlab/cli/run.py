@@ -28,27 +28,27 @@ def run_eat(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 
 def eat_task(cfg: DictConfig, task: Task) -> dict:
     """The `eatlab` job in its Task (run dir, provenance, loggers owned by the task runner)."""
-    from eatlab.data.languages import get_language
+    from eatlab.data.languages import Language
     from eatlab.data.loader import select_from_config
     from eatlab.eat.artifacts import finalize_artifacts
     from eatlab.eat.evaluate import evaluate_results
     from eatlab.eat.methods import build_method
     from eatlab.eat.report import print_failures, print_summary
     from eatlab.finetune.adapter import adapter_provenance
-    from eatlab.llm.factory import build_client
+    from eatlab.llm.factory import build_client, run_model
     from eatlab.rundir import build_metrics, write_metrics
     from eatlab.tracking.record import record_run
 
     t_start = time.perf_counter()
     run_dir = task.run_dir
-    language = get_language(cfg.language.code)
-    if cfg.model.get("smoke"):
-        log.warning(SMOKE_WARNING.format(model=cfg.model.id))
+    language = Language.from_config(cfg)  # the composed node: what runs is what the config says
     selection = select_from_config(cfg)  # bad data fails here, before the heavy imports below
-    import pytorch_lightning as pl
-
+    from eatlab.cli.trainer import build_trainer
     from eatlab.eat.lightning import EATEvaluationModule, sentence_loader
 
+    model = run_model(cfg)  # `model.path` checked (or the smoke model built) before any work
+    if model.smoke:
+        log.warning(SMOKE_WARNING.format(model=model.id))
     client = build_client(cfg)
     client.cache.ensure_open()  # a damaged cache file fails now, in one line naming the repair command
     pipeline = build_method(cfg, client, language, run_dir)
@@ -64,15 +64,15 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
 
     def finish(gathered):  # all ranks' results and counters, merged (eatlab.eat.lightning.Gathered)
         t0 = time.perf_counter()
-        ev = evaluate_results(gathered.results, language.code, run_dir, seed=int(cfg.seed))
+        ev = evaluate_results(gathered.results, language, run_dir, seed=int(cfg.seed))
         gathered.seconds["evaluation"] += time.perf_counter() - t0
         gathered.seconds["total"] = time.perf_counter() - t_start
         extra = {
             "run": {
                 "method": cfg.method.name,
                 "language": language.code,
-                "model": cfg.model.id,
-                "smoke_model": bool(cfg.model.get("smoke", False)),
+                "model": model.id,
+                "smoke_model": model.smoke,
                 "prompts": pipeline.prompts.name,
                 "prompt_rounds": {
                     "forward": len(pipeline.prompts.forward.rounds),
@@ -104,15 +104,18 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
 
     module = EATEvaluationModule(pipeline, finish, client)
     loggers = task.loggers()
-    trainer = pl.Trainer(
+    # the shared builder (eatlab/cli/trainer.py): the evaluation's devices are `eval.*`; fp32 (no autocast), the
+    # backends choose their own dtype
+    trainer = build_trainer(
+        cfg,
+        task,
         accelerator=cfg.eval.accelerator,
         devices=cfg.eval.devices,
         strategy=cfg.eval.strategy,
-        logger=loggers,
+        precision="32-true",
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=True,
-        default_root_dir=str(run_dir),
     )
     try:
         trainer.test(

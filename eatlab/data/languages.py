@@ -1,4 +1,10 @@
-"""The language table: one Hydra config per language in conf/language/, read here for code outside Hydra."""
+"""Languages: a run's language is its composed `language` node (`Language.from_config(cfg)`); nothing in a run
+reads the package's conf/ again, so an overridden key (`language.name=Klingon`) or a language file of one's own
+on the Hydra search path is what runs and what is recorded.
+
+`get_language(code)` reads the shipped table (conf/language/<code>.yaml) for tools that have a language code but
+no composed config: `eatlab-score --language`, the analysis of old run dirs, the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import yaml
+from omegaconf import OmegaConf
 
 from eatlab.errors import ConfigError
 from eatlab.paths import CONF_DIR
@@ -28,6 +35,16 @@ class Language:
     redirect_words: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
+    def from_config(cls, cfg) -> Language:
+        """The run's language: the composed config's `language` node."""
+        node = cfg.get("language") if hasattr(cfg, "get") else None
+        if node is None:
+            raise ConfigError("language: missing in the config (choose one with language=<code>)")
+        if OmegaConf.is_config(node):
+            node = OmegaConf.to_container(node, resolve=True)
+        return cls.from_mapping(node)
+
+    @classmethod
     def from_mapping(cls, d) -> Language:
         try:
             return cls(
@@ -47,7 +64,8 @@ class Language:
 
 @cache
 def get_language(code: str) -> Language:
-    """The language's entry of conf/language/<code>.yaml; ConfigError for an unknown code."""
+    """The shipped language `code` (conf/language/<code>.yaml), for tools without a composed config; ConfigError
+    for an unknown code. A run uses `Language.from_config(cfg)` instead."""
     path = CONF_DIR / "language" / f"{code}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (CONF_DIR / "language").glob("*.yaml")))

@@ -51,7 +51,7 @@ def is_redirect(sentence: Sentence, lang: Language) -> bool:
     return any(head.startswith(w.casefold()) for w in lang.redirect_words)
 
 
-def load_hub(language: str, split: str) -> list[Sentence]:
+def load_hub(language: str, split: str, char_tokenized: bool | None = None) -> list[Sentence]:
     """WikiANN from the hub through `datasets`; offline it fails with one line saying how to use local files."""
     try:
         import datasets
@@ -64,7 +64,7 @@ def load_hub(language: str, split: str) -> list[Sentence]:
             f"cannot load from the hub ({type(exc).__name__}); use local files instead: "
             "data.source=local data.root=DIR (a copy laid out as DIR/<lang>/<split>.txt)",
         ) from None
-    char_tok = get_language(language).char_tokenized
+    char_tok = get_language(language).char_tokenized if char_tokenized is None else char_tokenized
     out = []
     for i, row in enumerate(ds):
         tokens = [t.split(":", 1)[1] if t[:3] == f"{language}:" else t for t in row["tokens"]]
@@ -74,7 +74,7 @@ def load_hub(language: str, split: str) -> list[Sentence]:
 
 
 def select_sentences(
-    language: str,
+    language: Language | str,
     split: str = "test",
     root: str | Path | None = None,
     limit: int | None = None,
@@ -83,11 +83,14 @@ def select_sentences(
     drop_redirects: bool = False,
     source: str = "local",
 ) -> DataSelection:
-    """Read one split of one language and apply the selection options (ids keep their file index)."""
-    lang = get_language(language)
+    """Read one split of one language and apply the selection options (ids keep their file index).
+
+    `language`: the run's `Language` (its composed config node); a bare code is looked up in the shipped table."""
+    lang = language if isinstance(language, Language) else get_language(language)
+    language = lang.code
     files: dict[str, str] = {}
     if source == "hub":
-        sentences = load_hub(language, split)
+        sentences = load_hub(language, split, lang.char_tokenized)
     elif source == "local":
         path = split_path(root, language, split)
         if not path.is_file() and root is None:
@@ -113,11 +116,11 @@ def select_sentences(
     return DataSelection(sentences, files, n_read, removed, source)
 
 
-def select_from_config(cfg, language: str | None = None) -> DataSelection:
-    """`select_sentences` driven by the composed Hydra config (`data.*`, and `language.code` unless given)."""
+def select_from_config(cfg, language: Language | str | None = None) -> DataSelection:
+    """`select_sentences` driven by the composed Hydra config (`data.*`, and the `language` node unless given)."""
     d = cfg.data
     return select_sentences(
-        language or cfg.language.code,
+        language or Language.from_config(cfg),
         split=d.split,
         root=d.root,
         limit=d.limit,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eatlab.data.bio import tags_to_spans
 from eatlab.data.conll import write_conll
+from eatlab.data.languages import Language
 from eatlab.eat.artifacts import JsonlArtifact
 from eatlab.eat.attribution import attribute_sentence, summarize
 from eatlab.eat.stages import SentenceResult
@@ -14,13 +15,22 @@ from eatlab.eval.scores import score
 from eatlab.rundir import ATTRIBUTION, artifact_name
 
 
-def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path, seed: int = 0) -> dict:
-    """Scores and failure attribution of all sentences; writes predictions.conll and attribution.jsonl."""
+def evaluate_results(
+    results: list[SentenceResult], language: Language | str, run_dir: Path, seed: int = 0
+) -> dict:
+    """Scores and failure attribution of all sentences; writes predictions.conll and attribution.jsonl.
+
+    `language`: the run's `Language` (its composed node); a bare code is looked up in the shipped table."""
     run_dir = Path(run_dir)
     sentences = [r.sentence for r in results]
     preds = [r.pred_tags for r in results]
     write_conll(run_dir / "predictions.conll", sentences, preds)
-    scores = score([s.tags for s in sentences], preds, [s.tokens for s in sentences], language, seed=seed)
+    char_tok = language.char_tokenized if isinstance(language, Language) else None
+    language = getattr(language, "code", language)
+    scores = score(
+        [s.tags for s in sentences], preds, [s.tokens for s in sentences], language, seed=seed,
+        char_tokenized=char_tok,
+    )  # fmt: skip
     gold_all, pred_all, dropped = [], [], Counter()
     examples = JsonlArtifact(run_dir / artifact_name(ATTRIBUTION))
     records = []
@@ -52,11 +62,13 @@ def evaluate_results(results: list[SentenceResult], language: str, run_dir: Path
     return {
         "scores": scores,
         "failures": failures,
-        "reference_recovery": reference_recovery_scores(results, language),
+        "reference_recovery": reference_recovery_scores(results, language, char_tok),
     }
 
 
-def reference_recovery_scores(results: list[SentenceResult], language: str) -> dict:
+def reference_recovery_scores(
+    results: list[SentenceResult], language: str, char_tokenized: bool | None = None
+) -> dict:
     """The same backward answers snapped onto the sentences by the reference release's span recovery.
 
     Puts our span recovery and the reference's side by side on identical LLM answers (METHOD.md, step 4).
@@ -68,8 +80,9 @@ def reference_recovery_scores(results: list[SentenceResult], language: str) -> d
         answers = [(a["answer"], a["type"]) for a in r.alignments if a.get("answer") is not None]
         preds.append(reference_recover_sentence(answers, r.sentence).tags(len(r.sentence.tokens)))
     s = score(
-        [r.sentence.tags for r in results], preds, [r.sentence.tokens for r in results], language, n_boot=200
-    )
+        [r.sentence.tags for r in results], preds, [r.sentence.tokens for r in results], language, n_boot=200,
+        char_tokenized=char_tokenized,
+    )  # fmt: skip
     keys = (
         "entity_precision",
         "entity_recall",

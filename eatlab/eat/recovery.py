@@ -51,6 +51,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from eatlab.data.bio import ENTITY_TYPES, Span
+from eatlab.data.languages import Language, get_language
 from eatlab.data.record import Sentence
 from eatlab.errors import ConfigError
 
@@ -299,15 +300,16 @@ class _LangInfo:
     redirect_words: tuple[str, ...]
 
 
-def _lang_info(sentence: Sentence, language: str | None) -> _LangInfo:
-    code = language or sentence.language
+def _lang_info(sentence: Sentence, language: Language | str | None) -> _LangInfo:
+    """The run's language (its composed node) as given; a bare code (tools without a config) is looked up in
+    the shipped table, and an unknown one recovers by the sentence alone."""
+    if isinstance(language, Language):
+        return _LangInfo(sentence.char_tokenized or language.char_tokenized, language.redirect_words)
     try:
-        from eatlab.data.languages import get_language
-
-        lang = get_language(code)
-        return _LangInfo(sentence.char_tokenized or lang.char_tokenized, lang.redirect_words)
-    except (ConfigError, ImportError):
+        lang = get_language(language or sentence.language)
+    except ConfigError:
         return _LangInfo(sentence.char_tokenized, ())
+    return _LangInfo(sentence.char_tokenized or lang.char_tokenized, lang.redirect_words)
 
 
 def _taken_tokens(taken: Iterable[int] | Iterable[Span] | None) -> set[int]:
@@ -514,13 +516,14 @@ def recover_span(
     sentence: Sentence,
     entity_type: str,
     taken: Iterable[int] | Sequence[Span] | None = None,
-    language: str | None = None,
+    language: Language | str | None = None,
     *,
     n_entities: int | None = None,
 ) -> Recovery:
     """Recover the token span that `answer` names in `sentence`, typed `entity_type` (see the module doc).
 
-    `taken`: token indices or spans already recovered for this sentence; `language` defaults to the sentence's;
+    `taken`: token indices or spans already recovered for this sentence; `language`: the run's `Language` (a
+    bare code is looked up in the shipped table; default: the sentence's code);
     `n_entities`: how many English entities were asked for this sentence (for the whole-sentence rule).
     """
     if entity_type not in ENTITY_TYPES:

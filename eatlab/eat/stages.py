@@ -3,7 +3,9 @@
 Each stage is a function of a `StageContext` (the run's client, prompts, language, generation settings, counters
 and artifacts) and a batch of `SentenceResult`s, which it fills in. Every stage is batched over the whole batch
 (round k of every conversation in one LLM-layer call) and writes a per-sample JSONL artifact to the run dir.
-Scoring happens once over all batches (eatlab.eat.evaluate).
+The stages own their records: each artifact has one layout (`forward.jsonl`: FORWARD_KEYS; `ner.jsonl`:
+NER_KEYS; `backward.jsonl`: BACKWARD_KEYS, one record per entity placed or dropped), written here whatever the
+method, so that every reader reads one layout. Scoring happens once over all batches (eatlab.eat.evaluate).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,18 @@ ENGLISH_SCRIPTS = frozenset({"LATIN"})
 COUNT_KEYS = (
     "failed_forward", "failed_ner", "failed_backward", "truncated_sentences", "skipped_short",
     "empty_answers", "truncated_answers", "control_chars_stripped", "wrong_script_answers",
-    "unconstrained_answers",
+    "unconstrained_answers", "constraint_violations",
+)  # fmt: skip
+FORWARD_KEYS = (
+    "sentence_id", "text", "text_sha256", "truncated", "english", "skipped_llm", "error", "messages",
+    "messages_sha256", "entropy_mean", "entropies", "entropy_approx", "finish_reasons",
+)  # fmt: skip
+# the one layout of a `ner.jsonl` record (`text`: what the entities were found in: the English translation, or the
+# source sentence for direct LLM NER) and of a `backward.jsonl` record (one per entity: placed or dropped)
+NER_KEYS = ("sentence_id", "text", "text_sha256", "extractor", "entities", "error", "skipped", "messages")
+BACKWARD_KEYS = (
+    "sentence_id", "type", "phrase", "answer", "span", "matched_text", "placed_by", "score", "dropped_reason",
+    "error", "constraint_violated", "messages", "messages_sha256",
 )  # fmt: skip
 
 
@@ -160,7 +174,9 @@ def translate_forward(ctx: StageContext, results: list[SentenceResult]) -> None:
 
 
 def _forward_record(r: SentenceResult, conv: ConversationResult | None) -> dict:
-    rec = {
+    """The one `forward.jsonl` layout (FORWARD_KEYS); a sentence too short for the LLM has no conversation."""
+    last = conv.replies[-1] if conv is not None and conv.replies else None
+    return {
         "sentence_id": r.sentence.id,
         "text": r.source,
         "text_sha256": sha256_text(r.source),
@@ -168,15 +184,13 @@ def _forward_record(r: SentenceResult, conv: ConversationResult | None) -> dict:
         "english": r.english,
         "skipped_llm": conv is None,
         "error": r.forward_error,
+        "messages": conv.messages if conv is not None else None,
+        "messages_sha256": messages_hash(conv.messages) if conv is not None else None,
+        "entropy_mean": last.mean_entropy if last else None,
+        "entropies": last.entropies if last else None,
+        "entropy_approx": last.entropy_approx if last else None,
+        "finish_reasons": [rep.finish_reason for rep in conv.replies] if conv is not None else None,
     }
-    if conv is not None:
-        rec["messages"] = conv.messages
-        rec["messages_sha256"] = messages_hash(conv.messages)
-        rec["entropy_mean"] = conv.replies[-1].mean_entropy if conv.replies else None
-        rec["entropies"] = conv.replies[-1].entropies if conv.replies else None
-        rec["entropy_approx"] = conv.replies[-1].entropy_approx if conv.replies else None
-        rec["finish_reasons"] = [rep.finish_reason for rep in conv.replies]
-    return rec
 
 
 def extract(ctx: StageContext, extractor: Extractor, results: list[SentenceResult]) -> None:
@@ -193,23 +207,40 @@ def extract(ctx: StageContext, extractor: Extractor, results: list[SentenceResul
         messages[r.sentence.id] = c
     ctx.art_ner.write(
         [
-            {
-                "sentence_id": r.sentence.id,
-                "english": r.english,
-                "english_sha256": sha256_text(r.english),
-                "extractor": extractor.name,
-                "entities": [list(e) for e in r.entities],
-                **({"messages": messages[r.sentence.id]} if messages.get(r.sentence.id) else {}),
-                **(
-                    {}
-                    if r.sentence.id in messages
-                    else {"skipped": "forward failed" if r.forward_error else "empty translation"}
-                ),
-            }
+            _ner_record(r, r.english, extractor.name, messages.get(r.sentence.id))
+            if r.sentence.id in messages
+            else _ner_record(
+                r,
+                r.english,
+                extractor.name,
+                skipped="forward failed" if r.forward_error else "empty translation",
+            )
             for r in results
         ]
     )
     ctx.timer.add("ner", t0)
+
+
+def _ner_record(
+    r: SentenceResult,
+    text: str,
+    extractor: str,
+    messages: list | None = None,
+    error: str | None = None,
+    skipped: str | None = None,
+) -> dict:
+    """The one `ner.jsonl` layout (NER_KEYS): the entities found in `text`, and the conversation if an LLM
+    found them."""
+    return {
+        "sentence_id": r.sentence.id,
+        "text": text,
+        "text_sha256": sha256_text(text),
+        "extractor": extractor,
+        "entities": [list(e) for e in r.entities],
+        "error": error,
+        "skipped": skipped,
+        "messages": messages or None,
+    }
 
 
 def align_backward(ctx: StageContext, results: list[SentenceResult]) -> list[tuple]:
@@ -230,57 +261,159 @@ def align_backward(ctx: StageContext, results: list[SentenceResult]) -> list[tup
         sources,
         ctx.alignment_select,
     )
+    if sources is not None:
+        check_constraint(ctx, convs, sources)
     ctx.timer.add("backward", t0)
     return [(r, typ, phrase, conv) for (r, typ, phrase), conv in zip(jobs, convs)]
 
 
+def within_constraint(answer: str, text: str, truncated: bool = False) -> bool:
+    """Whether a constrained answer is what the constraint allows: a verbatim, non-empty substring of `text`.
+
+    Rule 3 (GenerationSettings.SUBSTRING_RULE) lets the first token carry one leading space that is not part of
+    the answer: a reply is stripped before it is checked. An answer cut at its token budget may end inside a
+    character (decoded as U+FFFD); the whole characters before it are checked."""
+    answer = answer.strip()
+    if truncated:
+        answer = answer.rstrip("\ufffd")
+    return bool(answer) and answer in text
+
+
+def constraint_violated(conv: ConversationResult, text: str | None) -> bool | None:
+    """Whether a constrained final answer came back outside its sentence; None when there is nothing to check
+    (not constrained, failed, or decoded freely by the backend's own account: `unconstrained_answers`)."""
+    if text is None or conv.failed or not conv.replies or conv.faults.get("unconstrained_answers"):
+        return None
+    return not within_constraint(conv.answer, text, conv.replies[-1].finish_reason == "length")
+
+
+def check_constraint(ctx: StageContext, convs: list[ConversationResult], sources: list[str | None]) -> None:
+    """Check that the constraint fired: every constrained final answer that came back (from the backend or the
+    cache) must be a substring of its sentence. A backend that does not know its grammar parameter ignores it and
+    answers freely with a 200 (vLLM >= 0.12 dropped `guided_*`); those answers are counted as
+    `constraint_violations`, flagged in their backward records, and named in one warning."""
+    flags = [constraint_violated(c, t) for c, t in zip(convs, sources)]
+    bad = sum(f is True for f in flags)
+    if not bad:
+        return
+    ctx.counts["constraint_violations"] += bad
+    client = ctx.client
+    kind = getattr(client, "kind", type(client).__name__)
+    backend = client.backend if getattr(client, "backend_created", True) else None
+    param = getattr(backend, "constraint_param", None)
+    how = f"its grammar parameter `{param}` (backend.constraint_param={param})" if param else "the constraint"
+    log.warning(
+        "backend=%s: %d of %d constrained backward answers are not substrings of their sentence: the backend "
+        "ignored %s (a server that does not know the parameter answers freely); counted as "
+        "constraint_violations, flagged in artifacts/backward.jsonl",
+        kind,
+        bad,
+        sum(f is not None for f in flags),
+        how,
+    )
+
+
 def recover_spans(ctx: StageContext, aligned: list[tuple], results: list[SentenceResult]) -> None:
-    """Snap every backward answer onto its sentence (eatlab.eat.recovery); the recovered span gets the English
-    entity's type. Writes the backward artifact."""
-    t0 = time.perf_counter()
-    records = []
+    """Snap every backward answer onto its sentence (`place_answers`); the recovered span gets the English
+    entity's type. Counts the backward conversations' faults and failures; writes the backward artifact."""
+    answers = []
     for r, typ, phrase, conv in aligned:
-        answer = conv.answer
         ctx.count_faults("backward", conv.faults)
         if conv.failed:
             ctx.counts["failed_backward"] += 1
             ctx.last_error = conv.failed
-            rec_span, reason, matched = None, "request_failed", None
+        elif wrong_script(conv.answer, frozenset(scripts(r.source))):
+            ctx.count_faults("backward", Counter(wrong_script_answers=1))
+        violated = constraint_violated(conv, r.source) if ctx.constrained_alignment else None
+        answers.append(Answer(r, typ, phrase, conv.answer, conv.messages, conv.failed, violated))
+    place_answers(ctx, answers, results)
+
+
+@dataclass
+class Answer:
+    """One entity's answer, to be placed on its sentence by `place_answers` (one backward record each)."""
+
+    result: SentenceResult
+    type: str
+    phrase: str  # what was asked for: the English entity (EAT, translate-test) or the listed entity (direct)
+    answer: str  # the text to place: the backward LLM's answer, or the phrase itself
+    messages: list | None = None  # the conversation that produced the answer (None: it had no LLM call)
+    error: str | None = None  # the request failed after its retries
+    constraint_violated: bool | None = (
+        None  # constrained answers: outside the sentence (None: not constrained)
+    )
+
+
+@dataclass
+class Placement:
+    """Where an answer landed: a span (typed) placed by `how`, or None with the reason it was dropped."""
+
+    span: Span | None
+    how: str | None = None  # "recovery" (eatlab.eat.recovery) or a fallback's name (translate-test: "fuzzy")
+    matched_text: str | None = None
+    score: float | None = None  # a fallback's match score
+    reason: str | None = None
+
+
+# a method's second chance for an answer that recovery dropped: (answer, recovery's placement) -> placement
+Fallback = Callable[[Answer, Placement], Placement]
+
+
+def place_answers(
+    ctx: StageContext, answers: list[Answer], results: list[SentenceResult], fallback: Fallback | None = None
+) -> None:
+    """Place every answer on its sentence with span recovery (then `fallback`, if given, for those it drops),
+    typed by the entity; fills `pred_spans` and `alignments` and writes `backward.jsonl` in its one layout."""
+    t0 = time.perf_counter()
+    records = []
+    for a in answers:
+        r = a.result
+        if a.error:
+            p = Placement(None, reason="request_failed")
         else:
-            if wrong_script(answer, frozenset(scripts(r.source))):
-                ctx.count_faults("backward", Counter(wrong_script_answers=1))
             rec = recover_span(
-                answer, r.sentence, typ, r.pred_spans, ctx.language.code, n_entities=len(r.entities)
+                a.answer, r.sentence, a.type, r.pred_spans, ctx.language, n_entities=len(r.entities)
             )
-            rec_span, reason, matched = rec.span, rec.reason, rec.matched_text
-            if rec_span is not None:
-                r.pred_spans.append(rec_span)
+            p = Placement(rec.span, "recovery" if rec.span else None, rec.matched_text, reason=rec.reason)
+            if rec.span is None and fallback is not None:
+                p = fallback(a, p)
+        if p.span is not None:
+            r.pred_spans.append(p.span)
         r.alignments.append(
-            {"type": typ, "phrase": phrase, "answer": answer, "span": rec_span, "reason": reason}
+            {"type": a.type, "phrase": a.phrase, "answer": a.answer, "span": p.span, "reason": p.reason}
         )
-        records.append(
-            {
-                "sentence_id": r.sentence.id,
-                "type": typ,
-                "phrase": phrase,
-                "answer": answer,
-                "span": [rec_span.start, rec_span.end] if rec_span else None,
-                "matched_text": matched,
-                "dropped_reason": reason if rec_span is None else None,
-                "error": conv.failed,
-                "messages": conv.messages,
-                "messages_sha256": messages_hash(conv.messages),
-            }
-        )
+        records.append(_backward_record(a, p))
     for r in results:
         r.pred_spans.sort()
     ctx.art_backward.write(records)
     ctx.timer.add("recovery", t0)
 
 
-def list_entities(ctx: StageContext, results: list[SentenceResult], rounds: int, check_round: str) -> list:
+def _backward_record(a: Answer, p: Placement) -> dict:
+    """The one `backward.jsonl` layout (BACKWARD_KEYS)."""
+    return {
+        "sentence_id": a.result.sentence.id,
+        "type": a.type,
+        "phrase": a.phrase,
+        "answer": a.answer,
+        "span": [p.span.start, p.span.end] if p.span else None,
+        "matched_text": p.matched_text if p.span else None,
+        "placed_by": p.how if p.span else None,
+        "score": p.score,
+        "dropped_reason": p.reason if p.span is None else None,
+        "error": a.error,
+        "constraint_violated": a.constraint_violated,
+        "messages": a.messages,
+        "messages_sha256": messages_hash(a.messages) if a.messages is not None else None,
+    }
+
+
+def list_entities(
+    ctx: StageContext, results: list[SentenceResult], rounds: int, check_round: str, name: str = "direct_llm"
+) -> list:
     """Direct NER in the source language: the prompt set's `direct` prompt, then `rounds - 1` check rounds.
-    Fills `entities` with the parsed `(TYPE, entity)` pairs; returns each result's conversation."""
+    Fills `entities` with the parsed `(TYPE, entity)` pairs and writes them with the conversation to `ner.jsonl`
+    (its one layout; `text` is the source sentence, `extractor` the method's name); returns the conversations."""
     t0 = time.perf_counter()
     convs, budget = [], 128
     for r in results:
@@ -289,16 +422,21 @@ def list_entities(ctx: StageContext, results: list[SentenceResult], rounds: int,
         )
         convs.append(conv)
     settings = settings_for_round(ctx.generation, budget)
+    errors: list[str | None] = [None] * len(results)
     for k in range(rounds):
         if k:
             for c in convs:
                 c.append({"role": "user", "content": check_round})
         replies = ctx.client.chat(convs, settings, stage="direct")
-        for c, rep in zip(convs, replies):
+        for i, (c, rep) in enumerate(zip(convs, replies)):
             ctx.last_error = rep.error or ctx.last_error
+            errors[i] = errors[i] or rep.error
             ctx.counts.update(sanitize_reply(rep))
             c.append({"role": "assistant", "content": rep.text})
     for r, conv in zip(results, convs):
         r.entities = parse_entity_list(conv[-1]["content"])
+    ctx.art_ner.write(
+        [_ner_record(r, r.source, name, conv, error) for r, conv, error in zip(results, convs, errors)]
+    )
     ctx.timer.add("direct", t0)
     return convs

@@ -110,6 +110,13 @@ def generation_config(cfg) -> dict:
     `settings_for_round` turns into each call's GenerationSettings."""
     gen = dict(cfg.generation)
     gen["max_new_tokens_cap"] = cfg.model.get("max_new_tokens_cap")
+    path = cfg.model.get("path")
+    # real weights (`model.path`) under a smoke group: the smoke model's cap is not theirs
+    if path and cfg.model.get("smoke"):
+        from eatlab.llm.tiny import is_smoke_model
+
+        if not is_smoke_model(path):
+            gen["max_new_tokens_cap"] = None
     return gen
 
 
@@ -171,6 +178,7 @@ class ModelSpec:
     adapter_path: str | None = None
     hash_weights: bool = True
     seed: int = 0
+    smoke: bool = False  # the tiny random smoke model (its folder says so): its answers mean nothing
 
     def weights_kwargs(self) -> dict:
         """The keyword arguments of a backend that loads these weights itself (hf, vLLM)."""
@@ -189,13 +197,21 @@ class LLMBackend(abc.ABC):
     Built from the `backend` config node by `hydra.utils.instantiate` (eatlab.llm.factory): the node's keys are
     constructor parameters, `model_kwargs` adds the run's model. A backend module imports its heavy libraries
     (torch, vllm) inside methods, so that `cache_identity` can name the weights without loading anything.
+
+    What a backend can do is declared here, by class attributes that subclasses inherit (never looked up by the
+    backend's name): `row_constraints`, `rank_scoring`, `local_weights`, `one_engine_per_process`.
     """
 
     kind: str = "abstract"  # enters the cache key: answers of different backends are never mixed
     # True: `generate` also takes one GenerationSettings per conversation, equal but for `substring_of`
     # (`split_rows`), so that constrained answers over different sentences share a batch
     row_constraints: bool = False
+    # True: a constrained call with `substring_select="rank"` is answered by scoring the candidate spans with
+    # the model's log-probabilities (`alignment=ranked`); only such backends accept that alignment
+    rank_scoring: bool = False
     local_weights: bool = True  # False: the weights live elsewhere (a server); `model.path` is not read
+    # True: a process can start only one engine (vLLM); an in-process sweep over models is refused in one line
+    one_engine_per_process: bool = False
 
     @classmethod
     def model_kwargs(cls, model: ModelSpec, params: dict) -> dict:
@@ -203,8 +219,20 @@ class LLMBackend(abc.ABC):
         return {"model": model}
 
     @classmethod
+    def compute_dtype(cls, params: dict) -> str | None:
+        """The precision the weights compute in (`backend.dtype`, `backend.device`; `auto` resolved as the
+        backend resolves it), or None where it is not this process's choice (a server)."""
+        if not cls.local_weights:
+            return None
+        from eatlab.llm.identity import resolve_dtype
+
+        return resolve_dtype(params.get("dtype") or "auto", params.get("device") or "auto")
+
+    @classmethod
     def cache_identity(cls, model: ModelSpec, params: dict) -> str:
-        """The model key from the config alone, equal to the built backend's `model_key`."""
+        """The cache's name for what answers (`eatlab.llm.identity.make_model_key`): weights, revision or
+        fingerprint, quantization, compute dtype, adapter. The one definition: the built backend's `model_key`
+        returns it too, and the client keys every answer with it."""
         from eatlab.llm.identity import make_model_key
 
         return make_model_key(
@@ -214,12 +242,13 @@ class LLMBackend(abc.ABC):
             model.adapter_path,
             hash_weights=model.hash_weights,
             quantization=params.get("quantization"),  # quantised on load: other weights
+            dtype=cls.compute_dtype(params),
         )
 
     @property
     @abc.abstractmethod
     def model_key(self) -> str:
-        """Identity of the weights for the cache: model id plus revision or local-weights hash, plus adapter hash."""
+        """The cache identity of this backend (`cache_identity` of what it was built from)."""
 
     @abc.abstractmethod
     def generate(

@@ -1,12 +1,16 @@
 """Backend and client from the composed Hydra config (`backend`, `model.*`, `finetune.adapter_path`, `cache.*`).
 
-The backend is `hydra.utils.instantiate(cfg.backend)` with the run's model added by the class's `model_kwargs`,
-so a backend of one's own plugs in with `backend._target_=mylab.MyBackend` or a YAML file. `build_client(cfg)`
-gives the stages an LLMClient whose backend is created only on the first cache miss; the cache identity (the
-class's `kind` + `cache_identity`) is computed from the config alone, so a fully cached run never touches the
-backend's libraries or weights. The tiny smoke model is built on disk (once) when `model.smoke` is true,
-because its weights fingerprint is part of its cache key; a GGUF `model.path` is converted (once) to an HF
-folder for the same reason (eatlab.llm.gguf).
+The backend is built from `cfg.backend` (eatlab.utils.components.build) with the run's model added by the
+class's `model_kwargs`, so a backend of one's own plugs in with `backend._target_=mylab.MyBackend` or a YAML file.
+`build_client(cfg)` gives the stages an LLMClient whose backend is created only on the first cache miss; the
+cache identity (the class's `kind` + `cache_identity`) is computed from the config alone, so a fully cached run
+never loads weights. `check_backend(cfg)` checks the node against the class before any work, also when every
+answer is cached.
+
+`model.path` means "these weights", with any model group: an existing folder (or GGUF file, converted once to an
+HF folder, eatlab.llm.gguf) is used as it is, and a path that does not exist is a one-line error that creates
+nothing. Only a smoke model group (`model.smoke=true`, `model=tiny`) without a path builds the tiny random model,
+at `model.smoke_path`, once: its weights fingerprint is part of its cache key.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from eatlab.errors import ConfigError
 from eatlab.llm.base import LLMBackend, ModelSpec
 from eatlab.llm.cache import ResponseCache
 from eatlab.llm.client import LLMClient
-from eatlab.llm.gguf import is_gguf_path, resolve_gguf
-from eatlab.utils.components import build, locate, require_subclass
+from eatlab.llm.gguf import resolve_gguf
+from eatlab.utils.components import build, check_params, locate, node_params, require_subclass
 from eatlab.utils.io import canonical_json
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,13 @@ def _get(node, key: str, default=None):
 
 
 def is_smoke(cfg) -> bool:
+    """The run's weights are the tiny random smoke model: a smoke group without `model.path`, or a folder that
+    says so (its SMOKE_MODEL marker)."""
+    path = _get(cfg, "model.path")
+    if path:
+        from eatlab.llm.tiny import is_smoke_model
+
+        return is_smoke_model(path)
     return bool(_get(cfg, "model.smoke", False))
 
 
@@ -57,43 +68,61 @@ def models_dir(cfg) -> str:
 
 
 def model_source(cfg) -> tuple[str, bool]:
-    """(hub id or local folder, is_local); builds the tiny smoke model on first use, and converts a GGUF
-    `model.path` (a .gguf file, or a folder holding one) once to an HF folder under `paths.models_dir`."""
+    """(hub id or local folder, is_local). `model.path`, when set, must exist (a folder, or a GGUF file converted
+    once to an HF folder under `paths.models_dir`); else a smoke group builds the tiny model on first use."""
     model_id = _get(cfg, "model.id")
     path = _get(cfg, "model.path")
     if not model_id:
         raise ConfigError("model.id: required (it names the weights in the response cache)")
-    if is_smoke(cfg):
-        if not path:
-            raise ConfigError("model.path: the smoke model needs a folder to be built in")
-        if is_gguf_path(str(path)):
-            raise ConfigError(f"model.path={path}: a GGUF file is not a smoke model; set model.smoke=false")
-        from eatlab.llm.tiny import ensure_tiny_model
-
-        ensure_tiny_model(path)
-        log.warning("model %s is a SMOKE model with random weights: its outputs mean nothing", model_id)
     if path:
-        converted = resolve_gguf(str(path), models_dir(cfg))
+        converted = resolve_gguf(str(path), models_dir(cfg))  # a missing *.gguf: "no such GGUF file"
         if converted is not None:
             return str(converted), True
-        if not Path(path).is_dir():
-            raise ConfigError(f"model.path={path}: no such folder")
+        if not Path(str(path)).exists():
+            raise ConfigError(
+                f"model.path={path}: no such file or folder (model.path names existing weights)"
+            )
+        if not Path(str(path)).is_dir():
+            raise ConfigError(f"model.path={path}: not a model folder or GGUF file")
         return str(path), True
+    if is_smoke(cfg):
+        build_at = _get(cfg, "model.smoke_path")
+        if not build_at:
+            raise ConfigError("model.smoke_path: the smoke model needs a folder to be built in")
+        from eatlab.llm.tiny import ensure_tiny_model
+
+        ensure_tiny_model(build_at)
+        log.warning("model %s is a SMOKE model with random weights: its outputs mean nothing", model_id)
+        return str(build_at), True
     return str(model_id), False
 
 
 def model_spec(cfg, local_weights: bool = True) -> ModelSpec:
-    """The run's model; `local_weights=False` (a server's model) neither checks nor builds `model.path`."""
-    source, local = model_source(cfg) if local_weights else (str(_get(cfg, "model.id")), False)
+    """The run's model; `local_weights=False` (a server's model) neither checks nor builds `model.path`.
+
+    `model.id` names the weights, except where a smoke group's id would name other weights: with `model.path`
+    of real weights under `model=tiny`, the model is named by its folder (or GGUF file)."""
+    model_id = str(_get(cfg, "model.id"))
+    source, local = model_source(cfg) if local_weights else (model_id, False)
+    smoke = local_weights and is_smoke(cfg)
+    path = _get(cfg, "model.path")
+    if local_weights and path and not smoke and _get(cfg, "model.smoke", False):
+        model_id = Path(str(path)).stem if Path(str(path)).is_file() else Path(str(path)).name
     return ModelSpec(
-        id=str(_get(cfg, "model.id")),
+        id=model_id,
         source=source,
         local=local,
         revision=_get(cfg, "model.revision"),
         adapter_path=adapter_path(cfg),
         hash_weights=bool(_get(cfg, "model.hash_weights", True)),
         seed=int(_get(cfg, "seed", 0)),
+        smoke=smoke,
     )
+
+
+def run_model(cfg) -> ModelSpec:
+    """The model the configured backend runs (what a run records as its model)."""
+    return model_spec(cfg, backend_class(cfg).local_weights)
 
 
 def backend_class(cfg) -> type[LLMBackend]:
@@ -103,8 +132,19 @@ def backend_class(cfg) -> type[LLMBackend]:
 
 
 def _params(cfg) -> dict:
-    node = OmegaConf.to_container(cfg.backend, resolve=True)
-    return {k: v for k, v in node.items() if not k.startswith("_")}
+    return node_params(cfg.backend)
+
+
+def check_backend(cfg) -> None:
+    """The backend node against its class (unknown key, missing parameter, wrong type): one line naming the key.
+
+    Nothing is built and no weights are read: a typo is seen before the first model call, also when every
+    answer is cached and the backend is never built."""
+    cls = backend_class(cfg)
+    params = _params(cfg)
+    model_id = str(_get(cfg, "model.id", "model"))
+    probe = ModelSpec(id=model_id, source=str(_get(cfg, "model.path") or model_id), local=False)
+    check_params(cls, params, "backend", provided=cls.model_kwargs(probe, params))
 
 
 def backend_identity(cfg) -> tuple[str, str]:
@@ -117,7 +157,10 @@ def build_backend(cfg) -> LLMBackend:
     """The configured backend (weights still unloaded)."""
     cls = backend_class(cfg)
     kwargs = cls.model_kwargs(model_spec(cfg, cls.local_weights), _params(cfg))
-    return build(cfg.backend, "backend", **kwargs)
+    backend = build(cfg.backend, "backend", **kwargs)
+    if not isinstance(backend, LLMBackend):
+        raise ConfigError(f"backend._target_={_get(cfg, 'backend._target_')}: does not build an LLMBackend")
+    return backend
 
 
 class _LoadedBackend:
@@ -126,7 +169,7 @@ class _LoadedBackend:
 
     key: tuple | None = None
     backend: LLMBackend | None = None
-    vllm_started: str | None = None  # vLLM cannot reliably start a second engine in one process
+    engine_started: str | None = None  # a backend with `one_engine_per_process` (vLLM) started one
 
 
 def shared_backend(cfg) -> LLMBackend:
@@ -138,14 +181,14 @@ def shared_backend(cfg) -> LLMBackend:
         log.info("reusing the loaded backend %s (%s)", kind, model_key)
         return _LoadedBackend.backend
     release_shared_backend()
-    if cls.kind == "vllm":
-        if _LoadedBackend.vllm_started and _LoadedBackend.vllm_started != model_key:
+    if cls.one_engine_per_process:
+        if _LoadedBackend.engine_started and _LoadedBackend.engine_started != model_key:
             raise ConfigError(
-                f"backend=vllm: this process already started a vLLM engine for {_LoadedBackend.vllm_started} and "
-                "vLLM cannot start a second one reliably; sweep over models with hydra/launcher=joblib "
-                "(one process per job)"
+                f"backend={kind}: this process already started an engine for {_LoadedBackend.engine_started} "
+                f"and {cls.__name__} cannot start a second one reliably; sweep over models with "
+                "hydra/launcher=joblib (one process per job)"
             )
-        _LoadedBackend.vllm_started = model_key
+        _LoadedBackend.engine_started = model_key
     backend = build_backend(cfg)
     _LoadedBackend.key, _LoadedBackend.backend = key, backend
     return backend

@@ -1,17 +1,21 @@
-"""The identity of a model's weights for the response cache: id, revision, local-weights fingerprint, adapter.
+"""The cache identity of what answers: weights (id, revision, local fingerprint), quantization, compute dtype,
+adapter. Defined once, here: `LLMBackend.cache_identity` (from the config, before any backend exists) and every
+backend's `model_key` return `make_model_key` of the same inputs, and the client keys each answer with it.
 
-An answer may only be reused for the same weights, so the cache key carries a `model_key` string:
+An answer may only be reused for the same weights run the same way, so the cache key carries a `model_key` string:
 - hub weights: `<model id>` or `<model id>@<revision>`;
 - local weights (`model.path=DIR`): `<model id>@local:<fingerprint of DIR>` (unless `model.hash_weights=false`,
   where the user vouches that `model.id` names the weights);
 - a GGUF file (`model.path=FILE.gguf`, converted once to an HF folder by `eatlab.llm.gguf`):
   `<model id>@gguf:<sha256 of the GGUF file, 16 hex>`, read from the converted folder's `gguf_source.json`;
 - quantized on load (bitsandbytes): `... +quant:4bit`;
+- computed in another precision than float32: `... +dtype:bfloat16` (or float16). Greedy replies of bf16 and
+  fp32 differ, so their answers never mix. float32 adds nothing: keys made before the dtype entered the key
+  (fp32 runs on CPU, the shared transcripts) stay valid;
 - with an adapter: `... +adapter:<fingerprint of the adapter folder>`.
 
-The dtype (bf16 on GPU, fp32 on CPU) is deliberately not part of the key: runs of the same weights share answers
-although a few greedy choices can differ between precisions; give the runs distinct `model.id`s to keep them
-apart.
+`dtype=auto` is resolved as the hf backend resolves it (`resolve_compute`): bf16 (fp16 without bf16 support) on
+a CUDA device, fp32 on the CPU.
 
 The fingerprint reads every file's name, size and three 1 MiB slices (start, middle, end), so hashing a 140 GB
 checkpoint takes milliseconds; any retraining changes all slices, so a different checkpoint never collides in
@@ -29,6 +33,33 @@ from eatlab.errors import ConfigError
 _SLICE = 1 << 20
 _SKIP = {"README.md", "SMOKE_MODEL", ".gitattributes"}
 GGUF_SOURCE = "gguf_source.json"  # in a folder converted from a GGUF file (eatlab.llm.gguf)
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}  # fmt: skip
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto`: cuda when available, else cpu (imports torch only then)."""
+    device = str(device or "auto")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "auto") -> str:
+    """The dtype name a local model computes in: `auto` is bfloat16 on CUDA (float16 without bf16 support) and
+    float32 on the CPU, as the hf backend loads it."""
+    dtype = str(dtype or "auto")
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ConfigError(f"backend.dtype={dtype}: expected auto, float32, bfloat16 or float16")
+        return DTYPES[dtype]
+    if not resolve_device(device).startswith("cuda"):
+        return "float32"  # half precision on CPU is slow and inexact
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
 def gguf_sha256(path: str | Path) -> str | None:
@@ -73,6 +104,7 @@ def make_model_key(
     adapter_path: str | Path | None = None,
     hash_weights: bool = True,
     quantization: str | None = None,
+    dtype: str | None = None,
 ) -> str:
     """The cache's name for a set of weights (see the module docstring)."""
     if not model_id:
@@ -85,6 +117,8 @@ def make_model_key(
         key += f"@{revision}"
     if quantization:
         key += f"+quant:{quantization}"
+    if dtype and DTYPES.get(str(dtype), str(dtype)) != "float32":
+        key += f"+dtype:{DTYPES.get(str(dtype), str(dtype))}"
     if adapter_path:
         key += f"+adapter:{folder_fingerprint(adapter_path)[:16]}"
     return key

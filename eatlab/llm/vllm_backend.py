@@ -19,9 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, split_rows
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, ModelSpec, Reply, split_rows
 from eatlab.llm.entropy import entropy_from_top_logprobs
-from eatlab.llm.identity import make_model_key
 
 INSTALL_HINT = (
     "backend=vllm needs vLLM on a CUDA machine: pip install 'eatlab[vllm]' (or use backend=hf / openai)"
@@ -43,6 +42,7 @@ class VLLMBackend(LLMBackend):
 
     kind = "vllm"
     row_constraints = True  # a list of SamplingParams, one grammar per conversation
+    one_engine_per_process = True  # vLLM cannot reliably start a second engine in one process
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
@@ -76,13 +76,8 @@ class VLLMBackend(LLMBackend):
         self.max_lora_rank = max_lora_rank
         self.logprobs = int(logprobs)
         self.seed = seed
-        self._model_key = make_model_key(
-            self.model_id,
-            revision,
-            self.source if local else None,
-            self.adapter_path,
-            hash_weights=hash_weights,
-        )
+        spec = ModelSpec(self.model_id, self.source, local, revision, self.adapter_path, hash_weights)
+        self._model_key = self.cache_identity(spec, {"dtype": dtype})
         self._llm = None
         self._lora = None
         self.load_seconds = 0.0

@@ -4,6 +4,9 @@
   forward prompts, the source sentence: the "translation" is the source itself);
 - `LookupBackend`: answers from a JSON table {substring of the first user turn: answer} (the first key found
   wins, else an empty answer): a scripted model whose right and wrong answers a test chooses;
+- `CountingHF`: eatlab's transformers backend subclassed (it counts the rows it answers); it inherits the
+  class's capabilities, so `alignment=ranked` accepts it;
+- `WrappedHF`: a backend that wraps an `HFBackend` it builds from the `ModelSpec` it receives;
 - `CapitalisedWords`: an "English NER" that calls every capitalised word after the first a PER;
 - `ExactCopy`: a method composed of eatlab's stages: translate forward, extract, then place each entity where
   it occurs verbatim in the source (no backward LLM).
@@ -15,7 +18,8 @@ from eatlab.eat import stages
 from eatlab.eat.methods.base import Method
 from eatlab.eat.recovery import recover_span
 from eatlab.extractors.base import Extractor
-from eatlab.llm.base import LLMBackend, Reply
+from eatlab.llm.base import LLMBackend, ModelSpec, Reply
+from eatlab.llm.hf import HFBackend
 
 
 class EchoBackend(LLMBackend):
@@ -83,6 +87,45 @@ class LookupBackend(LLMBackend):
         return out
 
 
+class CountingHF(HFBackend):
+    """The hf backend, subclassed: same weights, same cache identity, same capabilities."""
+
+    def __init__(self, model_path_or_id, **kwargs):
+        super().__init__(model_path_or_id, **kwargs)
+        self.rows = 0
+
+    def generate(self, conversations, settings):
+        self.rows += len(conversations)
+        return super().generate(conversations, settings)
+
+
+class WrappedHF(LLMBackend):
+    """A backend of one's own around an HFBackend: it receives the run's `ModelSpec`, as documented."""
+
+    kind = "wrapped_hf"
+
+    def __init__(self, model: ModelSpec, batch_size: int = 4):
+        self.model = model
+        self.inner = HFBackend(**model.weights_kwargs(), batch_size=batch_size)
+
+    @property
+    def model_key(self) -> str:
+        return self.inner.model_key
+
+    def generate(self, conversations, settings):
+        return self.inner.generate(conversations, settings)
+
+
+class BrokenBackend(EchoBackend):
+    """A backend whose own code fails: the error keeps its traceback (it is not a config error)."""
+
+    kind = "broken"
+
+    def __init__(self, model, prefix: str = ""):
+        super().__init__(model, prefix)
+        self.revision = model.revsion  # a typo in user code: AttributeError
+
+
 class CapitalisedWords(Extractor):
     def __init__(self, label: str = "PER", name: str = "capitalised_words"):
         self.label = label
@@ -103,7 +146,7 @@ class ExactCopy(Method):
         stages.extract(self.ctx, self.extractor, results)
         for r in results:
             for typ, phrase in r.entities:
-                rec = recover_span(phrase, r.sentence, typ, r.pred_spans, self.ctx.language.code)
+                rec = recover_span(phrase, r.sentence, typ, r.pred_spans, self.ctx.language)
                 if rec.span is not None:
                     r.pred_spans.append(rec.span)
                 r.alignments.append(

@@ -3,19 +3,16 @@
 Round 1 asks for `(TYPE, entity)` pairs copied from the sentence (the prompt set's `direct` prompt); with
 `method.rounds=2` a second round asks the model to check that every entity is copied exactly. The pairs are
 snapped onto the sentence with the pipeline's span recovery, so EAT and this baseline differ only in how the
-entities are found.
+entities are found. Composed of the shared stages: `list_entities` (records the conversation in `ner.jsonl`),
+then `place_answers` (records each entity in `backward.jsonl`, in the layout EAT's records have).
 """
 
 from __future__ import annotations
 
-import time
-
 from eatlab.data.record import Sentence
 from eatlab.eat import stages
-from eatlab.eat.artifacts import messages_hash
 from eatlab.eat.methods.base import Method
-from eatlab.eat.recovery import recover_span
-from eatlab.eat.stages import SentenceResult, StageContext
+from eatlab.eat.stages import Answer, SentenceResult, StageContext
 
 CHECK_ROUND = (
     "Check your list: every entity must be copied exactly, character for character, from the sentence. "
@@ -33,32 +30,8 @@ class DirectLLM(Method):
     def run(self, sentences: list[Sentence]) -> list[SentenceResult]:
         ctx = self.ctx
         results = stages.prepare(ctx, sentences)
-        convs = stages.list_entities(ctx, results, self.rounds, CHECK_ROUND)
-        t0 = time.perf_counter()
-        records = []
-        for r, conv in zip(results, convs):
-            for typ, ent in r.entities:
-                rec = recover_span(
-                    ent, r.sentence, typ, r.pred_spans, ctx.language.code, n_entities=len(r.entities)
-                )
-                if rec.span is not None:
-                    r.pred_spans.append(rec.span)
-                r.alignments.append(
-                    {"type": typ, "phrase": ent, "answer": ent, "span": rec.span, "reason": rec.reason}
-                )
-            r.pred_spans.sort()
-            records.append(
-                {
-                    "sentence_id": r.sentence.id,
-                    "text": r.source,
-                    "answer": conv[-1]["content"],
-                    "entities": [list(e) for e in r.entities],
-                    "spans": [[a["span"].start, a["span"].end] if a["span"] else None for a in r.alignments],
-                    "dropped": [[a["phrase"], a["reason"]] for a in r.alignments if a["span"] is None],
-                    "messages": conv,
-                    "messages_sha256": messages_hash(conv),
-                }
-            )
-        ctx.art_backward.write(records)
-        ctx.timer.add("recovery", t0)
+        stages.list_entities(ctx, results, self.rounds, CHECK_ROUND, self.name)
+        # each listed entity is its own answer: placed as it was copied, with no conversation of its own
+        answers = [Answer(r, typ, ent, ent) for r in results for typ, ent in r.entities]
+        stages.place_answers(ctx, answers, results)
         return results

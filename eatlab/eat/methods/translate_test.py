@@ -3,12 +3,11 @@
 Each English entity is snapped onto the source by string matching (the entity itself, e.g. Latin names kept
 in the source) and, failing that, by fuzzy matching of its transliteration against the romanised source
 tokens (anyascii romanises every script; rapidfuzz scores windows of 1 to 4 tokens, or 1 to 12 characters
-for zh/ja). A window scoring below `min_score` is not a span.
+for zh/ja). A window scoring below `min_score` is not a span. Composed of the shared stages (`translate_forward`,
+`extract`, `place_answers` with the fuzzy match as its fallback), so its records have EAT's layouts.
 """
 
 from __future__ import annotations
-
-import time
 
 from anyascii import anyascii
 from rapidfuzz import fuzz
@@ -17,8 +16,7 @@ from eatlab.data.bio import Span
 from eatlab.data.record import Sentence
 from eatlab.eat import stages
 from eatlab.eat.methods.base import Method
-from eatlab.eat.recovery import recover_span
-from eatlab.eat.stages import SentenceResult, StageContext
+from eatlab.eat.stages import Answer, Placement, SentenceResult, StageContext
 from eatlab.extractors.base import Extractor
 
 
@@ -66,39 +64,16 @@ class TranslateTest(Method):
         results = stages.prepare(self.ctx, sentences)
         stages.translate_forward(self.ctx, results)
         stages.extract(self.ctx, self.extractor, results)
-        self.align_by_string(results)
+        # no backward LLM: each English entity is its own answer, found verbatim (recovery) or by its sound
+        answers = [Answer(r, typ, phrase, phrase) for r in results for typ, phrase in r.entities]
+        stages.place_answers(self.ctx, answers, results, fallback=self.fuzzy)
         return results
 
-    def align_by_string(self, results: list[SentenceResult]) -> None:
-        ctx = self.ctx
-        t0 = time.perf_counter()
-        records = []
-        for r in results:
-            for typ, phrase in r.entities:
-                rec = recover_span(
-                    phrase, r.sentence, typ, r.pred_spans, ctx.language.code, n_entities=len(r.entities)
-                )
-                span, how, score = rec.span, "exact", 1.0
-                if span is None:
-                    fz, score = fuzzy_align(phrase, r, self.min_score)
-                    span, how = (Span(fz.start, fz.end, typ), "fuzzy") if fz else (None, None)
-                if span is not None:
-                    r.pred_spans.append(span)
-                reason = None if span else "no_fuzzy_match"
-                r.alignments.append(
-                    {"type": typ, "phrase": phrase, "answer": phrase, "span": span, "reason": reason}
-                )
-                records.append(
-                    {
-                        "sentence_id": r.sentence.id,
-                        "type": typ,
-                        "phrase": phrase,
-                        "span": [span.start, span.end] if span else None,
-                        "method": how,
-                        "score": round(score, 4),
-                        "dropped_reason": reason,
-                    }
-                )
-            r.pred_spans.sort()
-        ctx.art_backward.write(records)
-        ctx.timer.add("recovery", t0)
+    def fuzzy(self, answer: Answer, dropped: Placement) -> Placement:
+        """The best window of romanised source tokens, for an entity that recovery could not find verbatim."""
+        span, score = fuzzy_align(answer.phrase, answer.result, self.min_score)
+        if span is None:
+            return Placement(None, score=round(score, 4), reason="no_fuzzy_match")
+        sent = answer.result.sentence
+        matched = sent.text[sent.offsets[span.start][0] : sent.offsets[span.end - 1][1]]
+        return Placement(Span(span.start, span.end, answer.type), "fuzzy", matched, round(score, 4))
