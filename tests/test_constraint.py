@@ -309,7 +309,7 @@ def test_ranked_scores_equal_a_plain_full_forward(tiny_backend, monkeypatch):
     prompt + candidate + end-of-turn does."""
     import torch
 
-    from eatlab.llm.hf import _shared_rows
+    from eatlab.llm.hf_score import shared_rows
 
     backend = tiny_backend
     monkeypatch.setattr(backend, "token_budget", 300)  # several small batches
@@ -321,7 +321,7 @@ def test_ranked_scores_equal_a_plain_full_forward(tiny_backend, monkeypatch):
     eot = backend.end_of_turn()
     assert eot == [backend._tok.convert_tokens_to_ids("<|im_end|>")]
     seqs = [backend._tok(c, add_special_tokens=False)["input_ids"] + eot for c in span_candidates(text, 2, 3)]
-    rows, _ = _shared_rows(seqs)
+    rows, _ = shared_rows(seqs)
     assert len(rows) < len(seqs) and len({len(s) for s in seqs}) > 2
     hits = backend.prefix_cache.hits_tokens
     scores = backend.score_continuations(prompt, seqs)

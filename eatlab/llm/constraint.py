@@ -16,6 +16,7 @@ edges.
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from functools import lru_cache
 
@@ -207,7 +208,10 @@ class SubstringState:
 
 
 class SubstringProcessor:
-    """transformers logits processor: row r may only continue `texts[r]` (None: free) and stop as above."""
+    """transformers logits processor: row r may only continue `texts[r]` (None: free) and stop as above.
+
+    `select_rows` follows a batch whose finished rows left it; `seconds` is the time spent masking (what the
+    constraint costs per decoding step, reported by eatlab-bench)."""
 
     def __init__(self, tokenizer, texts: list[str | None], eos_ids: list[int], prompt_width: int):
         self.table = token_bytes_table(tokenizer)
@@ -217,8 +221,19 @@ class SubstringProcessor:
         self.eos = list(eos_ids)
         self.width = prompt_width
         self.seen = 0
+        self.seconds = 0.0
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep only these rows (in this order): the others left the batch."""
+        self.states = [self.states[r] for r in rows]
 
     def __call__(self, input_ids, scores):
+        t0 = time.perf_counter()
+        scores = self._mask(input_ids, scores)
+        self.seconds += time.perf_counter() - t0
+        return scores
+
+    def _mask(self, input_ids, scores):
         import torch
 
         gen = input_ids.shape[1] - self.width

@@ -39,6 +39,11 @@ class PrefixKVStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def match_length(self, ids: Sequence[int]) -> int:
+        """How many tokens of `ids` `lookup` would serve (at most len(ids) - 1), touching nothing."""
+        best = max((common_prefix(key, ids) for key in self._entries), default=0)
+        return max(0, min(best, len(ids) - 1))
+
     def lookup(self, ids: Sequence[int]) -> tuple[int, list[tuple] | None]:
         """(n, kv): the longest stored prefix of `ids` (n tokens, at most len(ids) - 1 so that the last token is
         computed and gives the next-token logits) and its per-layer tensors cut to n tokens."""
@@ -76,3 +81,20 @@ class PrefixKVStore:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes.clear()
+
+
+def kv_layers(cache) -> list[tuple]:
+    """Per-layer (key, value) tensors of a transformers cache object (4.x and 5.x layouts)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def kv_cache(layers: list[tuple] | None):
+    """A DynamicCache holding the given per-layer tensors (empty for None)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(layers or []):
+        cache.update(k, v, i)
+    return cache
