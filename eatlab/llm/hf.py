@@ -21,17 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eatlab.errors import ConfigError
-from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, split_rows
+from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, ModelSpec, Reply, split_rows
 from eatlab.llm.hf_load import LoadedModel, load_model, tune_cpu_malloc
-from eatlab.llm.identity import make_model_key
 from eatlab.llm.prefix_cache import PrefixKVStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HFBackend", "tune_cpu_malloc"]
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}  # fmt: skip
 
 
 class HFBackend(LLMBackend):
@@ -39,6 +35,7 @@ class HFBackend(LLMBackend):
 
     kind = "hf"
     row_constraints = True  # SubstringProcessor keeps one automaton per row
+    rank_scoring = True  # alignment.select=rank: candidate spans scored by log-probability (`_rank`)
 
     @classmethod
     def model_kwargs(cls, model, params: dict) -> dict:
@@ -89,13 +86,9 @@ class HFBackend(LLMBackend):
         # scoring candidate spans (alignment.select=rank); decode_steps: forwards after the prefill
         self.seconds = {"prefill": 0.0, "decode": 0.0, "constrain": 0.0, "rank": 0.0}
         self.decode_steps = 0
-        self._model_key = make_model_key(
-            self.model_id,
-            revision,
-            self.source if self.local else None,
-            self.adapter_path,
-            hash_weights=hash_weights,
-            quantization=quantization,
+        spec = ModelSpec(self.model_id, self.source, self.local, revision, self.adapter_path, hash_weights)
+        self._model_key = self.cache_identity(
+            spec, {"quantization": quantization, "dtype": dtype, "device": device}
         )
         self._lm: LoadedModel | None = None
         self._model = None
@@ -117,18 +110,10 @@ class HFBackend(LLMBackend):
     def _resolve_device_dtype(self):
         import torch
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        name = self.dtype
-        if name == "auto":
-            if device.startswith("cuda"):
-                name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-            else:
-                name = "float32"  # half precision on CPU is slow and inexact
-        if name not in _DTYPES:
-            raise ConfigError(f"backend.dtype={self.dtype}: expected auto, float32, bfloat16 or float16")
-        return device, getattr(torch, _DTYPES[name])
+        from eatlab.llm.identity import resolve_device, resolve_dtype
+
+        device = resolve_device(self.device)
+        return device, getattr(torch, resolve_dtype(self.dtype, device))
 
     def load(self) -> None:
         """Load tokenizer and weights (called by the first `generate`)."""
