@@ -6,8 +6,11 @@ runner checks the command line (one line naming the bad override), resolves and 
 naming the key), owns the run dir (a stale `error.json` of an earlier attempt removed), builds the loggers in
 one place (`task.loggers()`), resolves precision in one place (`resolve_precision`), and always finishes every
 logger with the job's status. On failure it writes `error.json`; a single run prints `error: <message>` and
-exits non-zero, a multirun job returns and the sweep goes on with the next job. Tests and notebooks call the
-same tasks through `with Task(cfg, job_type, run_dir) as task: ...`, where errors propagate.
+exits non-zero, a multirun job returns and the sweep goes on with the next job; a multirun with any job not `ok`
+exits 1 once every job has run (the summary printed). A sweep's values are all checked before its first job
+(eatlab.cli.sweep_check). SIGTERM and SIGINT stop a run or a whole sweep at once (eatlab.utils.signals): exit
+143 / 130, `error: stopped by SIGTERM ...`, error.json naming the signal, every cached answer kept. Tests and
+notebooks call the same tasks through `with Task(cfg, job_type, run_dir) as task: ...`, where errors propagate.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from eatlab.cli.config_check import precheck_overrides, resolve_or_fail, validat
 from eatlab.errors import EatlabError
 from eatlab.paths import CONF_DIR
 from eatlab.rundir import ERROR as ERROR_JSON
+from eatlab.utils import signals
 from eatlab.utils.hydra_runtime import hydra_config, is_multirun
 from eatlab.utils.io import atomic_write_json
 
@@ -94,15 +98,20 @@ class Task:
 
 
 def write_error(run_dir: Path, exc: BaseException) -> None:
-    """error.json: what failed; a user error (EatlabError) without traceback."""
-    user_error = isinstance(exc, EatlabError)
-    record = {
-        "status": "failed",
-        "error_type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": None if user_error else "".join(traceback.format_exception(exc)),
-    }
-    record.update(getattr(exc, "details", None) or {})
+    """error.json: what failed; a user error (EatlabError) or a signal without traceback."""
+    stop = signals.stop_of(exc)
+    if stop is not None:
+        record = {"status": "failed", "error_type": "Stopped", "message": str(stop), "traceback": None,
+                  "signal": stop.signal_name, "exit_code": stop.exit_code}  # fmt: skip
+    else:
+        user_error = isinstance(exc, EatlabError)
+        record = {
+            "status": "failed",
+            "error_type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": None if user_error else "".join(traceback.format_exception(exc)),
+        }
+        record.update(getattr(exc, "details", None) or {})
     atomic_write_json(Path(run_dir) / ERROR_JSON, record)
 
 
@@ -115,10 +124,16 @@ def run_task(fn: Callable, cfg: DictConfig, config_name: str, job_type: str):
         validate_for(config_name, cfg)  # one line naming the key, before any model or data is loaded
         with Task(cfg, job_type, run_dir) as task:
             return fn(cfg, task)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors end in one line
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded; user errors end in one line
+        stop = signals.stop_of(exc)
+        if stop is None and not isinstance(exc, Exception):
+            raise  # a plain sys.exit() of the task
         if not (run_dir / ERROR_JSON).is_file():  # a config error, raised before the Task started
             run_dir.mkdir(parents=True, exist_ok=True)
             write_error(run_dir, exc)
+        if stop is not None:  # the run, or the whole sweep, ends here
+            print(f"error: {stop}", file=sys.stderr)
+            signals.exit_now(stop.exit_code)
         user_error = isinstance(exc, EatlabError)
         print(f"error: {exc}" if user_error else f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if is_multirun():
@@ -139,12 +154,49 @@ def entry_point(config_name: str, job_type: str | Callable) -> Callable[[Callabl
 
         @functools.wraps(fn)
         def main() -> None:
-            problem = precheck_overrides(sys.argv[1:], config_name)  # composition errors, as one line
-            if problem:
-                print(f"error: {problem}", file=sys.stderr)
-                sys.exit(2)
-            hydra_main()
+            signals.install()
+            try:
+                check_command_line(sys.argv[1:], config_name)
+                hydra_main()
+            except signals.Stopped as stop:  # outside a job: composing, checking, between jobs
+                print(f"error: {stop}", file=sys.stderr)
+                signals.exit_now(stop.exit_code)
+            check_sweep_outcome()
 
         return main
 
     return wrap
+
+
+def check_command_line(argv: list[str], config_name: str) -> None:
+    """Composition errors, and with -m every job's values, as one line (exit 2) before anything runs."""
+    problem = precheck_overrides(argv, config_name)
+    flags = {a for a in argv if a.startswith("-")}
+    if problem is None and flags and flags <= {"-m", "--multirun"}:  # --cfg, --help, ...: left to Hydra
+        from eatlab.cli.sweep_check import check_sweep
+
+        try:
+            check_sweep([a for a in argv if not a.startswith("-")], config_name)
+        except EatlabError as exc:
+            problem = str(exc)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_sweep_outcome() -> None:
+    """After a multirun: exit 1 when any job failed or did not finish (the summary was printed by the callback)."""
+    from eatlab.sweep.callback import last_outcome
+
+    outcome = last_outcome()
+    if outcome is None:  # a single run, or a sweep without eatlab's callback
+        return
+    bad = outcome["failed"] + outcome["incomplete"]
+    if bad or outcome["summary"] is None:
+        print(
+            f"error: sweep: {bad} of {outcome['jobs']} jobs did not succeed ({outcome['ok']} ok, "
+            f"{outcome['failed']} failed, {outcome['incomplete']} incomplete); summary: "
+            f"{outcome['summary'] or 'not written'}",
+            file=sys.stderr,
+        )
+        sys.exit(1)

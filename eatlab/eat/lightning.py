@@ -21,6 +21,7 @@ from eatlab.eat.artifacts import dist_rank_world
 from eatlab.eat.methods.base import Method
 from eatlab.eat.stages import SentenceResult
 from eatlab.llm.client import StageCounters, counters_as_dict, merge_counters
+from eatlab.utils import signals
 
 NOTHING = -1  # the sampler's index for "no sentence": an empty shard still runs one (empty) batch
 
@@ -139,6 +140,7 @@ class EATEvaluationModule(pl.LightningModule):
         )  # Lightning wants a device anchor
 
     def test_step(self, batch: list[tuple[int, Sentence]], batch_idx: int) -> None:
+        signals.check()  # a signal whose `Stopped` got lost on the way ends the job here at the latest
         if not batch:
             return
         indices, sentences = zip(*batch, strict=True)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from eatlab.errors import ConfigError
 from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, batch_shape
 from eatlab.llm.cache import ResponseCache, cache_key
+from eatlab.utils.signals import check as stop_if_signalled
 
 BackendFactory = Callable[[], LLMBackend]
 
@@ -173,6 +174,7 @@ class LLMClient:
 
         n = len(convs)
         if getattr(backend, "streams_replies", False):
+            stop_if_signalled()  # SIGTERM/SIGINT: no new model call (eatlab.utils.signals)
             out = backend.generate(convs, settings_of(list(range(n))), on_reply=lambda i, r: save([(i, r)]))
             if len(out) != n:
                 raise RuntimeError(f"backend {self.kind} returned {len(out)} replies for {n} requests")
@@ -185,6 +187,7 @@ class LLMClient:
         out: list[Reply | None] = [None] * n
         for start in range(0, n, chunk):
             idx = order[start : start + chunk]
+            stop_if_signalled()  # between chunks too
             got = backend.generate([convs[i] for i in idx], settings_of(idx))
             if len(got) != len(idx):
                 raise RuntimeError(f"backend {self.kind} returned {len(got)} replies for {len(idx)} requests")
