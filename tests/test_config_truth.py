@@ -116,8 +116,11 @@ def test_a_subclass_of_the_hf_backend_runs_ranked_alignment_on_the_tiny_model(co
     validate_config(cfg)
     m = run_eat(cfg, tmp_path / "run")
     assert m["llm_calls"] > 0 and m["stages"]["backward"]["llm_calls"] > 0
-    backward = (tmp_path / "run/artifacts/backward.jsonl").read_text(encoding="utf-8")
-    assert '"selected_by": "rank"' in backward
+    from eatlab.llm.cache import ResponseCache
+
+    cache = ResponseCache(cfg.cache.path, mode="readonly")
+    ranked = [e for e in cache.entries() if e.reply.meta.get("selected_by") == "rank"]
+    assert ranked and all(e.engine == "hf" for e in ranked)  # the final backward answers, scored by the subclass
 
 
 def test_a_wrapping_backend_receives_a_model_spec(compose):
