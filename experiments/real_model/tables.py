@@ -4,6 +4,12 @@
     python experiments/real_model/tables.py cost outputs/real/align-r1 [...]   # calls and seconds of the runs
     python experiments/real_model/tables.py e2e outputs/real/e2e
 
+Evidence kept, and the generated blocks of docs/results.md rebuilt from it alone (records.py, generated.py):
+
+    python experiments/real_model/tables.py evidence RUN_DIR... --out experiments/real_model/evidence/NAME.jsonl.gz
+    python experiments/real_model/tables.py control-evidence --eacl-root ../shared/data/eacl --out ...
+    python experiments/real_model/tables.py regen [--check]
+
 Scores come from metrics.json through eatlab's own readers (eatlab.rundir, eatlab.analysis.alignment); the
 paired tests are eatlab-analyze's (docs/metrics.md, "Statistics"): exact match with its Wilson interval, exact
 deltas by the exact McNemar test with the discordant pairs shown, char F1 deltas by the paired bootstrap over
@@ -17,6 +23,7 @@ import sys
 from pathlib import Path
 
 from eatlab.analysis.alignment import load_alignment, paired_tests
+from eatlab.errors import DataError
 from eatlab.eval.stats import holm
 from eatlab.rundir import DONE, iter_run_dirs
 
@@ -158,6 +165,58 @@ def _e2e_rows(dirs: list[str]):
         )
 
 
+REPO = Path(__file__).resolve().parents[2]
+EVIDENCE = Path(__file__).resolve().parent / "evidence"
+PAGE = REPO / "docs" / "results.md"
+
+
+def _built_by() -> str:
+    return "python " + " ".join(sys.argv)
+
+
+def evidence(dirs: list[str], out: str, machine: str | None) -> None:
+    """The per-pair records of the finished align-eval runs under `dirs`, as one evidence file."""
+    import records
+
+    recs = records.run_records(list(_dirs(dirs)), machine)
+    runs = [r for r in recs if r["type"] == "run"]
+    if not runs:
+        raise DataError(" ".join(dirs), "no finished align-eval run here")
+    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), "align", recs, _built_by())
+    print(f"{out}: {len(runs)} runs, {len(recs) - len(runs)} pairs, {size:,} bytes")
+
+
+def control_evidence(eacl_root: str, languages: list[str], splits: list[str], out: str, overrides: list[str]):
+    """The copy-the-head control on whole slices, no model: one evidence file."""
+    import records
+
+    recs = records.control_records(eacl_root, languages, splits, overrides)
+    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), "control", recs, _built_by())
+    print(f"{out}: {sum(r['type'] == 'run' for r in recs)} slices, {size:,} bytes")
+
+
+def regen(page: Path, evidence_dir: Path, check: bool) -> int:
+    """Rebuild the generated blocks of `page` from `evidence_dir`; with `check`, only say whether it would change
+    (exit 1 with the diff)."""
+    import generated
+
+    old = page.read_text(encoding="utf-8")
+    new, changed = generated.regenerate(old, evidence_dir, str(page))
+    if check:
+        if new != old:
+            print(generated.diff(old, new, str(page)))
+            print(
+                f"{page}: out of date ({', '.join(changed)}); run `python experiments/real_model/tables.py regen`"
+            )
+            return 1
+        print(f"{page}: every generated block matches its evidence")
+        return 0
+    if new != old:
+        page.write_text(new, encoding="utf-8")
+    print(f"{page}: " + (f"rewrote {', '.join(changed)}" if changed else "unchanged"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -170,8 +229,40 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("e2e", help="end-to-end scores")
     p.add_argument("dirs", nargs="+")
     p.add_argument("--cost-from", nargs="+", default=None, help="the runs that computed the answers")
+    p = sub.add_parser("evidence", help="keep the per-pair records of align-eval runs (gzip JSONL)")
+    p.add_argument("dirs", nargs="+", help="run dirs, or folders of run dirs (unfinished runs are skipped)")
+    p.add_argument("--out", required=True, help="experiments/real_model/evidence/NAME.jsonl.gz")
+    p.add_argument(
+        "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
+    )
+    p = sub.add_parser("control-evidence", help="the copy-the-head control on whole EACL slices, no model")
+    p.add_argument("--eacl-root", required=True, help="a folder of corpus_<lang>.json")
+    p.add_argument("--languages", nargs="+", default=["zh", "ja", "ko", "ar", "ru"])
+    p.add_argument("--splits", nargs="+", default=["dev", "test"], choices=["dev", "test"])
+    p.add_argument("--out", required=True)
+    p.add_argument("overrides", nargs="*", help="eatlab-align-eval overrides of the slice, e.g. seed=1")
+    p = sub.add_parser("regen", help="rebuild the generated blocks of docs/results.md from the evidence")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if out of date")
+    p.add_argument("--page", type=Path, default=PAGE)
+    p.add_argument("--evidence", type=Path, default=EVIDENCE, help="the folder of NAME.jsonl.gz files")
     args = parser.parse_args(argv)
-    if args.table == "align":
+    from eatlab.errors import EatlabError
+
+    try:
+        _run(args)
+    except EatlabError as e:  # a user error: one line, exit 2 (as every eatlab command)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+
+
+def _run(args) -> None:
+    if args.table == "evidence":
+        evidence(args.dirs, args.out, args.machine)
+    elif args.table == "control-evidence":
+        control_evidence(args.eacl_root, args.languages, args.splits, args.out, args.overrides)
+    elif args.table == "regen":
+        raise SystemExit(regen(args.page, args.evidence, args.check))
+    elif args.table == "align":
         align(args.dirs, args.vs)
     elif args.table == "cost":
         cost(args.dirs)

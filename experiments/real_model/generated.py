@@ -1,0 +1,329 @@
+"""The generated blocks of docs/results.md: each table computed from its evidence file alone, deterministically.
+
+A block sits between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->` and is rebuilt from
+`experiments/real_model/evidence/NAME.jsonl.gz` (records.py). The file's header names the renderer (`kind`):
+- `control`: the copy-the-head control with no model, per language and slice (first 50 pairs, all pairs);
+- `align`: align-eval runs, per language: scores per setting beside the control on the same pairs, then paired
+  tests between runs that differ in one factor (free vs constrained, fp32 vs bf16, ...) and of each run against
+  the control, on all pairs and on the shifted variants.
+
+Statistics as eatlab-analyze computes them (docs/metrics.md, "Statistics"): exact match (a share of pairs) with
+its Wilson interval (eatlab.eval.stats.proportion_ci); char F1 (a mean) with the percentile bootstrap over
+(sentence, normalised gold) units (eatlab.eval.bootstrap.bootstrap_mean_ci, 1,000 resamples, seed 0); paired
+exact match by the exact McNemar test with its agreeing interval (eatlab.eval.stats.paired_exact), Holm over the
+table's p-values (eatlab.eval.stats.holm). Scores are fractions in the files, percentages here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from itertools import combinations
+from pathlib import Path
+
+import records
+
+from eatlab.errors import DataError
+from eatlab.eval.bootstrap import bootstrap_mean_ci
+from eatlab.eval.stats import holm, paired_exact, proportion_ci
+
+REPO = Path(__file__).resolve().parents[2]
+N_BOOT, SEED = 1000, 0
+FIRST = (
+    50  # align-eval's default align_eval.limit: the control is also shown on the first 50 pairs of a slice
+)
+RECOVERY = (
+    "eatlab"  # the recovery the generated tables score (the reference release's is in the evidence too)
+)
+BASELINE = {"alignment": "free", "dtype": "float32", "finetune": "none", "prompts": "eatlab", "rounds": 1}
+# overrides the named factors (or the run's place) already say: not a `variant`
+OWN_KEYS = ("language", "alignment", "backend.dtype", "prompts", "prompt_rounds", "finetune", "cache.", "hydra.",
+            "paths.", "align_eval.split", "tracking")  # fmt: skip
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+CONTROL = "copy-the-head control (no model)"
+BLOCK = re.compile(r"(<!-- generated: (\S+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _share(hits: list[bool]) -> str:
+    """k/n in percent with its Wilson interval; '-' for no pairs."""
+    if not hits:
+        return "-"
+    lo, hi = proportion_ci(sum(hits), len(hits))
+    return f"{_pct(sum(hits) / len(hits))} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _mean(values: list[float], units: list[str]) -> str:
+    """A mean in percent with its bootstrap interval over units; '-' for no pairs."""
+    if not values:
+        return "-"
+    lo, hi = bootstrap_mean_ci(values, n_boot=N_BOOT, seed=SEED, units=units)
+    return f"{_pct(sum(values) / len(values))} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _exact(pairs: list[dict], who: str | None = None) -> list[bool]:
+    return [(p[who] if who else p)[RECOVERY]["exact"] for p in pairs]
+
+
+def _by_run(runs: list[dict], pairs: list[dict]) -> dict[str, tuple[list[dict], list[dict]]]:
+    """run name -> (its pairs, its shifted variants), each in file order."""
+    out = {r["run"]: ([], []) for r in runs}
+    for p in pairs:
+        if p["run"] not in out:
+            raise DataError(p["run"], "a pair line names a run with no run line")
+        out[p["run"]][p["position"] == "shifted"].append(p)
+    return out
+
+
+def _slices(pairs: list[dict], shifted: list[dict]) -> dict[str, list[dict]]:
+    """all, initial, later (gold position) and the shifted variants of exactly these pairs."""
+    ids = {p["pair_id"] + "-shifted" for p in pairs}
+    return {
+        "all": pairs,
+        "initial": [p for p in pairs if p["position"] == "initial"],
+        "later": [p for p in pairs if p["position"] == "later"],
+        "shifted": [p for p in shifted if p["pair_id"] in ids],
+    }
+
+
+def _npct(pairs: list[dict], who: str | None = None) -> str:
+    return f"{len(pairs)}, {_share(_exact(pairs, who))}" if pairs else "0, -"
+
+
+def _commits(runs: list[dict]) -> str:
+    seen = {}
+    for r in runs:
+        c = (r.get("commit") or "unknown")[:7]
+        seen[c] = seen.get(c, False) or bool(r.get("dirty"))
+    return ", ".join(
+        f"`{c}`" + (" (with uncommitted changes to eatlab/ or conf/)" if d else "") for c, d in seen.items()
+    )
+
+
+def _shown(path: Path) -> str:
+    """A path as the page shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _provenance(path: Path, runs: list[dict], noun: str = "runs") -> str:
+    machines = list(dict.fromkeys(r.get("machine") or "not recorded" for r in runs))
+    return (
+        f"Evidence: `{_shown(path)}` ({len(runs)} {noun}; each one's command "
+        f"line and data file hash are in it). Commit: {_commits(runs)}. Machine: {'; '.join(machines)}."
+    )
+
+
+def render_control(path: Path, header: dict, runs: list[dict], pairs: list[dict]) -> str:
+    """The control's exact match (eatlab's recovery) per language and slice, with the gold-position split."""
+    by = _by_run(runs, pairs)
+    lines = [
+        "| lang | slice | pairs (units) | exact, all | initial: pairs, exact | later: pairs, exact "
+        "| shifted: pairs, exact | char F1, all |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        own, moved = by[r["run"]]
+        for label, chosen in ((f"first {FIRST}", own[:FIRST]), ("all", own)):
+            if label == "all" and len(own) <= FIRST:
+                continue
+            s = _slices(chosen, moved)
+            units = [p["unit"] for p in chosen]
+            f1 = [p["control"][RECOVERY]["char_f1"] for p in chosen]
+            lines.append(
+                f"| {r['language']} | {r['split']}, {label} | {len(chosen)} ({len(set(units))}) | "
+                f"{_share(_exact(chosen, 'control'))} | {_npct(s['initial'], 'control')} | "
+                f"{_npct(s['later'], 'control')} | {_npct(s['shifted'], 'control')} | {_mean(f1, units)} |"
+            )
+    lines += [
+        "",
+        "Exact match with eatlab's recovery, %, Wilson 95% interval; char F1 with the bootstrap over (sentence, "
+        "normalised gold) units. " + _provenance(path, runs, "slices"),
+    ]
+    return "\n".join(lines)
+
+
+def _label(factors: dict, varying: list[str]) -> str:
+    return ", ".join(
+        SHORT.get(str(factors.get(k)), str(factors.get(k))) if k != "rounds" else f"r{factors.get(k)}"
+        for k in varying
+    )
+
+
+def _check_reported(run: dict, own: list[dict]) -> None:
+    """The evidence must give back what the run itself reported (exact and char F1 means, both recoveries)."""
+    for rec, got in (run.get("reported") or {}).items():
+        for k, want in got.items():
+            if want is None or not own:
+                continue
+            mean = sum(float(p[rec][k]) for p in own) / len(own)
+            if abs(mean - want) > 1e-6:
+                raise DataError(
+                    run["run"], f"{rec} {k}: the pairs give {mean:.6f}, the run reported {want:.6f}"
+                )
+
+
+def _variants(runs: list[dict]) -> dict[str, str]:
+    """Per run, the overrides that set it apart beyond the named factors (say `model=...` or
+    `generation=sampled`): those not shared by every run of the file, the named factors' own keys left out."""
+    own = {
+        r["run"]: [
+            o for o in r.get("overrides") or [] if not o.split("=", 1)[0].lstrip("+~").startswith(OWN_KEYS)
+        ]
+        for r in runs
+    }
+    shared = set.intersection(*(set(v) for v in own.values())) if own else set()
+    return {k: " ".join(o for o in v if o not in shared) or "-" for k, v in own.items()}
+
+
+def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) -> str:
+    """Scores per language and setting beside the control, then the paired exact tests (one Holm family)."""
+    by = _by_run(runs, pairs)
+    variant = _variants(runs)
+    runs = [{**r, "factors": {**r["factors"], "variant": variant[r["run"]]}} for r in runs]
+    keys = sorted({k for r in runs for k in r["factors"]})
+    varying = [k for k in keys if len({str(r["factors"].get(k)) for r in runs}) > 1] or keys[:1]
+    fixed = [k for k in keys if k not in varying]
+    languages = list(dict.fromkeys(r["language"] for r in runs))
+    label = {r["run"]: _label(r["factors"], varying) for r in runs}
+    for r in runs:
+        _check_reported(r, by[r["run"]][0])
+    lines = [
+        "| lang | setting | pairs (units) | exact, all | initial: pairs, exact | later: pairs, exact "
+        "| shifted: pairs, exact | char F1, all | char F1, shifted | placed | verbatim | LLM calls / s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    controls: dict[str, tuple[list[dict], list[dict]]] = {}
+    for lang in languages:
+        mine = [r for r in runs if r["language"] == lang]
+        own_all = {p["pair_id"]: p for r in mine for p in by[r["run"]][0]}
+        moved_all = {p["pair_id"]: p for r in mine for p in by[r["run"]][1]}
+        controls[lang] = (list(own_all.values()), list(moved_all.values()))
+        for who, r in [(None, x) for x in mine] + [("control", None)]:
+            own, moved = controls[lang] if r is None else by[r["run"]]
+            s = _slices(own, moved)
+            units = [p["unit"] for p in own]
+            pick = (lambda p: p["control"]) if r is None else (lambda p: p)  # noqa: E731
+            f1 = [pick(p)[RECOVERY]["char_f1"] for p in own]
+            f1s = [pick(p)[RECOVERY]["char_f1"] for p in s["shifted"]]
+            placed = sum(pick(p)[RECOVERY]["span"] is not None for p in own) / len(own) if own else 0.0
+            cells = [
+                lang, CONTROL if r is None else label[r["run"]], f"{len(own)} ({len(set(units))})",
+                _share(_exact(own, who)), _npct(s["initial"], who), _npct(s["later"], who),
+                _npct(s["shifted"], who), _mean(f1, units), _mean(f1s, [p["unit"] for p in s["shifted"]]),
+                _pct(placed),
+                "-" if r is None else _pct(sum(bool(p.get("verbatim")) for p in own) / max(len(own), 1)),
+                "-" if r is None else f"{r.get('llm_calls')} / {r.get('seconds') or 0:.0f}",
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    tests = []
+    for lang in languages:
+        mine = [r for r in runs if r["language"] == lang]
+        for x, y in combinations(mine, 2):
+            diff = [k for k in keys if str(x["factors"].get(k)) != str(y["factors"].get(k))]
+            if len(diff) != 1:
+                continue
+            k = diff[0]
+            a, b = (x, y) if str(y["factors"].get(k)) == str(BASELINE.get(k)) else (y, x)  # B: the baseline
+            for sl in ("all", "shifted"):
+                tests.append(
+                    (lang, sl, label[a["run"]], label[b["run"]], by[a["run"]], by[b["run"]], None, None)
+                )
+        for r in mine:
+            tests.append(
+                (lang, "all", label[r["run"]], CONTROL, by[r["run"]], controls[lang], None, "control")
+            )
+    rows = []
+    for lang, sl, la, lb, (a_own, a_moved), (b_own, b_moved), wa, wb in tests:
+        a_s, b_s = _slices(a_own, a_moved)[sl], _slices(b_own, b_moved)[sl]
+        b_by = {p["pair_id"]: p for p in b_s}
+        shared = [p for p in a_s if p["pair_id"] in b_by]
+        ea = _exact(shared, wa)
+        eb = _exact([b_by[p["pair_id"]] for p in shared], wb)
+        rows.append((lang, sl, la, lb, len(shared), ea, eb, paired_exact(ea, eb)))
+    adjusted = holm([t[-1]["p_value"] for t in rows])
+    lines += [
+        "",
+        "| lang | slice | setting A | vs B | pairs | A exact | B exact | delta [95%] | A only / B only | p | p Holm |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (lang, sl, la, lb, n, ea, eb, t), ph in zip(rows, adjusted):
+        lo, hi = t["delta_ci95"]
+        lines.append(
+            f"| {lang} | {sl} | {la} | {lb} | {n} | {_pct(sum(ea) / max(n, 1))} | {_pct(sum(eb) / max(n, 1))} | "
+            f"{100 * t['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {t['a_only']} / {t['b_only']} | "
+            f"{_p(t['p_value'])} | {_p(ph)} |"
+        )
+    models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
+    splits = ", ".join(dict.fromkeys(str(r.get("split")) for r in runs))
+    same = "; ".join(
+        f"{k} {runs[0]['factors'][k]}"
+        for k in fixed
+        if k != "variant" and runs[0]["factors"].get(k) is not None
+    )
+    lines += [
+        "",
+        f"Model {models}; {splits} slice; eatlab's recovery; every run: {same or 'see the settings'}. Scores in "
+        "%: exact match with its Wilson 95% interval, char F1 with the bootstrap over (sentence, normalised gold) "
+        "units; `shifted`: each pair behind another sentence of the slice (the control scores 0 there by "
+        "construction). Paired rows: the runs that differ in one factor, and each run against the control, on "
+        "the pairs both scored; exact McNemar test on the discordant pairs (A only right / B only right, pairs "
+        f"as items) with its agreeing interval; Holm over the {len(rows)} p-values of this table. "
+        + _provenance(path, runs),
+    ]
+    return "\n".join(lines)
+
+
+RENDER = {"align": render_align, "control": render_control}
+
+
+def render(path: Path) -> str:
+    """The block of one evidence file, from its records alone."""
+    header, runs, pairs = records.read(path)
+    if not runs:
+        raise DataError(path, "no run lines")
+    name = path.name.removesuffix(".jsonl.gz")
+    body = RENDER[header["kind"]](path, header, runs, pairs)
+    intro = (
+        f"*Generated from the evidence by `python experiments/real_model/tables.py regen` (`{name}`); "
+        "do not edit by hand.*"
+    )
+    return f"{intro}\n\n{body}"
+
+
+def regenerate(page_text: str, evidence_dir: Path, page: str = "page") -> tuple[str, list[str]]:
+    """The page with every generated block rebuilt from `evidence_dir/<NAME>.jsonl.gz`, and the blocks changed.
+    A block with no evidence file, or an evidence file with no block, is an error (nothing is dropped silently)."""
+    files = {p.name.removesuffix(".jsonl.gz"): p for p in sorted(evidence_dir.glob("*.jsonl.gz"))}
+    names = [m.group(2) for m in BLOCK.finditer(page_text)]
+    if missing := [n for n in names if n not in files]:
+        raise DataError(evidence_dir, f"no evidence file for the block(s) {', '.join(missing)} of {page}")
+    if unused := [n for n in files if n not in names]:
+        raise DataError(
+            page, f"no block for the evidence {', '.join(unused)}: add `<!-- generated: NAME -->` and "
+            "`<!-- end generated: NAME -->` lines where the table goes"
+        )  # fmt: skip
+    changed = []
+
+    def swap(m: re.Match) -> str:
+        new = "\n" + render(files[m.group(2)]) + "\n\n"
+        if new != m.group(3):
+            changed.append(m.group(2))
+        return m.group(1) + new + m.group(4)
+
+    return BLOCK.sub(swap, page_text), changed
+
+
+def diff(old: str, new: str, page: str) -> str:
+    return "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), page, f"{page} (regenerated)")
+    )
