@@ -31,15 +31,20 @@ def models_dir() -> Path:
     return tiny_models_dir()
 
 
-def eatlab_multirun(out: Path, models_dir: Path, *overrides: str, timeout: int = 400) -> Path:
-    """Run `eatlab -m ...` with outputs under `out`; return the sweep dir."""
+def eatlab_multirun(
+    out: Path, models_dir: Path, *overrides: str, timeout: int = 400, failed: int = 0
+) -> Path:
+    """Run `eatlab -m ...` with outputs under `out`; return the sweep dir. With `failed` jobs expected to fail,
+    the sweep runs every job and then exits 1, its last line saying so."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").symlink_to(models_dir, target_is_directory=True)
     exe = Path(sys.executable).with_name("eatlab")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from eatlab.cli.run import main; main()"]
     cmd += ["-m", *FAST, *overrides, f"paths.output_dir={out}"]
     proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == (1 if failed else 0), proc.stderr[-3000:]
+    if failed:
+        assert proc.stderr.splitlines()[-1].startswith(f"error: sweep: {failed} of "), proc.stderr[-3000:]
     sweeps = [p for p in (out / "multiruns").glob("*/*") if p.is_dir()]
     assert len(sweeps) == 1, sweeps
     return sweeps[0]
