@@ -80,7 +80,9 @@ def ensure_tiny_model(path: str | Path) -> Path:
     if is_smoke_model(path) and (path / "config.json").is_file():
         return path
     if path.is_dir() and any(path.iterdir()) and not is_smoke_model(path):
-        raise ConfigError(f"model.path={path}: exists and is not a smoke model; refusing to overwrite it")
+        raise ConfigError(
+            f"model.smoke_path={path}: exists and is not a smoke model; refusing to overwrite it"
+        )
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
