@@ -109,7 +109,7 @@ def test_tiny_encoder_trains_on_english_and_tests_zh_and_ar(tmp_path):
 
     cfg = compose_baseline(
         tmp_path,
-        ["languages=[zh,ar]", "data.limit=16", "train.log_every_n_steps=1", "encoder.max_epochs=3"],
+        ["languages=[zh,ar]", "data.limit=16", "trainer.log_every_n_steps=1", "trainer.max_epochs=3"],
     )
     run_dir = tmp_path / "run"
     summary = run_baseline(cfg, run_dir)

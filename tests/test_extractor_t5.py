@@ -7,6 +7,7 @@ best model is a Hugging Face folder that reloads and reproduces its dev outputs,
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def trained(tmp_path_factory, request):
             "extractor.train.eval_batch_size=32",
             "extractor.train.lr=3e-3",
             "extractor.train.warmup_steps=4",
-            f"extractor.train.max_epochs={EPOCHS}",
+            f"trainer.max_epochs={EPOCHS}",
             f"extractor.train.max_new_tokens={MAX_NEW}",
             "trainer.accelerator=cpu",
             "trainer.num_sanity_val_steps=0",
@@ -253,7 +254,9 @@ def test_lora_checkpoint_is_a_plain_merged_folder(tmp_path):
 
     tiny = make_tiny_t5(tmp_path / "tiny")
     module = Seq2SeqNERModule(
-        str(tiny), lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q", "v"]}
+        str(tiny),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q", "v"]},
     )
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
@@ -262,7 +265,7 @@ def test_lora_checkpoint_is_a_plain_merged_folder(tmp_path):
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.05)
-    module.save_hf(tmp_path / "merged")
+    module.save_pretrained(tmp_path / "merged")
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     merged = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "merged")).eval()
     module.model.eval()
@@ -276,7 +279,7 @@ def test_lora_checkpoint_is_a_plain_merged_folder(tmp_path):
 
 
 def _scripted_fit(tmp_path, scores, mode, with_lightning_checkpoint, val_check_interval=1.0):
-    """Fit a 2-step-per-epoch toy module whose validation `k` logs `val_f1 = scores[k]`; HFModelCheckpoint
+    """Fit a 2-step-per-epoch toy module whose validation `k` logs `val_f1 = scores[k]`; PretrainedCheckpoint
     (optionally beside Lightning's own ModelCheckpoint with the same rules) watches it."""
     import math
 
@@ -285,7 +288,7 @@ def _scripted_fit(tmp_path, scores, mode, with_lightning_checkpoint, val_check_i
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
-    from eatlab.extractors.train_t5 import HFModelCheckpoint
+    from eatlab.utils.lightning import PretrainedCheckpoint
 
     class Scripted(pl.LightningModule):
         def __init__(self):
@@ -311,13 +314,13 @@ def _scripted_fit(tmp_path, scores, mode, with_lightning_checkpoint, val_check_i
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-        def save_hf(self, directory, info):
+        def save_pretrained(self, directory, info):
             directory.mkdir(parents=True)
             (directory / "info.json").write_text(json.dumps({"global_step": self.global_step, **info}))
 
-    ours = HFModelCheckpoint(tmp_path / "hf", "best", monitor="val_f1", mode=mode)
+    ours = PretrainedCheckpoint(dirpath=tmp_path / "hf", filename="best", monitor="val_f1", mode=mode)
     callbacks = [ours]
-    if with_lightning_checkpoint:  # what HFModelCheckpoint used to subclass, with the settings it passed
+    if with_lightning_checkpoint:  # plain Lightning, the same rules, writing .ckpt files
         callbacks.append(
             ModelCheckpoint(
                 dirpath=str(tmp_path / "lightning"),
@@ -380,7 +383,7 @@ def test_hf_checkpoint_keeps_what_lightning_model_checkpoint_keeps(
 
 
 def test_hf_checkpoint_is_the_only_checkpoint_callback(tmp_path):
-    """A `Checkpoint` subclass, so Lightning adds no default ModelCheckpoint and writes no .ckpt file; a
+    """A ModelCheckpoint subclass, so Lightning adds no default ModelCheckpoint and writes no .ckpt file; a
     `validate` outside `fit` saves nothing."""
     trainer, ours, _ = _scripted_fit(tmp_path, [0.1, 0.2], "max", with_lightning_checkpoint=False)
     assert trainer.checkpoint_callbacks == [ours]

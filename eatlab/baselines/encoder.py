@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,20 +242,17 @@ def _gather_objects(obj):
 class EncoderTagger(pl.LightningModule):
     """Token classifier over a pretrained encoder; logs `dev/entity_f1` (seqeval default mode) every validation.
 
-    AdamW (no decay on biases and LayerNorm weights) with linear warm-up then linear decay to zero over the
-    run's optimizer steps.
+    The optimizer and schedule are `_partial_` config nodes (eatlab-train-baseline's `optimizer`, `scheduler`:
+    AdamW without decay on biases and LayerNorm weights, linear warm-up then linear decay to zero).
     """
 
     def __init__(
-        self,
-        model_name_or_path: str,
-        lr: float = 2e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        adam_epsilon: float = 1e-8,
+        self, model_name_or_path: str, optimizer: Callable | None = None, scheduler: Callable | None = None
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         from transformers import AutoModelForTokenClassification
 
         try:
@@ -327,22 +324,9 @@ class EncoderTagger(pl.LightningModule):
         return list(zip(batch["index"].cpu().tolist(), self.word_predictions(batch)))
 
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
+        from eatlab.utils.lightning import configure_optimizers
 
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {
-                "params": [p for n, p in params if not n.endswith(no_decay)],
-                "weight_decay": self.hparams.weight_decay,
-            },
-            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, eps=self.hparams.adam_epsilon)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(round(self.hparams.warmup_ratio * total))
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
 
 
 def predict_tags(

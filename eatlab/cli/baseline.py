@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eatlab.cli.task import Task, entry_point, resolve_precision
+from eatlab.cli.task import Task, entry_point
+from eatlab.cli.trainer import build_trainer
 from eatlab.data.languages import LSL_CODES, NSL_CODES, get_language
 from eatlab.errors import ConfigError, DataError
 from eatlab.eval.scores import SCORE_KEYS
@@ -203,22 +204,15 @@ def print_summary(rows: list[dict], run_info: dict, run_dir: Path) -> None:
     console.print(f"run dir: {run_dir}")
 
 
-def test_languages(cfg, module, dm, test_sels: dict, run_info: dict, run_dir: Path, precision: str) -> dict:
+def test_languages(cfg, task: Task, module, dm, test_sels: dict, run_info: dict) -> dict:
     """Tag every language's test selection with the selected model; write its metrics.json and predictions."""
-    import pytorch_lightning as pl
-
     from eatlab.baselines.encoder import predict_tags
     from eatlab.data.conll import write_conll
 
-    # a single-device trainer: every sentence is predicted once, on this process
-    tester = pl.Trainer(
-        accelerator=cfg.train.accelerator,
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
+    run_dir = task.run_dir
+    # the training trainer's settings on a single device: every sentence is predicted once, on this process
+    tester = build_trainer(
+        cfg, task, devices=1, strategy="auto", logger=False, callbacks=[], enable_checkpointing=False
     )
     per_language: dict[str, dict] = {}
     for lang, sel in test_sels.items():
@@ -251,6 +245,7 @@ def baseline_task(cfg: DictConfig, task: Task) -> dict:
     """The `eatlab-train-baseline` job in its Task."""
     import pytorch_lightning as pl
     import torch
+    from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from eatlab.baselines.encoder import (
@@ -298,44 +293,21 @@ def baseline_task(cfg: DictConfig, task: Task) -> dict:
     )
     module = EncoderTagger(
         str(enc.id),
-        lr=enc.lr,
-        weight_decay=enc.weight_decay,
-        warmup_ratio=enc.warmup_ratio,
-        adam_epsilon=enc.adam_epsilon,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
-    precision = resolve_precision(tr.precision, tr.accelerator)
-    ckpt = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor="dev/entity_f1",
-        mode="max",
-        save_top_k=1,
-        save_weights_only=True,
-        auto_insert_metric_name=False,
+    loggers = task.loggers(tracking_view(cfg))  # named from the encoder (built once; the trainer reuses them)
+    trainer = build_trainer(
+        cfg, task, callback_defaults={"model_checkpoint": {"dirpath": str(run_dir / "checkpoints")}}
     )
-    loggers = task.loggers(tracking_view(cfg))
-    trainer = pl.Trainer(
-        max_epochs=int(enc.max_epochs),
-        accelerator=tr.accelerator,
-        devices=tr.devices,
-        strategy=tr.strategy,
-        precision=precision,
-        logger=loggers,
-        callbacks=[ckpt],
-        gradient_clip_val=tr.gradient_clip_val,
-        accumulate_grad_batches=int(enc.accumulate_grad_batches),
-        val_check_interval=tr.val_check_interval,
-        num_sanity_val_steps=0,
-        log_every_n_steps=int(tr.log_every_n_steps),
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-    )
+    ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    precision = trainer.precision
     result: dict = {}
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     t_train = time.perf_counter() - t0
     if trainer.is_global_zero:
-        best_path = ckpt.best_model_path
+        best_path = ckpt.best_model_path if ckpt is not None else ""
         best_epoch = best_step = None
         if best_path:  # the checkpoint with the best English dev entity F1
             state = torch.load(best_path, map_location="cpu", weights_only=False)
@@ -354,7 +326,9 @@ def baseline_task(cfg: DictConfig, task: Task) -> dict:
             "max_length": int(enc.max_length),
             "eval_max_length": int(enc.get("eval_max_length") or enc.max_length),
             "precision": precision,
-            "best_dev_entity_f1": None if ckpt.best_model_score is None else float(ckpt.best_model_score),
+            "best_dev_entity_f1": None
+            if ckpt is None or ckpt.best_model_score is None
+            else float(ckpt.best_model_score),
             "best_epoch": best_epoch,  # 0-based epoch of the selected checkpoint
             "best_step": best_step,
             "epochs": int(trainer.current_epoch),
@@ -363,7 +337,7 @@ def baseline_task(cfg: DictConfig, task: Task) -> dict:
             "n_dev_sentences": len(dev_sel.sentences),
             "seconds_train": round(t_train, 4),
         }
-        per_language = test_languages(cfg, module, dm, test_sels, run_info, run_dir, precision)
+        per_language = test_languages(cfg, task, module, dm, test_sels, run_info)
         rows = summary_rows(per_language)
         run_info["seconds_total"] = round(time.perf_counter() - t_start, 4)
         write_summary(run_dir, run_info, rows)

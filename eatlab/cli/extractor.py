@@ -13,7 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from eatlab.cli.task import Task, entry_point, resolve_precision
+from eatlab.cli.task import Task, entry_point
+from eatlab.cli.trainer import build_trainer
 from eatlab.errors import ConfigError
 from eatlab.rundir import EXTRACTOR_METRICS, build_metrics, write_metrics
 from eatlab.utils.io import atomic_write_json
@@ -39,14 +40,13 @@ def _split_file(cfg, key: str, split: str) -> str:
 def train_t5(cfg, task: Task) -> dict:
     """Fit a T5-family extractor; the best dev-F1 model is `<extractor.train.output_dir>/best`."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+    from hydra.utils import instantiate
 
-    from eatlab.extractors.train_t5 import HFModelCheckpoint, NERTextDataModule, Seq2SeqNERModule
+    from eatlab.extractors.train_t5 import NERTextDataModule, Seq2SeqNERModule
+    from eatlab.utils.lightning import PretrainedCheckpoint
 
     run_dir = task.run_dir
-
     t = cfg.extractor.train
-    tr = cfg.trainer
     pl.seed_everything(int(cfg.seed), workers=True)
     files = {
         "train_file": _split_file(cfg, "train_file", "train"),
@@ -55,10 +55,8 @@ def train_t5(cfg, task: Task) -> dict:
     lora = OmegaConf.to_container(t.lora, resolve=True) if t.get("lora") else None
     module = Seq2SeqNERModule(
         str(t.model),
-        lr=float(t.lr),
-        weight_decay=float(t.weight_decay),
-        warmup_ratio=float(t.warmup_ratio),
-        warmup_steps=t.get("warmup_steps"),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         lora=lora if lora and lora.get("enabled") else None,
         max_new_tokens=int(t.max_new_tokens),
         num_beams=int(t.num_beams),
@@ -81,49 +79,29 @@ def train_t5(cfg, task: Task) -> dict:
     data_stats = dm.stats()
     out_dir = Path(t.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loggers = task.loggers()
-    for lg in loggers:
+    for lg in task.loggers():
         lg.log_hyperparams({"data_stats": data_stats, "files": files})
-    checkpoint = HFModelCheckpoint(out_dir, "best", monitor="val_f1", mode="max")
-    callbacks = [
-        checkpoint,
-        EarlyStopping(monitor="val_f1", mode="max", patience=int(t.early_stopping_patience)),
-    ]
-    callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = pl.Trainer(
-        accelerator=tr.accelerator,
-        devices=tr.devices,
-        strategy=tr.strategy,
-        precision=resolve_precision(tr.precision, tr.accelerator, fp16_safe=False),  # T5 overflows in fp16
-        max_epochs=int(t.max_epochs),
-        max_steps=int(t.max_steps),
-        val_check_interval=t.val_check_interval,
-        gradient_clip_val=tr.gradient_clip_val,
-        accumulate_grad_batches=int(tr.accumulate_grad_batches),
-        log_every_n_steps=int(tr.log_every_n_steps),
-        num_sanity_val_steps=int(tr.num_sanity_val_steps),
-        limit_val_batches=tr.limit_val_batches,
-        enable_progress_bar=bool(tr.enable_progress_bar),
-        logger=loggers,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-    )
+    trainer = build_trainer(
+        cfg, task, fp16_safe=False, callback_defaults={"model_checkpoint": {"dirpath": str(out_dir)}}
+    )  # T5 overflows in fp16
     trainer.fit(module, datamodule=dm)
-    best = checkpoint.best_model_score
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, PretrainedCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    best = checkpoint.best_model_score if checkpoint else None
     summary = {
         "extractor": "flan_t5",
         "base_model": str(t.model),
-        "checkpoint": checkpoint.best_model_path or None,
+        "checkpoint": best_path or None,
         "best_val_f1": float(best) if best is not None else None,
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "data": {"files": files, **data_stats},
         "run_dir": str(run_dir),
-        "use_with": f"extractor=flan_t5 extractor.checkpoint={checkpoint.best_model_path}",
+        "use_with": f"extractor=flan_t5 extractor.checkpoint={best_path}",
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
-    if checkpoint.best_model_path:
-        atomic_write_json(Path(checkpoint.best_model_path) / "train_summary.json", summary)
+    if best_path:
+        atomic_write_json(Path(best_path) / "train_summary.json", summary)
     return summary
 
 

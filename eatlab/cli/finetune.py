@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from eatlab.cli.task import Task, entry_point, resolve_precision
+from eatlab.cli.task import Task, entry_point
+from eatlab.cli.trainer import build_trainer
 from eatlab.errors import ConfigError
 
 log = logging.getLogger("eatlab.finetune")
+# in the adapter folder while training: the Lightning checkpoints that a re-run of the same training resumes from
+CHECKPOINTS = "checkpoints"
 
 
 # --- config pieces ------------------------------------------------------------------------------------------------
@@ -45,7 +49,7 @@ def settings_from_config(cfg, source: str):
 
     f = cfg.finetune
     quant_storage = f.get("quant_storage")
-    if quant_storage is None and cfg.trainer.strategy == "fsdp" and f.quantization == "nf4":
+    if quant_storage is None and is_fsdp(cfg) and f.quantization == "nf4":
         quant_storage = "bfloat16" if f.compute_dtype == "auto" else f.compute_dtype
     return QLoRASettings(
         model_source=source,
@@ -57,12 +61,6 @@ def settings_from_config(cfg, source: str):
         lora_alpha=float(f.lora.alpha),
         lora_dropout=float(f.lora.dropout),
         target_modules=tuple(f.lora.target_modules),
-        optimizer=str(f.optim.name),
-        lr=float(f.optim.lr),
-        weight_decay=float(f.optim.weight_decay),
-        betas=tuple(float(b) for b in f.optim.betas),
-        warmup_ratio=float(f.optim.warmup_ratio),
-        min_lr_ratio=float(f.optim.min_lr_ratio),
         gradient_checkpointing=f.gradient_checkpointing,
         val_max_new_tokens=int(f.val_max_new_tokens),
         val_generate=None if f.get("val_generate") is None else int(f.val_generate),
@@ -70,43 +68,56 @@ def settings_from_config(cfg, source: str):
     )
 
 
-def build_strategy(cfg, source: str):
-    """The Lightning strategy of `trainer`: a name for Lightning, or an FSDPStrategy wrapping decoder layers."""
-    t = cfg.trainer
-    if t.strategy != "fsdp":
-        return t.strategy
+def is_fsdp(cfg) -> bool:
+    strategy = cfg.trainer.get("strategy")
+    if OmegaConf.is_dict(strategy):
+        return str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+    return str(strategy) == "fsdp"
+
+
+def decoder_layer_classes(source: str) -> set | None:
+    """The model's transformer block classes (its `_no_split_modules`): what FSDP wraps and checkpoints."""
     import sys
 
-    from pytorch_lightning.strategies import FSDPStrategy
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fs = t.get("fsdp") or {}
-    wrap = None
-    if fs.get("auto_wrap_decoder_layers", True):
-        mcfg = AutoConfig.from_pretrained(source)
-        cls = AutoModelForCausalLM._model_mapping[type(mcfg)]
-        mod = sys.modules[cls.__module__]
-        wrap = {getattr(mod, n) for n in (cls._no_split_modules or []) if hasattr(mod, n)} or None
-    return FSDPStrategy(
-        auto_wrap_policy=wrap,
-        sharding_strategy=fs.get("sharding_strategy", "FULL_SHARD"),
-        use_orig_params=bool(fs.get("use_orig_params", True)),
-        cpu_offload=bool(fs.get("cpu_offload", False)),
-        activation_checkpointing_policy=wrap if fs.get("activation_checkpointing") else None,
-    )
+    mcfg = AutoConfig.from_pretrained(source)
+    cls = AutoModelForCausalLM._model_mapping[type(mcfg)]
+    mod = sys.modules[cls.__module__]
+    return {getattr(mod, n) for n in (cls._no_split_modules or []) if hasattr(mod, n)} or None
+
+
+def build_strategy(cfg, source: str):
+    """`trainer.strategy`: a name for Lightning, or its node instantiated, where the policy `decoder_layers`
+    (conf/trainer/fsdp.yaml) stands for the model's transformer block classes."""
+    strategy = cfg.trainer.get("strategy", "auto")
+    if not OmegaConf.is_dict(strategy):
+        return strategy
+    from hydra.utils import instantiate
+
+    policies = {}
+    for key in ("auto_wrap_policy", "activation_checkpointing_policy"):
+        if strategy.get(key) == "decoder_layers":
+            policies[key] = decoder_layer_classes(source)
+    return instantiate(strategy, **policies)
 
 
 def training_config(cfg) -> dict:
-    """What names a training (enters the adapter's hash): the finetune and trainer settings, paths excluded, and
-    settings that change no weight (val_generate: how many validation answers are generated)."""
+    """What names a training (enters the adapter's hash): the finetune, trainer, optimizer and scheduler settings,
+    paths excluded, and settings that change no weight (val_generate: how many validation answers are generated;
+    callbacks)."""
     f = OmegaConf.to_container(cfg.finetune, resolve=True)
     for k in ("adapter_path", "output_root", "eacl_root", "update_pointer", "report_only", "num_workers"):
         f.pop(k, None)
     f.pop("val_generate", None)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for k in ("enable_progress_bar", "log_every_n_steps"):
+    for k in ("enable_progress_bar", "log_every_n_steps", "enable_model_summary"):
         t.pop(k, None)
-    return {"finetune": f, "trainer": t, "seed": int(cfg.seed)}
+    out = {"finetune": f, "trainer": t, "seed": int(cfg.seed)}
+    for node in ("optimizer", "scheduler"):
+        if cfg.get(node) is not None:
+            out[node] = OmegaConf.to_container(cfg[node], resolve=True)
+    return out
 
 
 # --- the job ------------------------------------------------------------------------------------------------------
@@ -166,12 +177,14 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
 
     import pytorch_lightning as pl
     import torch
+    from hydra.utils import instantiate
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer
 
     from eatlab.finetune import adapter as ad
     from eatlab.finetune.module import QLoRAModule
     from eatlab.finetune.tasks import Collator, Templates, build_examples, encode_examples, examples_sha256
+    from eatlab.utils.lightning import EpochSampler
 
     pl.seed_everything(int(cfg.seed), workers=True)
     source, model_key, smoke = base_model(cfg)
@@ -208,9 +221,11 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
         }
     )
 
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+    # the order is the sampler's (seed, epoch); the loader's own generator keeps its per-iteration seed draw off
+    # the global RNG, which LoRA dropout uses and a checkpoint restores
+    sampler = EpochSampler(len(train_enc), int(cfg.seed), int(f.batch_size))
     train_loader = DataLoader(
-        train_enc, batch_size=int(f.batch_size), shuffle=True, generator=gen,
+        train_enc, batch_size=int(f.batch_size), sampler=sampler, generator=torch.Generator().manual_seed(int(cfg.seed)),
         collate_fn=Collator(pad_id), num_workers=int(f.num_workers),
     )  # fmt: skip
     val_loader = (
@@ -219,8 +234,11 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
         if val_enc else None
     )  # fmt: skip
 
-    settings = settings_from_config(cfg, source)
-    module = QLoRAModule(settings, pad_id, eos_ids)
+    module = QLoRAModule(
+        settings_from_config(cfg, source), pad_id, eos_ids,
+        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        train_sampler=sampler,
+    )  # fmt: skip
     module.tokenizer = tok
     run_hash = ad.training_hash(data_sha, model_key, training_config(cfg))
     out_dir = ad.version_dir(f.output_root, languages, run_hash)
@@ -229,29 +247,15 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
                        "data_sha256": data_sha, "adapter_dir": str(out_dir)},
     )  # fmt: skip
 
-    t = cfg.trainer
-    loggers = task.loggers()
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=int(t.num_nodes),
-        strategy=build_strategy(cfg, source),
-        precision=resolve_precision(t.precision, t.accelerator),
-        max_epochs=int(t.max_epochs),
-        max_steps=int(t.max_steps),
-        accumulate_grad_batches=int(t.accumulate_grad_batches),
-        gradient_clip_val=t.gradient_clip_val,
-        val_check_interval=t.val_check_interval,
-        num_sanity_val_steps=int(t.num_sanity_val_steps),
-        log_every_n_steps=int(t.log_every_n_steps),
-        enable_progress_bar=bool(t.enable_progress_bar),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        logger=loggers,
-        default_root_dir=str(run_dir),
-    )
+    ckpt_node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    ckpt_dir = Path(ckpt_node.get("dirpath") or out_dir / CHECKPOINTS)
+    trainer = build_trainer(
+        cfg, task, strategy=build_strategy(cfg, source),
+        callback_defaults={"model_checkpoint": {"dirpath": str(ckpt_dir)}},
+    )  # fmt: skip
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), ckpt_dir)
     t_fit = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - t_fit
     last_val = module.val_history[-1]["step"] if module.val_history else None
     if val_loader is not None and last_val != trainer.global_step:  # stopped by max_steps mid-epoch
@@ -259,6 +263,8 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
     _save_adapter(trainer, module, out_dir)
     if not trainer.is_global_zero:
         return {}
+    if ckpt_dir.is_dir() and not cfg.get("keep_checkpoints", False):
+        shutil.rmtree(ckpt_dir)  # the adapter is saved: nothing left to resume
 
     losses = module.optimizer_step_losses()
     k = min(3, len(losses))
@@ -299,6 +305,8 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
         },
         "config": training_config(cfg),
         "training": {
+            "resumed_from": ckpt_path,
+            "resumed_at_step": module.resumed_at_step,
             "device": str(module.device),
             "precision": str(trainer.precision),
             "strategy": type(trainer.strategy).__name__,
@@ -320,6 +328,22 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
     atomic_write_json(run_dir / "finetune_metrics.json", summary)
     _print_summary(summary)
     return summary
+
+
+def resume_checkpoint(setting, ckpt_dir: Path) -> str | None:
+    """`ckpt_path`: auto -> `<ckpt_dir>/last.ckpt` when an interrupted run of this training left one; null -> none;
+    anything else -> that file (ConfigError when missing)."""
+    if setting is None or str(setting).lower() in ("null", "none", "false"):
+        return None
+    if str(setting) == "auto":
+        last = ckpt_dir / "last.ckpt"
+        if last.exists():
+            log.warning("resuming the interrupted training from %s (ckpt_path=null starts afresh)", last)
+            return str(last)
+        return None
+    if not Path(str(setting)).is_file():
+        raise ConfigError(f"ckpt_path={setting}: no such checkpoint file")
+    return str(setting)
 
 
 def _save_adapter(trainer, module, out_dir: Path) -> None:

@@ -62,7 +62,7 @@ class FlanT5Extractor(Extractor):
         self._model.to(device)
 
     def extract(self, sentences: list[str]) -> list[EntityList]:
-        import torch
+        from eatlab.utils.generation import greedy_texts
 
         if self._model is None:
             self._load()
@@ -73,11 +73,14 @@ class FlanT5Extractor(Extractor):
                 batch, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_len
             )
             enc = enc.to(self._model.device)
-            with torch.no_grad():
-                ids = self._model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
-                )
-            out.extend(parse_entity_list(t) for t in self._tok.batch_decode(ids, skip_special_tokens=True))
+            texts = greedy_texts(
+                self._model,
+                self._tok,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens=self.max_new_tokens,
+            )
+            out.extend(parse_entity_list(t) for t in texts)
         return out
 
     def provenance(self) -> dict:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
 from torch.utils.data import DataLoader, Dataset
 
 from eatlab.data.bio import VALID_TAGS, tags_to_spans
@@ -270,17 +268,18 @@ class Seq2SeqNERModule(pl.LightningModule):
         self,
         model_name_or_path: str,
         *,
-        lr: float = 3e-4,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.06,
-        warmup_steps: int | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
         lora: dict | None = None,
         max_new_tokens: int = 128,
         num_beams: int = 1,
         scorer_seed: int = 0,
     ):
+        """`optimizer(param_groups)` and `scheduler(opt, total_steps=...)` are the `_partial_` config nodes."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.tokenizer, model = load_seq2seq(model_name_or_path)
         if lora and lora.get("enabled", True):
             from peft import LoraConfig, TaskType, get_peft_model
@@ -317,14 +316,16 @@ class Seq2SeqNERModule(pl.LightningModule):
         return loss
 
     def generate_texts(self, input_ids, attention_mask) -> list[str]:
-        ids = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+        from eatlab.utils.generation import greedy_texts
+
+        return greedy_texts(
+            self.model,
+            self.tokenizer,
+            input_ids,
+            attention_mask,
             max_new_tokens=int(self.hparams.max_new_tokens),
-            do_sample=False,
             num_beams=int(self.hparams.num_beams),
         )
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
@@ -372,28 +373,11 @@ class Seq2SeqNERModule(pl.LightningModule):
         self.last_val_scores = result
 
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
+        from eatlab.utils.lightning import configure_optimizers
 
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": float(self.hparams.weight_decay)},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=float(self.hparams.lr),
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = self.hparams.warmup_steps
-        if warmup is None:
-            warmup = int(float(self.hparams.warmup_ratio) * total)
-        sched = get_linear_schedule_with_warmup(opt, int(warmup), max(total, 1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
 
-    def save_hf(self, directory: str | Path, info: dict | None = None) -> None:
+    def save_pretrained(self, directory: str | Path, info: dict | None = None) -> None:
         """A plain Hugging Face folder (LoRA merged into a copy), its tokenizer, eatlab_checkpoint.json and the
         dev outputs of the validation that selected it."""
         import copy
@@ -419,67 +403,3 @@ class Seq2SeqNERModule(pl.LightningModule):
             for k, v in self.last_val_texts.items()
         ]
         (directory / DEV_OUTPUTS).write_text("".join(x + "\n" for x in lines), encoding="utf-8")
-
-
-class HFModelCheckpoint(Checkpoint):
-    """Keeps the best model by `monitor` as the Hugging Face folder `<dirpath>/<filename>` (`save_hf`), no .ckpt.
-
-    Public hooks only (ModelCheckpoint's saving goes through private methods). Subclassing `Checkpoint` keeps
-    Lightning from adding its default ModelCheckpoint. The rules are ModelCheckpoint's with `save_top_k=1`: after
-    each validation in `fit` (not the sanity check, at most once per global step, none before the first step) the
-    folder is replaced when the score beats the best strictly; a NaN score ranks last.
-    """
-
-    def __init__(
-        self, dirpath: str | Path, filename: str = "best", monitor: str = "val_f1", mode: str = "max"
-    ):
-        if mode not in ("min", "max"):
-            raise ValueError(f"HFModelCheckpoint(mode={mode!r}): expected 'min' or 'max'")
-        self.dirpath = os.path.realpath(os.path.expanduser(dirpath))  # as ModelCheckpoint: absolute
-        self.filename = filename
-        self.monitor = monitor
-        self.mode = mode
-        self.best_model_path = ""  # the folder, once a validation has been saved
-        self.best_model_score: torch.Tensor | None = None
-        self._last_global_step_saved = 0
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from pytorch_lightning.trainer.states import TrainerFn
-        from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
-        if (
-            trainer.sanity_checking
-            or trainer.fast_dev_run
-            or trainer.state.fn != TrainerFn.FITTING
-            or trainer.global_step == self._last_global_step_saved
-        ):
-            return
-        current = trainer.callback_metrics.get(self.monitor)
-        if current is None:
-            raise MisconfigurationException(
-                f"HFModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the logged "
-                f"metrics: {list(trainer.callback_metrics)}"
-            )
-        current = torch.as_tensor(current).detach().clone()
-        if self.best_model_score is not None:
-            best, now = float(self.best_model_score), float(current)
-            better = now > best if self.mode == "max" else now < best  # False for NaN
-            # every rank holds the same metrics; the reduction keeps the ranks' decisions identical anyway
-            if not trainer.strategy.reduce_boolean_decision(better):
-                return
-        if torch.isnan(current):
-            current = torch.tensor(float("-inf" if self.mode == "max" else "inf"), device=current.device)
-        self.best_model_path = os.path.join(self.dirpath, self.filename)
-        self.best_model_score = current
-        self._last_global_step_saved = trainer.global_step
-        if trainer.is_global_zero:
-            self._write(trainer, Path(self.best_model_path))
-
-    def _write(self, trainer: pl.Trainer, target: Path) -> None:
-        """Write into `<target>.tmp`, then swap it in, so that a crash never leaves a half-written best folder."""
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        trainer.lightning_module.save_hf(tmp, {"monitor": self.monitor, "metrics": metrics})
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)

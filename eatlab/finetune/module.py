@@ -1,4 +1,5 @@
-"""QLoRA as a LightningModule: a 4-bit NF4 base (double quantisation), LoRA adapters, AdamW, warm-up + cosine.
+"""QLoRA as a LightningModule: a 4-bit NF4 base (double quantisation), LoRA adapters, AdamW, warm-up + cosine
+(the optimizer and schedule are config nodes: eatlab-finetune's `optimizer` and `scheduler`).
 
 Why these choices (the recipe of Dettmers et al., 2023, which the paper's "QLoRA" names):
 - NF4 with double quantisation stores the frozen base in about 0.5 byte per parameter, so a 7B/14B model fits
@@ -8,7 +9,10 @@ Why these choices (the recipe of Dettmers et al., 2023, which the paper's "QLoRA
 - LoRA on every attention and MLP projection: QLoRA's finding is that all linear layers are needed to match full
   fine-tuning; attention-only LoRA underfits.
 - Paged 8-bit AdamW on CUDA (optimizer states paged to CPU on memory spikes); plain torch AdamW on CPU, where
-  bitsandbytes' paged optimizers do not run.
+  bitsandbytes' paged optimizers do not run (`optimizer=adamw_auto`, eatlab.utils.lightning.adamw_auto).
+- Checkpoints hold the trainable (LoRA) weights only, the step losses, the validation history, the data position
+  and the torch RNG state, so a run resumed from one continues exactly where it stopped (the frozen base is
+  loaded from its weights, as at the start).
 - Validation: loss on the held-out slice, and exact match of greedy answers (per direction) on all of it or on its
   first `val_generate` examples; the generation logs its progress (`validation: generated 48/200 answers ...`).
 The weights load in `configure_model`, on the device Lightning chose for this process (so DDP puts one copy on
@@ -21,6 +25,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -32,7 +37,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUANTIZATIONS = ("nf4", "none")
-OPTIMIZERS = ("auto", "adamw", "paged_adamw_8bit")
 
 
 @dataclass
@@ -48,12 +52,6 @@ class QLoRASettings:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    optimizer: str = "auto"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0
     gradient_checkpointing: str | bool = "auto"  # auto: on for CUDA, off on CPU
     val_max_new_tokens: int = 32
     val_generate: int | None = None  # greedy answers for the first N validation examples; None: all, 0: none
@@ -65,8 +63,6 @@ class QLoRASettings:
             raise ConfigError(
                 f"finetune.quantization={self.quantization}: expected one of {list(QUANTIZATIONS)}"
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"finetune.optim.name={self.optimizer}: expected one of {list(OPTIMIZERS)}")
         if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ConfigError("finetune.lora: r >= 1, alpha > 0 and 0 <= dropout < 1 are required")
         if not self.target_modules:
@@ -75,24 +71,6 @@ class QLoRASettings:
             raise ConfigError(
                 f"finetune.val_generate={self.val_generate}: expected a whole number >= 0 or null"
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(
-                f"finetune.optim.warmup_ratio={self.warmup_ratio}: expected a fraction in [0, 1)"
-            )
-
-
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up to 1 over `warmup` steps, then cosine down to `min_ratio` at `total`.
-
-    Not transformers' schedules, which move the numbers: `get_cosine_schedule_with_warmup` (and its min-lr
-    variant) warms up as step/warmup, so step 0 trains at LR 0; `..._with_warmup_lr_rate` warms up as here but
-    starts the cosine one step early. The cosine part equals `get_cosine_schedule_with_warmup`'s.
-    """
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _torch_dtype(name: str, device_type: str):
@@ -149,12 +127,30 @@ class QLoRAModule(pl.LightningModule):
 
     progress_every_s = 10.0  # at most one validation progress line per this many seconds, plus the final one
 
-    def __init__(self, settings: QLoRASettings, pad_id: int, eos_ids: list[int]):
+    strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
+
+    def __init__(
+        self,
+        settings: QLoRASettings,
+        pad_id: int,
+        eos_ids: list[int],
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        train_sampler=None,
+    ):
+        """`optimizer(param_groups)` and `scheduler(opt, total_steps=...)` are the `_partial_` config nodes;
+        `train_sampler` (an EpochSampler) is told where to restart when a checkpoint is loaded."""
         super().__init__()
         settings.validate()
         self.settings = settings
         self.pad_id = int(pad_id)
         self.eos_ids = list(eos_ids)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_sampler = train_sampler
+        self.optimizer_name: str | None = None
+        self.epoch_batches = 0  # training batches done in the current epoch (the resume position)
+        self.resumed_at_step: int | None = None  # the global step of the checkpoint this run resumed from
         self.model = None
         self.quantized_layers = 0  # bitsandbytes Linear4bit layers of the loaded base
         self.tokenizer = None  # set by the caller, for decoding validation answers
@@ -228,9 +224,15 @@ class QLoRAModule(pl.LightningModule):
         )
         return loss, int((labels != -100).sum())
 
+    def on_train_epoch_start(self) -> None:
+        self.epoch_batches = 0
+        if self.train_sampler is not None:  # also when DDP wraps it (Lightning then sets the wrapper's epoch)
+            self.train_sampler.set_epoch(self.current_epoch)
+
     def training_step(self, batch, batch_idx):
         loss, _ = self(batch)
         self.step_losses[int(self.global_step)].append(float(loss.detach()))
+        self.epoch_batches += 1
         self.log(
             "train_loss",
             loss,
@@ -246,31 +248,43 @@ class QLoRAModule(pl.LightningModule):
         return [sum(v) / len(v) for _, v in sorted(self.step_losses.items())]
 
     def configure_optimizers(self):
+        from eatlab.utils.lightning import configure_optimizers
+
+        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the trainable weights only (the frozen base is reloaded from its files), plus what the summary and
+        an exact resume need: step losses, validation history, the position in the epoch and the RNG state (LoRA
+        dropout draws from it)."""
         import torch
 
-        s = self.settings
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        name = s.optimizer
-        on_cuda = self.device.type == "cuda"
-        if name == "auto":
-            name = "paged_adamw_8bit" if on_cuda else "adamw"
-        if name == "paged_adamw_8bit":
-            if not on_cuda:
-                raise ConfigError(
-                    "finetune.optim.name=paged_adamw_8bit: needs a CUDA device (use adamw on CPU)"
-                )
-            import bitsandbytes as bnb
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["eatlab"] = {
+            "step_losses": {int(k): list(v) for k, v in self.step_losses.items()},
+            "val_history": list(self.val_history),
+            "epoch": int(self.current_epoch),
+            "epoch_batches": int(self.epoch_batches),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
 
-            opt = bnb.optim.PagedAdamW8bit(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
-        self.optimizer_name = name
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(s.warmup_ratio * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, total, warmup, s.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        import torch
+
+        state = checkpoint.get("eatlab")
+        if not state:
+            return
+        self.step_losses = defaultdict(list, {int(k): list(v) for k, v in state["step_losses"].items()})
+        self.val_history = list(state["val_history"])
+        self.epoch_batches = int(state["epoch_batches"])
+        self.resumed_at_step = int(checkpoint["global_step"])
+        if self.train_sampler is not None and self.trainer.world_size == 1:  # DDP: the epoch restarts
+            self.train_sampler.resume(state["epoch"], self.epoch_batches)
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     # -- validation --------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -304,8 +318,6 @@ class QLoRAModule(pl.LightningModule):
         return n
 
     def validation_step(self, batch, batch_idx):
-        import torch
-
         v = self._val
         loss, n_tok = self(batch)
         v["loss_sum"] += float(loss) * n_tok
@@ -316,10 +328,7 @@ class QLoRAModule(pl.LightningModule):
             return
         ids, mask = batch["prompt_ids"][:k], batch["prompt_mask"][:k]
         width = int(mask.sum(1).max())  # drop the padding columns that only the rows left out needed
-        with torch.no_grad():
-            answers = self.generate_greedy(
-                ids[:, -width:], mask[:, -width:], self.settings.val_max_new_tokens
-            )
+        answers = self.generate_greedy(ids[:, -width:], mask[:, -width:], self.settings.val_max_new_tokens)
         for pred, gold, direction in zip(answers, batch["answers"], batch["directions"]):
             hit = pred.strip() == gold.strip()
             v["hits"][direction] += hit
@@ -347,29 +356,12 @@ class QLoRAModule(pl.LightningModule):
 
     def generate_greedy(self, prompt_ids, prompt_mask, max_new_tokens: int) -> list[str]:
         """Greedy answers for left-padded prompts (what the pipeline's greedy decoding would answer)."""
-        from transformers import GenerationConfig
+        from eatlab.utils.generation import greedy_texts
 
-        was_training = self.model.training
-        self.model.eval()
-        self.model.config.use_cache = True
-        gc = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-        )
-        try:
-            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gc)
-        finally:
-            self.model.config.use_cache = False
-            if was_training:
-                self.model.train()
-        texts = []
-        for row in out[:, prompt_ids.shape[1] :].tolist():
-            stop = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
-            texts.append(self.tokenizer.decode(row[:stop], skip_special_tokens=True))
-        return texts
+        return greedy_texts(
+            self.model, self.tokenizer, prompt_ids, prompt_mask,
+            max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+        )  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         """Log the loss over every validation example and exact match over the generated ones.
