@@ -39,6 +39,7 @@ FAULT_LABELS = {
     "control_chars_stripped": "control characters stripped",
     "wrong_script_answers": "wrong script",
     "unconstrained_answers": "not constrained (backend.constraint_param unset)",
+    "constraint_violations": "constrained but not in the sentence (the backend ignored the constraint)",
 }
 
 

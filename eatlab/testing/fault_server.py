@@ -11,7 +11,9 @@ Faults (`FaultRule.kind`):
 - HTTP: "timeout" (answers after `delay_s`), "429", "500", "503", "malformed" (a 200 whose body is not JSON),
   "no_choices" (valid JSON without choices), "drop" (closes the connection without answering).
 - Model: "empty" (""), "length" (a long answer with finish_reason "length"), "wrong_script" (an answer in a
-  script the request does not expect), "control" (the answer with NULs, bells and terminal escapes inside).
+  script the request does not expect), "control" (the answer with NULs, bells and terminal escapes inside),
+  "ignore_grammar" (a server that does not know the request's grammar parameter drops it and answers as a
+  free model would: the English phrase echoed back; requests without a grammar are answered as usual).
 - Server: `shutdown_after=N` stops the server after N requests: later requests find the connection refused.
 - Tests: `block_when=predicate` holds the `block_nth` request matching it until `release()` (or the server
   stops), so that a test can kill the client at a known point (`blocked` is set then); `requests` records every
@@ -34,7 +36,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HTTP_FAULTS = ("timeout", "429", "500", "503", "malformed", "no_choices", "drop")
-MODEL_FAULTS = ("empty", "length", "wrong_script", "control")
+MODEL_FAULTS = ("empty", "length", "wrong_script", "control", "ignore_grammar")
+GRAMMAR_PARAMS = ("grammar", "guided_grammar", "structured_outputs")  # backend.constraint_param's values
 
 _FINAL_FORWARD = ("only the final English translation", "Output only the translation")
 _FINAL_BACKWARD = ("Give me only the final", "Output only that phrase")
@@ -199,6 +202,9 @@ def _apply_model_fault(kind: str, text: str, info: RequestInfo) -> tuple[str, st
     if kind == "wrong_script":
         cyrillic = info.stage in ("forward", "ner") or not any(c.isascii() and c.isalpha() for c in text)
         return ("Москва и Санкт-Петербург" if cyrillic else "北京和上海"), "stop"
+    if kind == "ignore_grammar":
+        dropped = any(p in info.params for p in GRAMMAR_PARAMS)
+        return (info.phrase if dropped and info.phrase else text), "stop"
     if kind == "control":
         mid = len(text) // 2
         return "\x00\x1b[31m" + text[:mid] + "\x07\x08" + text[mid:] + "\x1b[0m\x7f", "stop"

@@ -10,6 +10,7 @@ from eatlab.rundir import (
     BACKWARD,
     FORWARD,
     METRICS,
+    NER,
     PREDICTIONS,
     PROVENANCE,
     RESOLVED_CONFIG,
@@ -27,21 +28,32 @@ def format_conversation(messages) -> str:
     return "\n\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages or [])
 
 
-def sample_conversations(run_dir: Path, ids: set[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Forward and backward conversations (as text) of the given sentence ids, read from the run's artifacts."""
+def _backward_text(r: dict) -> str:
+    """One backward record (the one layout every method writes, eatlab.eat.stages.BACKWARD_KEYS) as text: the
+    entity, where its answer landed (or why it was dropped), then its conversation if it had one."""
+    placed = (
+        f"{r.get('placed_by')} {r.get('span')}" if r.get("span") else f"dropped: {r.get('dropped_reason')}"
+    )
+    head = f"--- {r.get('type')}: {r.get('phrase')} -> {r.get('answer')!r} ({placed})"
+    return head + ("\n" + format_conversation(r["messages"]) if r.get("messages") else "")
+
+
+def sample_conversations(run_dir: Path, ids: set[str]) -> dict[str, dict[str, str]]:
+    """Per stage (forward, ner, backward), the conversations and records (as text) of the given sentence ids,
+    read from the run's artifacts; a stage the method does not run, or a record without a conversation (an
+    extractor that is not an LLM), gives no text."""
     rd = RunDir(run_dir)
-    forward = {
-        r["sentence_id"]: format_conversation(r.get("messages"))
-        for r in rd.artifact(FORWARD)
-        if r.get("sentence_id") in ids
-    }
+    out: dict[str, dict[str, str]] = {FORWARD: {}, NER: {}, BACKWARD: {}}
+    for stage in (FORWARD, NER):
+        for r in rd.artifact(stage):
+            if r.get("sentence_id") in ids and r.get("messages"):
+                out[stage][r["sentence_id"]] = format_conversation(r["messages"])
     backward: dict[str, list[str]] = defaultdict(list)
     for r in rd.artifact(BACKWARD):
         if r.get("sentence_id") in ids:
-            backward[r["sentence_id"]].append(
-                f"--- {r.get('type')}: {r.get('phrase')}\n" + format_conversation(r.get("messages"))
-            )
-    return forward, {k: "\n\n".join(v) for k, v in backward.items()}
+            backward[r["sentence_id"]].append(_backward_text(r))
+    out[BACKWARD] = {k: "\n\n".join(v) for k, v in backward.items()}
+    return out
 
 
 def _entity_strings(tokens, spans, char_tokenized: bool) -> list[str]:
@@ -76,7 +88,7 @@ def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: 
         for cls, n in metrics.get("failures", {}).get(side, {}).items():
             failures.add_data(side, cls, n)
     sampled = results[: max(0, n_samples)]
-    fwd, bwd = sample_conversations(run_dir, {r.sentence.id for r in sampled})
+    convs = sample_conversations(run_dir, {r.sentence.id for r in sampled})
     samples = wandb.Table(
         columns=[
             "sentence_id",
@@ -87,6 +99,7 @@ def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: 
             "predicted",
             "alignments",
             "forward_conversation",
+            "ner_conversation",
             "backward_conversations",
         ]
     )
@@ -103,8 +116,9 @@ def log_run_tables(run, metrics: dict, results: list, run_dir: Path, n_samples: 
             str(gold),
             str(pred),
             "\n".join(aligns),
-            fwd.get(s.id, ""),
-            bwd.get(s.id, ""),
+            convs[FORWARD].get(s.id, ""),
+            convs[NER].get(s.id, ""),
+            convs[BACKWARD].get(s.id, ""),
         )
     run.log({"per_type": per_type, "stages": stages, "failures": failures, "sample_predictions": samples})
     art = wandb.Artifact(
