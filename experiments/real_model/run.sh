@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model measurements of docs/results.md ("A real model in the loop"), one phase per argument:
-#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze
+#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze|align-dev
 # MODEL is the folder ../shared/tools/real-model/build.sh wrote (MODEL/hf: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M
 # dequantised to fp32). Each phase is a Hydra multirun; the response cache (outputs/cache/) is shared, so a
 # constrained or ranked run pays only for its final backward rounds. Hours of CPU on 2 cores: run it with nohup.
@@ -39,6 +39,15 @@ case "${1:?phase}" in
     eatlab -m $M $E2E language=$NSL method=eat alignment=free,constrained hydra.sweep.dir=$OUT/e2e-eat ;;
   baselines)
     eatlab -m $M $E2E language=$NSL method=direct_llm,translate_test hydra.sweep.dir=$OUT/e2e-baselines ;;
+  align-dev)  # the EACL dev slice, r1, free vs constrained x fp32 vs bf16, backward only (the controls come with it);
+    # one run dir per setting, each with its own response cache per dtype; then keep the evidence (README.md)
+    for DT in ${DTYPES:-float32 bfloat16}; do for L in ${DEV_LANGS:-zh ja ru}; do for A in free constrained; do
+      D=$OUT/align-dev/$L-$A-$DT
+      [ -f "$D/metrics.json" ] && continue
+      eatlab-align-eval $M model.hash_weights=false heldout.eacl_root=$SHARED/eacl align_eval.split=dev \
+        align_eval.limit=50 'align_eval.directions=[backward]' language=$L prompts=eatlab prompt_rounds=r1 \
+        alignment=$A backend.dtype=$DT cache.path=$OUT/cache-$DT.sqlite hydra.run.dir=$D
+    done; done; done ;;
   analyze)
     for d in "$OUT"/align-* "$OUT"/e2e-*; do [ -d "$d" ] && eatlab-analyze "$d" --no-roundtrip || true; done ;;
   *) echo "unknown phase $1" >&2; exit 2 ;;
