@@ -120,7 +120,9 @@ def test_a_subclass_of_the_hf_backend_runs_ranked_alignment_on_the_tiny_model(co
 
     cache = ResponseCache(cfg.cache.path, mode="readonly")
     ranked = [e for e in cache.entries() if e.reply.meta.get("selected_by") == "rank"]
-    assert ranked and all(e.engine == "hf" for e in ranked)  # the final backward answers, scored by the subclass
+    assert ranked and all(
+        e.engine == "hf" for e in ranked
+    )  # the final backward answers, scored by the subclass
 
 
 def test_a_wrapping_backend_receives_a_model_spec(compose):
@@ -145,6 +147,20 @@ def test_an_error_in_user_code_keeps_its_traceback(compose, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- cache identity
+def test_fp32_and_bf16_calls_have_different_cache_keys(compose, tmp_path):
+    from eatlab.llm.factory import build_client
+
+    conv, settings = [{"role": "user", "content": "Translate: Berlin"}], GenerationSettings(max_new_tokens=3)
+    keys = {
+        dtype: build_client(compose([f"backend.dtype={dtype}"])).key(conv, settings)
+        for dtype in ("float32", "bfloat16", "float16")
+    }
+    assert len(set(keys.values())) == 3
+    on_cpu = build_client(compose(["backend.device=cpu"]))  # dtype auto on the CPU: fp32, the same key
+    assert on_cpu.key(conv, settings) == keys["float32"] and not on_cpu.backend_created
+
+
+@pytest.mark.slow
 def test_fp32_and_bf16_never_share_an_answer(compose, tmp_path):
     from eatlab.llm.factory import backend_identity, build_client
 

@@ -67,6 +67,9 @@ def models_dir(cfg) -> str:
     return str(_get(cfg, "paths.models_dir", "outputs/models"))
 
 
+_WARNED: set[str] = set()
+
+
 def model_source(cfg) -> tuple[str, bool]:
     """(hub id or local folder, is_local). `model.path`, when set, must exist (a folder, or a GGUF file converted
     once to an HF folder under `paths.models_dir`); else a smoke group builds the tiny model on first use."""
@@ -92,7 +95,9 @@ def model_source(cfg) -> tuple[str, bool]:
         from eatlab.llm.tiny import ensure_tiny_model
 
         ensure_tiny_model(build_at)
-        log.warning("model %s is a SMOKE model with random weights: its outputs mean nothing", model_id)
+        if str(build_at) not in _WARNED:  # once per process, however often the model is resolved
+            _WARNED.add(str(build_at))
+            log.warning("model %s is a SMOKE model with random weights: its outputs mean nothing", model_id)
         return str(build_at), True
     return str(model_id), False
 
