@@ -62,6 +62,7 @@ def compose_finetune(tmp_path):
     return _compose
 
 
+@pytest.mark.slow  # transformers' schedules import transformers.trainer_utils (peft, bitsandbytes): seconds
 def test_optimizer_and_schedule_come_from_the_config_nodes(compose_finetune):
     """eatlab-finetune's `optimizer` and `scheduler` nodes (`_partial_`), through the shared configure_optimizers:
     8 optimizer steps, warm-up 0.25 (2 steps), floor 0.1: the LR Lightning sees before each step, pinned to
