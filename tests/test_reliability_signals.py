@@ -153,7 +153,7 @@ def test_a_sweep_stops_as_a_whole(tmp_path):
     rc, err, seconds = _stop_mid_run(cmd, signal.SIGTERM, lambda: _rows(db) > 0, tmp_path)
     (sweep,) = (out / "multiruns" / "eat").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_language=zh"], jobs
+    assert len(jobs) == 1 and jobs[0].startswith("0_") and "language=zh" in jobs[0], jobs
     assert_stopped(rc, err, seconds, sweep / jobs[0], signal.SIGTERM)
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert (summary["n_jobs"], summary["n_failed"]) == (1, 1)
