@@ -269,3 +269,130 @@ def test_prefix_store_reuses_the_longest_prefix_and_stays_bounded():
     store.store([8] * 20, kv(20))  # 320 bytes more: 480 in all, within 1000
     store.store([7] * 40, kv(40))  # 640 more: the oldest entries go until the store fits
     assert store.nbytes <= 1000 and store.lookup([7] * 41)[0] == 40 and store.lookup([1, 2, 3, 4])[0] == 0
+
+
+# Replies of the tiny model before the decode paths were merged into one (hf_decode): greedy and seeded sampling
+PINNED_GREEDY = [
+    "\ufeff\n\n\ufeff\n\n\ufeff\n\n herdﻳführt listenedнакнак��/pp/pp",
+    "جيرführt勢.BAD stringBuilder㎰ Alv בעournaments Encyclopediaฐฐ",
+    "🎬>>>>┰┰┰┰┰┰┰┰┰┰",
+]
+PINNED_ENTROPIES = [11.6121, 11.6108, 11.6102, 11.6106, 11.6125, 11.6103, 11.6111, 11.6104, 11.6115, 11.6114,
+                    11.6117, 11.6125]  # fmt: skip
+PINNED_SAMPLED = [
+    "dialog�führt平板поз有害 karşısında",
+    "GBP Năm stringBuilderominated haired_Bl_localNeo",
+    "🎬>>>>EDA undermineführtchemy_Truepseudo",
+]
+PINNED_CONSTRAINED = [(" 區", 3), ("都", 3), ("столица", 8), ("서울의", 8), (" عاصمة مصر", 7), (" है", 4),
+                      ("თბი", 10), ("Երևան", 9)]  # fmt: skip
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_replies_and_entropies_are_pinned(backend, monkeypatch, reuse):
+    """Greedy, seeded-sampled and constrained replies (and greedy entropies) of the tiny model, with and without
+    prefix reuse: what the two decode paths gave before they became one."""
+    b = backend
+    monkeypatch.setattr(b, "prefix_reuse", reuse)
+    greedy = b.generate(convs()[:3], GenerationSettings(max_new_tokens=12))
+    assert [r.text for r in greedy] == PINNED_GREEDY
+    assert greedy[0].entropies == pytest.approx(PINNED_ENTROPIES, abs=1e-4)
+    sampled = b.generate(
+        convs()[:3],
+        GenerationSettings(
+            max_new_tokens=8,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.8,
+            top_k=20,
+            repetition_penalty=1.05,
+            seed=7,
+        ),  # fmt: skip
+    )
+    assert [r.text for r in sampled] == PINNED_SAMPLED
+    constrained = b.generate(
+        convs(), [GenerationSettings(max_new_tokens=10, substring_of=t) for t in SENTENCES]
+    )
+    assert [(r.text, r.completion_tokens) for r in constrained] == PINNED_CONSTRAINED
+
+
+def test_one_at_a_time_batched_and_reused_replies_are_identical(backend, monkeypatch):
+    """Two rounds over conversations sharing a system turn: one at a time, batched, and batched with prefix reuse
+    (the shared prefix computed once, then every row from its stored prefix) answer alike; reuse computes less."""
+    prefixes = [[{"role": "system", "content": "You are a translator. Answer with the translation only."}]
+                for _ in SENTENCES[:4]]  # fmt: skip
+    rounds = [[f"Translate: {t}" for t in SENTENCES[:4]], ["Now only the first word."] * 4]
+    direction, values = scripted(rounds, [5, 3])
+    got, computed = {}, {}
+    for batch_size, reuse in ((1, False), (4, False), (4, True)):
+        b = backend
+        monkeypatch.setattr(b, "batch_size", batch_size)
+        monkeypatch.setattr(b, "prefix_reuse", reuse)
+        monkeypatch.setattr(b, "prompt_tokens_computed", 0)
+        b.prefix_cache.clear()
+        client = LLMClient(b, ResponseCache(mode="off"), owns_backend=False)
+        if batch_size == 1:
+            res = [run_conversations(client, [p], direction, [v], {}, "forward")[0]
+                   for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
+        else:
+            res = run_conversations(client, prefixes, direction, values, {}, "forward")
+        got[(batch_size, reuse)] = [[(r.text, r.completion_tokens) for r in c.replies] for c in res]
+        ents = [e for c in res for r in c.replies for e in r.entropies]
+        got.setdefault("entropies", []).append(ents)
+        computed[(batch_size, reuse)] = b.prompt_tokens_computed
+    assert got[(1, False)] == got[(4, False)] == got[(4, True)]
+    assert got["entropies"][0] == pytest.approx(got["entropies"][1], abs=1e-4)
+    assert got["entropies"][0] == pytest.approx(got["entropies"][2], abs=1e-4)
+    assert computed[(4, True)] < computed[(1, False)] <= computed[(4, False)]
+
+
+def test_finished_rows_leave_the_batch_and_answers_stay(backend):
+    """Rows that end early (here: an end token chosen per row among the tokens it would generate) leave the batch:
+    fewer rows are decoded, and every row answers as it does alone; its prompt and answer are stored for reuse."""
+    from dataclasses import replace
+
+    from eatlab.llm.hf_decode import decode
+    from eatlab.llm.prefix_cache import PrefixKVStore
+
+    cs = convs()[:5]
+    prompts = [backend.encode(c) for c in cs]
+    settings = GenerationSettings(max_new_tokens=8)
+    free, _ = decode(backend._lm, prompts, cs, settings, [None] * 5, None)
+    ends = [backend._tok(r.text, add_special_tokens=False)["input_ids"] for r in free]
+    stops = sorted(
+        {ids[min(i + 1, len(ids) - 1)] for i, ids in enumerate(ends)}
+    )  # rows end at different steps
+    lm = replace(backend._lm, eos=sorted(set(backend._lm.eos) | set(stops)))
+    store = PrefixKVStore(1 << 30)
+    together, stats = decode(lm, prompts, cs, settings, [None] * 5, store)
+    alone = [decode(lm, [p], [c], settings, [None], None)[0][0] for p, c in zip(prompts, cs, strict=True)]
+    assert [(r.text, r.completion_tokens, r.finish_reason) for r in together] == [
+        (r.text, r.completion_tokens, r.finish_reason) for r in alone
+    ]
+    for a, b in zip(together, alone, strict=True):
+        assert a.entropies == pytest.approx(b.entropies, abs=1e-4)
+    lengths = [r.completion_tokens for r in together]
+    assert len(set(lengths)) > 1 and any(r.finish_reason == "stop" for r in together)
+    assert (
+        stats.steps == max(lengths) - 1 and stats.row_steps == sum(n - 1 for n in lengths) < 5 * stats.steps
+    )
+    stored = {
+        seq[: len(p)]: len(seq) for seq in store.sequences() for p in prompts if seq[: len(p)] == tuple(p)
+    }
+    for p, r in zip(prompts, together, strict=True):  # stored: the prompt and every answer token fed back
+        assert stored[tuple(p)] == len(p) + r.completion_tokens - 1
+
+
+def test_shared_prefixes_are_those_beyond_the_store():
+    import torch
+
+    from eatlab.llm.hf_decode import shared_prefixes
+    from eatlab.llm.prefix_cache import PrefixKVStore
+
+    store = PrefixKVStore(1 << 20)
+    prompts = [[1, 2, 3, 4, 5], [1, 2, 3, 6], [1, 2, 7], [9, 9]]
+    assert shared_prefixes(prompts, store) == [[1, 2], [1, 2, 3]]
+    kv = torch.zeros(1, 1, 4, 2)
+    store.store([1, 2, 3, 4], [(kv, kv)])
+    assert shared_prefixes(prompts, store) == []  # the store holds more of each than they share
+    assert shared_prefixes([[5, 5, 5], [5, 5, 5]], store) == [[5, 5]]  # equal prompts: all but the last token

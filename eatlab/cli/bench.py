@@ -12,6 +12,10 @@ ratio is therefore far below the batch size, and it moves with the machine's loa
 same cores, one-at-a-time decoding (many tiny multi-threaded operations) suffers much more than batched decoding.
 `--threads 1` gives the steadiest numbers; the load average is printed with the timings.
 
+`--constraint` adds what the substring constraint costs per decoding step: one batched call per sentence asking to
+copy a name from it, decoded free and then constrained to a substring of the sentence (same budget, greedy),
+with the time of a decoding step and of the constraint's mask in it.
+
 `eatlab-bench --timings` instead times what the tests deliberately do not assert on (a test checks counts and
 behaviour, never wall time): the bootstrap CI on 10k sentences x 1000 resamples (target 2 s), a 16-sentence tiny
 pipeline run, cold then from the cache (target 60 s cold), and full runs against the HTTP fault server with
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU) | float32 | bfloat16"
     )
     p.add_argument(
+        "--constraint",
+        action="store_true",
+        help="also time a decoding step free vs constrained to a substring of the sentence (the mask's cost)",
+    )
+    p.add_argument(
         "--timings",
         action="store_true",
         help="instead: time the bootstrap, a tiny pipeline run and the HTTP fault runs against their targets",
@@ -172,15 +181,18 @@ def run(args) -> int:
 
     def timed_generate(conversations, settings):  # one call = one round (batched) or one conversation's round
         before, computed = dict(backend.seconds), backend.prompt_tokens_computed
+        steps = backend.decode_steps, backend.decode_row_steps
         t0 = time.perf_counter()
         replies = generate(conversations, settings)
         k = (len(conversations[0]) - len(prefixes[0]) - 1) // 2  # user turns before this one
-        row = per_round.setdefault(k, [0.0, 0.0, 0.0, 0, 0])
+        row = per_round.setdefault(k, [0.0, 0.0, 0.0, 0, 0, 0, 0])
         row[0] += time.perf_counter() - t0
         row[1] += backend.seconds["prefill"] - before["prefill"]
         row[2] += backend.seconds["decode"] - before["decode"]
         row[3] += backend.prompt_tokens_computed - computed
         row[4] += sum(r.completion_tokens for r in replies)
+        row[5] += backend.decode_steps - steps[0]
+        row[6] += backend.decode_row_steps - steps[1]
         return replies
 
     backend.generate = timed_generate
@@ -214,13 +226,17 @@ def run(args) -> int:
     print(
         "with prefix reuse, per round: seconds (prefill + decode), prompt tokens computed, tokens generated"
     )
-    for k, (secs, pre, dec, computed, gen) in breakdown.items():
+    for k, (secs, pre, dec, computed, gen, steps, row_steps) in breakdown.items():
         print(f"  round {k + 1}: {secs:.2f} s ({pre:.2f} + {dec:.2f}), {computed:,} computed, {gen:,} generated, "
-              f"{1000 * dec / max(gen, 1):.1f} ms of decoding per generated token")  # fmt: skip
+              f"{1000 * dec / max(gen, 1):.1f} ms of decoding per generated token, "
+              f"{row_steps:,} rows decoded in {steps:,} steps")  # fmt: skip
     print(
         f"unique prompt tokens (each shared prefix once; answer tokens kept from decoding need none): "
         f"{unique_prompt_tokens(prompts):,}"
     )
+    if args.constraint:
+        for line in constraint_cost(backend, prefixes, items, budgets[-1], args.batch_size):
+            print(line)
     base = texts[MODES[0][0]]
     same = {name: sum(a == b for x, y in zip(base, t, strict=True) for a, b in zip(x, y, strict=True))
             for name, t in texts.items()}  # fmt: skip
@@ -239,6 +255,33 @@ def run(args) -> int:
     best = min(seconds[m[0]] for m in MODES[1:])
     print(f"speedup: {seconds[MODES[0][0]] / best:.1f}x")
     return 0 if all(n == total for n in same.values()) else 1
+
+
+def constraint_cost(backend, prefixes, items, budget: int, batch_size: int) -> list[str]:
+    """Lines comparing a decoding step free and constrained to a substring of the sentence (one batched call each,
+    greedy, prefix reuse on): time per step, the mask's share, rows per step."""
+    convs = [p + [{"role": "user", "content": f"Copy one name from this sentence, exactly as written: {text}"}]
+             for p, (_, text) in zip(prefixes, items, strict=True)]  # fmt: skip
+    backend.batch_size, backend.prefix_reuse = batch_size, True
+    # warm-up: the prompts' states (both runs reuse them) and the tokenizer's byte table (built once per process)
+    backend.generate(convs, [GenerationSettings(max_new_tokens=1, substring_of=t) for _, t in items])
+    lines = [f"constraint cost ({len(convs)} rows, batch {batch_size}, max_new_tokens {budget}, greedy):"]
+    for name, settings in (
+        ("free", GenerationSettings(max_new_tokens=budget)),
+        ("constrained", [GenerationSettings(max_new_tokens=budget, substring_of=t) for _, t in items]),
+    ):
+        before = (dict(backend.seconds), backend.decode_steps, backend.decode_row_steps)
+        replies = backend.generate(convs, settings)
+        dec = backend.seconds["decode"] - before[0]["decode"]
+        mask = backend.seconds["constrain"] - before[0]["constrain"]
+        steps = max(backend.decode_steps - before[1], 1)
+        row_steps = backend.decode_row_steps - before[2]
+        lines.append(
+            f"  {name}: {1000 * dec / steps:.1f} ms per decoding step, of which the constraint's mask "
+            f"{1000 * mask / steps:.1f} ms; {steps} steps, {row_steps / steps:.1f} rows per step, "
+            f"{sum(r.completion_tokens for r in replies):,} tokens generated"
+        )
+    return lines
 
 
 def _timed(fn) -> float:

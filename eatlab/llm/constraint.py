@@ -137,6 +137,18 @@ def token_bytes_table(tokenizer) -> dict[bytes, list[int]]:
     return table
 
 
+_INDEXES: dict[int, tuple[dict[int, bytes], int]] = {}
+
+
+def _token_index(tokenizer, table: dict[bytes, list[int]]) -> tuple[dict[int, bytes], int]:
+    """token id -> its bytes, and the longest piece worth trying (at most 48 bytes), built once per tokenizer."""
+    key = id(tokenizer)
+    if key not in _INDEXES:
+        inverse = {i: b for b, ids in table.items() for i in ids}
+        _INDEXES[key] = (inverse, min(48, max((len(b) for b in table), default=1)))  # longer: never needed
+    return _INDEXES[key]
+
+
 class SubstringState:
     """One row: the text's bytes, where the answer so far may end, and what the answer holds."""
 
@@ -215,8 +227,7 @@ class SubstringProcessor:
 
     def __init__(self, tokenizer, texts: list[str | None], eos_ids: list[int], prompt_width: int):
         self.table = token_bytes_table(tokenizer)
-        self.inverse = {i: b for b, ids in self.table.items() for i in ids}
-        self.max_len = min(48, max((len(b) for b in self.table), default=1))  # longer pieces: never needed
+        self.inverse, self.max_len = _token_index(tokenizer, self.table)
         self.states = [SubstringState(t) if t else None for t in texts]
         self.eos = list(eos_ids)
         self.width = prompt_width
@@ -238,20 +249,33 @@ class SubstringProcessor:
 
         gen = input_ids.shape[1] - self.width
         if gen > self.seen:  # the token chosen at the previous step
-            for r, st in enumerate(self.states):
+            last = input_ids[:, -1].tolist()
+            for st, tok in zip(self.states, last, strict=True):
                 if st is not None:
-                    st.advance(self.inverse.get(int(input_ids[r, -1]), b""))
+                    st.advance(self.inverse.get(tok, b""))
             self.seen = gen
+        rows: list[int] = []
+        cols: list[int] = []
         for r, st in enumerate(self.states):
             if st is None:
                 continue
             ids = st.allowed(self.table, self.max_len)
             if st.may_stop() or not ids:
                 ids = ids + self.eos  # a dead end stops too (the answer so far is a substring)
-            keep = torch.full_like(scores[r], float("-inf"))
-            idx = torch.tensor(ids, dtype=torch.long, device=scores.device)
-            keep[idx] = scores[r, idx]
-            scores[r] = keep
+            rows += [r] * len(ids)
+            cols += ids
+        if not rows:
+            return scores
+        # the batch at once: keep the allowed scores, fill the constrained rows with -inf, put them back
+        dev = scores.device
+        at = (torch.tensor(rows, device=dev), torch.tensor(cols, device=dev))
+        keep = scores[at]
+        constrained = [r for r, st in enumerate(self.states) if st is not None]
+        if len(constrained) == len(self.states):
+            scores.fill_(float("-inf"))
+        else:
+            scores.index_fill_(0, torch.tensor(constrained, device=dev), float("-inf"))
+        scores[at] = keep
         return scores
 
 

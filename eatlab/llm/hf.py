@@ -80,12 +80,13 @@ class HFBackend(LLMBackend):
         self.cpu_malloc_tuning = cpu_malloc_tuning
         self.prefix_reuse = bool(prefix_reuse)
         self.prefix_cache = PrefixKVStore(int(prefix_cache_mb) << 20)
-        # prompt tokens run through the model, padding included (the rest were reused from the prefix store)
-        self.prompt_tokens_computed = 0
+        # prompt tokens actually run through the model (the rest were reused), and the padding run with them
+        self.prompt_tokens_computed = self.padding_tokens_computed = 0
         # where the time goes (eatlab-bench): "constrain" is the substring constraint's part of "decode"; "rank":
-        # scoring candidate spans (alignment.select=rank); decode_steps: forwards after the prefill
+        # scoring candidate spans (alignment.select=rank); decode_steps: forwards after the prefill, and the rows
+        # they ran (finished rows leave the batch)
         self.seconds = {"prefill": 0.0, "decode": 0.0, "constrain": 0.0, "rank": 0.0}
-        self.decode_steps = 0
+        self.decode_steps = self.decode_row_steps = 0
         spec = ModelSpec(self.model_id, self.source, self.local, revision, self.adapter_path, hash_weights)
         self._model_key = self.cache_identity(
             spec, {"quantization": quantization, "dtype": dtype, "device": device}
@@ -196,7 +197,9 @@ class HFBackend(LLMBackend):
         self.seconds[work] += stats.decode_s
         self.seconds["constrain"] += stats.constrain_s
         self.decode_steps += stats.steps
+        self.decode_row_steps += stats.row_steps
         self.prompt_tokens_computed += stats.computed
+        self.padding_tokens_computed += stats.padding
 
     # -- alignment.select=rank ----------------------------------------------------------------------------------
     def end_of_turn(self) -> list[int]:

@@ -94,12 +94,13 @@ def row_generators(settings: GenerationSettings, conversations: list[Conversatio
 @dataclass
 class Prefilled:
     """A batch after its prompts: the cache and its attention mask ([rows, columns]), the next-token logits
-    (float), and the prompt tokens run through the model (padding included)."""
+    (float), and the prompt tokens run through the model: the prompts' own and the padding."""
 
     cache: object
     mask: object
     logits: object
     computed: int
+    padding: int
 
 
 def shared_prefixes(prompts: list[list[int]], store: PrefixKVStore) -> list[list[int]]:
@@ -134,11 +135,12 @@ def prefill(
     Call in inference mode."""
     import torch
 
-    computed = 0
+    computed = padding = 0
     if store is not None and len(prompts) > 1:
         shared = shared_prefixes(prompts, store)
         if shared:  # computed once, kept: the rows below start from them
-            computed += prefill(lm, shared, store).computed
+            first = prefill(lm, shared, store)
+            computed, padding = first.computed, first.padding
     found = [store.lookup(p) if store is not None else (0, None) for p in prompts]
     rows = len(prompts)
     past_w = max(n for n, _ in found)
@@ -168,7 +170,8 @@ def prefill(
     if store is not None and keep:
         for r, p in enumerate(prompts):
             store.store(p, row_states(cache, mask, r))
-    return Prefilled(cache, mask, out.logits[:, -1].float(), computed + rows * new_w)
+    own = sum(len(p) - n for p, (n, _) in zip(prompts, found, strict=True))
+    return Prefilled(cache, mask, out.logits[:, -1].float(), computed + own, padding + rows * new_w - own)
 
 
 @dataclass
@@ -177,7 +180,9 @@ class DecodeStats:
     decode_s: float = 0.0
     constrain_s: float = 0.0  # of decode_s: the substring constraint's masks
     steps: int = 0  # decode steps (one forward each, after the prefill)
-    computed: int = 0  # prompt tokens run through the model (padding included)
+    row_steps: int = 0  # rows run by those forwards: finished rows leave, so at most rows x steps
+    computed: int = 0  # prompt tokens run through the model (the rest came from the prefix store)
+    padding: int = 0  # padding run through the model with them
 
 
 def decode(
@@ -200,7 +205,7 @@ def decode(
     with torch.inference_mode():
         pre = prefill(lm, prompts, store, keep=False)
         t1 = time.perf_counter()
-        stats.prefill_s, stats.computed = t1 - t0, pre.computed
+        stats.prefill_s, stats.computed, stats.padding = t1 - t0, pre.computed, pre.padding
         cache, mask, scores = pre.cache, pre.mask, pre.logits
         device = scores.device
         width = max(len(p) for p in prompts)
@@ -235,9 +240,8 @@ def decode(
             ids = torch.cat([ids, tok[:, None]], dim=1)
             if len(going) < len(rows):  # finished rows leave the batch
                 if store is not None:
-                    for i, r in enumerate(rows):
-                        if i not in going:
-                            _keep(store, prompts[r], gen[r], cache, mask, i)
+                    for i in sorted(set(range(len(rows))) - set(going)):
+                        _keep(store, prompts[rows[i]], gen[rows[i]], cache, mask, i)
                 sel = torch.tensor(going, device=device)
                 cache.batch_select_indices(sel)
                 ids, mask, positions, tok = ids[sel], mask[sel], positions[sel], tok[sel]
@@ -255,6 +259,7 @@ def decode(
                 **{lm.cache_kw: cache},
             )
             stats.steps += 1
+            stats.row_steps += len(rows)
             positions = positions + 1
             scores = out.logits[:, -1].float()
         if store is not None:

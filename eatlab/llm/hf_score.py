@@ -87,7 +87,7 @@ def score_continuations(
         pre = prefill(lm, [prompt], store)
         kv = kv_layers(pre.cache)
         t1 = time.perf_counter()
-        stats.prefill_s, stats.computed = t1 - t0, pre.computed
+        stats.prefill_s, stats.computed, stats.padding = t1 - t0, pre.computed, pre.padding
         first = torch.log_softmax(pre.logits[0], dim=-1)
         vocab = first.shape[-1]
         heads = torch.tensor([seq[0] for seq in continuations], dtype=torch.long, device=first.device)

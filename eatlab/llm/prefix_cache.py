@@ -39,6 +39,10 @@ class PrefixKVStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def sequences(self) -> list[tuple[int, ...]]:
+        """The stored token sequences, least recently used first."""
+        return list(self._entries)
+
     def match_length(self, ids: Sequence[int]) -> int:
         """How many tokens of `ids` `lookup` would serve (at most len(ids) - 1), touching nothing."""
         best = max((common_prefix(key, ids) for key in self._entries), default=0)
