@@ -32,7 +32,7 @@ def _dirs(dirs: list[str]):
     """The run dirs under each folder that exists (a phase not run yet is skipped, with a note)."""
     for d in dirs:
         if not Path(d).is_dir():
-            print(f"skipped: {d} (no such folder)", file=sys.stderr)
+            print(f"skipped: {d} (not a folder)", file=sys.stderr)
             continue
         yield from iter_run_dirs(d)
 
