@@ -193,7 +193,20 @@ def test_bench_command_runs_and_reports(tiny, capsys):
     from eatlab.cli.bench import main as bench_main
 
     assert (
-        bench_main(["--n", "4", "--max-new-tokens", "3,3,2", "--model-dir", str(tiny), "--threads", "1"]) == 0
+        bench_main(
+            [
+                "--n",
+                "4",
+                "--max-new-tokens",
+                "3,3,2",
+                "--model-dir",
+                str(tiny),
+                "--threads",
+                "1",
+                "--constraint",
+            ]
+        )
+        == 0  # fmt: skip
     )
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -209,6 +222,8 @@ def test_bench_command_runs_and_reports(tiny, capsys):
         "  round 3",
     ]
     assert lines[-1].startswith("speedup: ") and lines[-1].endswith("x")
+    cost = [ln.split(":")[0] for ln in lines if ln.startswith("  free:") or ln.startswith("  constrained:")]
+    assert cost == ["  free", "  constrained"]  # --constraint: a decoding step free vs constrained
 
 
 REUSE_SENTENCES = [

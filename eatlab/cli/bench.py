@@ -201,7 +201,7 @@ def run(args) -> int:
         backend.batch_size = args.batch_size if batched else 1
         backend.prefix_reuse = reuse
         backend.prefix_cache.clear()
-        backend.prompt_tokens_computed = 0
+        backend.prompt_tokens_computed = backend.padding_tokens_computed = 0
         client = LLMClient(backend, ResponseCache(mode="off"))
         t0 = time.perf_counter()
         if batched:
@@ -213,16 +213,24 @@ def run(args) -> int:
         texts[name] = [[r.text for r in res.replies] for res in results]
         c = client.counters["bench"]
         rows.append(
-            (name, seconds[name], backend.prompt_tokens_computed, c.prompt_tokens, c.completion_tokens)
+            (
+                name,
+                seconds[name],
+                backend.prompt_tokens_computed,
+                c.prompt_tokens,
+                c.completion_tokens,
+                backend.padding_tokens_computed,
+            )  # fmt: skip
         )
         if reuse:  # where the time goes with prefix reuse, per round
             breakdown = {k: list(v) for k, v in sorted(per_round.items())}
     backend.generate = generate
     prompts = [backend.encode(res.messages[: 2 * k + len(prefixes[i]) + 1])
                for i, res in enumerate(results) for k in range(len(res.replies))]  # fmt: skip
-    print(f"{'mode':<24} {'seconds':>8} {'prompt tokens computed':>23} {'of sent':>8} {'generated':>10}")
-    for name, secs, computed, sent, gen in rows:
-        print(f"{name:<24} {secs:>8.2f} {computed:>23,} {sent:>8,} {gen:>10,}")
+    print(f"{'mode':<24} {'seconds':>8} {'prompt tokens computed':>23} {'of sent':>8} {'generated':>10} "
+          f"{'padding computed':>17}")  # fmt: skip
+    for name, secs, computed, sent, gen, padding in rows:
+        print(f"{name:<24} {secs:>8.2f} {computed:>23,} {sent:>8,} {gen:>10,} {padding:>17,}")
     print(
         "with prefix reuse, per round: seconds (prefill + decode), prompt tokens computed, tokens generated"
     )
