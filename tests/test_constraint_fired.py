@@ -70,6 +70,14 @@ def test_an_ignored_grammar_is_counted_flagged_and_named(compose, tmp_path, capl
     assert len(warning) == 1
     assert "backend=openai" in warning[0] and f"backend.constraint_param={param}" in warning[0]
     assert f"{expected} of {len(finals)} constrained backward answers" in warning[0]
+    # the same answers from the cache (the server gone, no backend built): checked and named all the same
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = run_eat(
+            compose(overrides(srv, tmp_path, f"backend.constraint_param={param}")), tmp_path / "r2"
+        )
+    assert again["llm_calls"] == 0 and again["counts"]["constraint_violations"] == expected
+    assert any(f"backend.constraint_param={param}" in r.getMessage() for r in caplog.records)
 
 
 def test_answers_reported_free_are_not_checked_twice(compose, tmp_path):

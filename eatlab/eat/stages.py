@@ -97,8 +97,12 @@ class StageContext:
         max_sentence_chars: int = 1000,
         constrained_alignment: bool = False,
         alignment_select: dict | None = None,
+        constraint_param: str | None = None,
     ):
         self.client = client
+        # the backend node's grammar parameter (`backend.constraint_param`), named when a constraint did not fire
+        # and the backend was never built (every answer came from the cache)
+        self.constraint_param = constraint_param
         # the final backward round may only copy text of the source sentence (eatlab.llm.constraint), chosen
         # as `alignment_select` says (GenerationSettings fields: substring_select, max_span_words/chars)
         self.constrained_alignment = bool(constrained_alignment)
@@ -300,7 +304,7 @@ def check_constraint(ctx: StageContext, convs: list[ConversationResult], sources
     client = ctx.client
     kind = getattr(client, "kind", type(client).__name__)
     backend = client.backend if getattr(client, "backend_created", True) else None
-    param = getattr(backend, "constraint_param", None)
+    param = getattr(backend, "constraint_param", None) or ctx.constraint_param
     how = f"its grammar parameter `{param}` (backend.constraint_param={param})" if param else "the constraint"
     log.warning(
         "backend=%s: %d of %d constrained backward answers are not substrings of their sentence: the backend "

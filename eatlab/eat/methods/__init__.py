@@ -60,6 +60,7 @@ def stage_context(cfg, client, language: Language, run_dir: Path, rounds: dict[s
         max_sentence_chars=cfg.get("max_sentence_chars", 1000),
         constrained_alignment=bool(OmegaConf.select(cfg, "alignment.constrained", default=False)),
         alignment_select=alignment_select(cfg),
+        constraint_param=OmegaConf.select(cfg, "backend.constraint_param", default=None),
     )
 
 
