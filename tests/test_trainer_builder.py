@@ -19,6 +19,14 @@ def _compose(config_name: str, tmp_path, overrides: list[str]):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def baseline_cfg(tmp_path_factory):
+    """train_baseline with the tiny encoder on CPU, composed once for the tests below (each edits a copy)."""
+    return _compose(
+        "train_baseline", tmp_path_factory.mktemp("b"), ["encoder=tiny", "trainer.accelerator=cpu"]
+    )
+
+
 def _keys(node, prefix=""):
     for k, v in node.items():
         yield f"{prefix}{k}"
@@ -62,31 +70,36 @@ def test_build_trainer_from_the_nodes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("edit", "message"),
     [
         (
-            "+trainer.max_epoch=3",
+            {"trainer": {"max_epoch": 3}},
             "trainer: Trainer.__init__() got an unexpected keyword argument 'max_epoch'",
         ),
-        ("+callbacks.extra._target_=no.such.Callback", "callbacks.extra: cannot build no.such.Callback ("),
         (
-            "+callbacks.extra=3",
+            {"callbacks": {"extra": {"_target_": "no.such.Callback"}}},
+            "callbacks.extra: cannot build no.such.Callback (",
+        ),
+        (
+            {"callbacks": {"extra": 3}},
             "callbacks.extra: expected a node with _target_ (a Lightning callback) or null",
         ),
     ],
 )
-def test_a_bad_node_is_one_line_naming_it(tmp_path, override, message):
+def test_a_bad_node_is_one_line_naming_it(tmp_path, baseline_cfg, edit, message):
     from eatlab.cli.task import Task
     from eatlab.cli.trainer import build_trainer
     from eatlab.errors import ConfigError
 
-    cfg = _compose("train_extractor", tmp_path, ["trainer.accelerator=cpu", override])
+    cfg = baseline_cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg = OmegaConf.merge(cfg, edit)  # what `+trainer.max_epoch=3` etc. compose to
     with Task(cfg, "t", tmp_path / "run") as task, pytest.raises(ConfigError) as info:
         build_trainer(cfg, task)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-def test_one_weight_decay_rule_and_the_optimizer_partial(tmp_path):
+def test_one_weight_decay_rule_and_the_optimizer_partial(baseline_cfg):
     """Matrices decay, every 1-D parameter (biases, norm weights) does not; the node's weight_decay goes to the
     decayed group only."""
     import torch
@@ -99,7 +112,7 @@ def test_one_weight_decay_rule_and_the_optimizer_partial(tmp_path):
     )
     groups = decay_groups(model, 0.01)
     assert [len(g["params"]) for g in groups] == [2, 3] and [g["weight_decay"] for g in groups] == [0.01, 0.0]
-    cfg = _compose("train_baseline", tmp_path, ["encoder=tiny"])
+    cfg = baseline_cfg
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.eps) == (
         1e-3,
         0.01,
