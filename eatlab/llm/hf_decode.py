@@ -176,6 +176,8 @@ def prefill(
 
 @dataclass
 class DecodeStats:
+    """Where one batch's time and tokens went (the backend adds them up for eatlab-bench)."""
+
     prefill_s: float = 0.0
     decode_s: float = 0.0
     constrain_s: float = 0.0  # of decode_s: the substring constraint's masks
