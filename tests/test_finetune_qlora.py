@@ -286,12 +286,17 @@ def test_val_generate_is_checked_and_plumbed(compose_finetune):
     from eatlab.errors import ConfigError
     from eatlab.finetune.module import QLoRASettings
 
-    assert settings_from_config(compose_finetune([]), "x").val_generate is None  # default: every example
+    default = compose_finetune([])
+    assert settings_from_config(default, "x").val_generate is None  # default: every example
     assert settings_from_config(compose_finetune(["finetune.val_generate=5"]), "x").val_generate == 5
-    assert "val_generate" not in training_config(compose_finetune([]))["finetune"]
+    assert "val_generate" not in training_config(default)["finetune"]
+    # the optimizer and schedule name the adapter, callbacks do not
+    assert {"optimizer", "scheduler", "trainer"} <= set(training_config(default)) and "callbacks" not in str(
+        training_config(default)
+    )
     with pytest.raises(ConfigError) as info:
         validate_for("finetune", compose_finetune(["finetune.val_generate=many"]))
-    assert str(info.value) == "finetune.val_generate=many: expected a whole number or null"
+    assert str(info.value) == "finetune.val_generate=many: expected a whole number >= 0 or null"
     with pytest.raises(ConfigError) as info:
         QLoRASettings(model_source="x", val_generate=-1).validate()
     assert str(info.value) == "finetune.val_generate=-1: expected a whole number >= 0 or null"
