@@ -68,7 +68,7 @@ def test_a_language_of_ones_own_runs_end_to_end_with_the_tiny_model(compose, tmp
             "+backend.defualt=hi",
             "backend.defualt=hi: unknown key (eatlab.llm.hf.HFBackend takes: batch_size,",
         ),
-        ("backend.batch_size=abc", "backend.batch_size=abc: expected int"),
+        ("backend.batch_size=abc", "backend.batch_size=abc: expected a whole number"),
         ("+extractor.bogus=1", "extractor.bogus=1: unknown key"),
         ("+method.threshold=1", "method.threshold=1: unknown key (eatlab.eat.methods.eat.EAT takes: name)"),
     ],

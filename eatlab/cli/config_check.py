@@ -4,8 +4,12 @@ Two checks:
 - `precheck_overrides(argv)` composes the config from the command line the way `eatlab` will (every value of a
   `-m` sweep too) and turns Hydra's multi-line composition errors (an unknown group option, an unknown key, an
   unparsable override) into one line naming the override.
-- `validate_config(cfg)` checks the types and ranges of the values a run reads (`data.limit=abc`, a missing
-  `data.root` or `prompts.file`, ...) and raises ConfigError("key=value: expected ...").
+- `validate_for(config_name, cfg)`, the one entry point of the task runner and the sweep check: the composed
+  config against its entry point's schema (ROOTS: every plain node, eatlab.utils.schemas: unknown keys, types,
+  ranges), every `_target_` node against its class's signature (backend, extractor, method, trainer, callbacks,
+  optimizer, scheduler: eatlab.utils.components), what a component must be able to do (`alignment=ranked` needs
+  `rank_scoring`), and the files the run reads (`data.root`, `prompts.file`). ConfigError("key=value: expected
+  ..."), exit 2; nothing is built and no weights are read, so this holds also when every answer is cached.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eatlab.errors import ConfigError
+from eatlab.utils import schemas
+from eatlab.utils.schemas import check_node
 
 _ABSENT = object()
 MAX_COMPOSITIONS = 40
@@ -106,7 +112,83 @@ def precheck_overrides(argv: list[str], config_name: str = "config") -> str | No
     return None
 
 
-# --------------------------------------------------------------------------------------------------- values
+# ------------------------------------------------------------------------------------------------ the config
+def validate_for(config_name: str, cfg: DictConfig) -> None:
+    """The checks of one entry point's config (`config_name`: its file under conf/): ConfigError naming the first
+    bad key. Every node against its schema (eatlab.utils.schemas, by ROOTS), every component node against its
+    class, then the files the run reads. A config name without a root (an entry point of one's own) is checked
+    for its components only."""
+    root = ROOTS.get(config_name)
+    if root is not None:
+        check_node("", root, plain_config(cfg, components=COMPONENTS))
+    if config_name in ("config", "eval_extractor", "align_eval"):
+        _check_model_side(cfg)
+    if config_name in ("config", "eval_extractor"):
+        _check_pipeline_components(cfg)
+        _check_data_files(cfg)
+    if config_name == "train_extractor":
+        _check_extractor_training(cfg)
+    if config_name in ("finetune", "train_extractor", "train_baseline"):
+        _check_lightning(cfg)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """`eatlab`'s checks (validate_for("config", cfg)); tests and notebooks call it on a composed config."""
+    validate_for("config", cfg)
+
+
+ROOTS: dict[str, type] = {
+    "config": schemas.EatlabConfig,
+    "eval_extractor": schemas.EatlabConfig,
+    "align_eval": schemas.AlignEvalConfig,
+    "finetune": schemas.FinetuneConfig,
+    "train_extractor": schemas.TrainExtractorConfig,
+    "train_baseline": schemas.TrainBaselineConfig,
+}
+# `_target_` nodes: checked against their class below, not by the roots' schemas
+COMPONENTS = ("backend", "extractor", "method", "trainer", "callbacks", "optimizer", "scheduler")
+
+
+def plain_config(cfg: DictConfig, components: tuple[str, ...] = ()) -> dict:
+    """The config as plain values, resolved, top-level key by key; `components` stand in as `{}`.
+
+    A `???` left unset and an interpolation that cannot be resolved are one line naming the key;
+    `${hydra:...}` outside a Hydra job (a config composed by a test or a sweep's check) stays as written."""
+    out = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        if key in components:
+            out[key] = {} if cfg[key] is not None else None
+            continue
+        out[key] = _plain(cfg, str(key))
+    return out
+
+
+def _plain(parent, key: str, full: str | None = None):
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    full = full or key
+    try:
+        value = parent[key]
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+        return value
+    except MissingMandatoryValue as exc:
+        where = getattr(exc, "full_key", None) or full
+        raise ConfigError(f"{where}: no value (??? in the config; set it, e.g. {where}=...)") from None
+    except OmegaConfBaseException as exc:
+        node = parent._get_node(key)
+        if OmegaConf.is_config(node):  # find the leaf that fails
+            keys = node.keys() if OmegaConf.is_dict(node) else range(len(node))
+            vals = {k: _plain(node, k, f"{full}.{k}") for k in keys}
+            return vals if OmegaConf.is_dict(node) else list(vals.values())
+        raw = node._value()
+        if isinstance(raw, str) and raw.startswith("${hydra:"):
+            return raw
+        raise ConfigError(f"{full}: {_first_line(getattr(exc, 'msg', None) or exc)}") from None
+
+
 def _get(cfg, key: str):
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
@@ -114,138 +196,107 @@ def _get(cfg, key: str):
         raise ConfigError(f"{key}: {_first_line(exc)}") from None
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _fail(key: str, value, expected: str):
-    raise ConfigError(f"{key}={value}: expected {expected}")
-
-
-def _check_int(cfg, key: str, minimum: int | None = None, maximum: int | None = None, null: bool = False):
-    v = _get(cfg, key)
-    if v is _ABSENT or (v is None and null):
-        return
-    what = "a whole number" + (f" >= {minimum}" if minimum is not None else "") + (" or null" if null else "")
-    if maximum is not None:
-        what = f"a whole number from {minimum} to {maximum}"
-    if not _is_int(v) or (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-        _fail(key, v, what)
-
-
-def _check_num(cfg, key: str, minimum: float | None = None, maximum: float | None = None, null: bool = False):
-    v = _get(cfg, key)
-    if v is _ABSENT or (v is None and null):
-        return
-    bounds = (
-        f" in [{minimum}, {maximum}]"
-        if maximum is not None
-        else (f" >= {minimum}" if minimum is not None else "")
-    )
-    if not _is_num(v) or (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-        _fail(key, v, "a number" + bounds)
-
-
-def _check_bool(cfg, key: str):
-    v = _get(cfg, key)
-    if v is not _ABSENT and not isinstance(v, bool):
-        _fail(key, v, "true or false")
-
-
-def _check_choice(cfg, key: str, options: tuple[str, ...]):
-    v = _get(cfg, key)
-    if v is not _ABSENT and v not in options:
-        _fail(key, v, "one of " + ", ".join(options))
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Types, ranges and files of the values an `eatlab` run reads; ConfigError naming the first bad key."""
-    from eatlab.llm.cache import MODES
-
-    for key in ("data.limit", "data.sample"):
-        _check_int(cfg, key, minimum=0, null=True)
-    _check_int(cfg, "seed")
-    _check_int(cfg, "data.seed", null=True)
-    _check_bool(cfg, "data.drop_redirects")
-    _check_choice(cfg, "data.source", ("local", "hub"))
-    _check_int(cfg, "max_sentence_chars", minimum=1)
-    _check_int(cfg, "n_sample_predictions", minimum=0)
-    _check_int(cfg, "eval.batch_size", minimum=1)
-    _check_num(cfg, "eval.max_failed_share", minimum=0, maximum=1)
-    for key in ("prompt_rounds.forward", "prompt_rounds.backward"):
-        _check_int(cfg, key, minimum=1, maximum=5)
-    _check_bool(cfg, "generation.do_sample")
-    _check_num(cfg, "generation.temperature", minimum=0)
-    _check_num(cfg, "generation.top_p", minimum=0, maximum=1)
-    _check_int(cfg, "generation.top_k")
-    _check_num(cfg, "generation.repetition_penalty", minimum=0)
-    _check_int(cfg, "generation.seed", null=True)
-    _check_int(cfg, "generation.max_new_tokens", minimum=1, null=True)
-    _check_choice(cfg, "cache.mode", MODES)
-    from eatlab.eat.methods import method_class
-    from eatlab.extractors.base import extractor_factory
+def _check_model_side(cfg) -> None:
+    """The LLM side (`eatlab`, `eatlab-eval-extractor`, `eatlab-align-eval`): the backend node against its class
+    (also when every answer is cached: nothing is built), what alignment asks of it, the prompt set file."""
     from eatlab.llm.factory import backend_class, check_backend
-    from eatlab.utils.components import check_params, node_params
-
-    backend = backend_class(cfg)  # each component's `_target_` must import (one line naming the key)
-    if _get(cfg, "extractor") is not _ABSENT:  # the alignment benchmark has no extractor or method
-        ext = {k: v for k, v in node_params(cfg.extractor).items() if k != "train"}  # train: the recipe
-        check_params(extractor_factory(cfg), ext, "extractor", provided=("client", "prompts", "generation"))
-        check_params(method_class(cfg), node_params(cfg.method), "method", provided=("ctx", "extractor"))
     from eatlab.llm.openai_http import OpenAIBackend
 
+    backend = backend_class(cfg)  # `_target_` must import (one line naming the key)
     if issubclass(backend, OpenAIBackend):  # its HTTP settings, with their ranges
-        url = _get(cfg, "backend.base_url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            _fail("backend.base_url", url, "an http:// or https:// URL")
-        _check_int(cfg, "backend.concurrency", minimum=1)
-        _check_int(cfg, "backend.max_retries", minimum=0)
-        for key in ("backend.timeout_s", "backend.backoff_s", "backend.max_backoff_s"):
-            _check_num(cfg, key, minimum=0)
-    _check_alignment(cfg, backend)
-    check_backend(cfg)  # the node against its class: also when every answer is cached (nothing is built)
-    model_id = _get(cfg, "model.id")
-    if model_id is not _ABSENT and (not isinstance(model_id, str) or not model_id.strip()):
-        _fail("model.id", model_id, "the model's name")
-    _check_prompts(cfg)
-    _check_data_files(cfg)
-
-
-def _check_alignment(cfg, backend) -> None:
-    """`alignment.*`: ranking candidate spans needs a backend class that scores them (`rank_scoring`)."""
-    _check_bool(cfg, "alignment.constrained")
-    _check_choice(cfg, "alignment.select", ("generate", "rank"))
-    for key in ("alignment.max_span_words", "alignment.max_span_chars"):
-        _check_int(cfg, key, minimum=1)
-    _check_int(cfg, "alignment.rank_top_first", minimum=1, null=True)
+        check_node("backend", schemas.OpenAIHttp, plain_config(cfg.backend))
     if _get(cfg, "alignment.select") == "rank" and not backend.rank_scoring:
         raise ConfigError(
             f"alignment.select=rank needs backend=hf or a backend class with rank_scoring "
             f"({backend.__module__}.{backend.__qualname__} does not score candidate spans)"
         )
+    check_backend(cfg)
+    _check_prompts_file(cfg)
 
 
-def _check_prompts(cfg) -> None:
+def _check_pipeline_components(cfg) -> None:
+    from eatlab.eat.methods import method_class
+    from eatlab.extractors.base import extractor_factory
+    from eatlab.utils.components import check_params, node_params
+
+    ext = {k: v for k, v in node_params(cfg.extractor).items() if k != "train"}  # train: the recipe
+    check_params(extractor_factory(cfg), ext, "extractor", provided=("client", "prompts", "generation"))
+    check_params(method_class(cfg), node_params(cfg.method), "method", provided=("ctx", "extractor"))
+
+
+def _check_extractor_training(cfg) -> None:
+    """`eatlab-train-extractor`: the extractor node against its class, its `train` recipe against its schema."""
+    from eatlab.extractors.base import extractor_factory
+    from eatlab.utils.components import check_params, node_params
+
+    factory = extractor_factory(cfg)
+    ext = {k: v for k, v in node_params(cfg.extractor).items() if k != "train"}
+    check_params(factory, ext, "extractor", provided=("client", "prompts", "generation"))
+    schema = schemas.TRAIN_SCHEMAS.get(str(_get(cfg, "extractor.name")))
+    if schema is not None and "train" in cfg.extractor:
+        check_node("extractor.train", schema, _plain(cfg.extractor, "train", "extractor.train"))
+
+
+def _check_lightning(cfg) -> None:
+    """`trainer`, `callbacks.*`, `optimizer` and `scheduler`: each `_target_` imports and the node's keys fit its
+    signature (what eatlab.cli.trainer and the task modules build them with is `provided`)."""
+    import inspect
+
+    from eatlab.cli.trainer import TRAINER_TARGET
+    from eatlab.utils.components import check_params, locate, node_params
+
+    if cfg.get("trainer") is not None:
+        named = {
+            "trainer": {"_target_": cfg.trainer.get("_target_") or TRAINER_TARGET}
+        }  # as build_trainer does
+        trainer = locate(named, "trainer._target_", TRAINER_TARGET)
+        params = node_params(cfg.trainer)
+        provided = {"logger", "callbacks", "default_root_dir"}
+        if params.get("precision") == "auto":  # eatlab's: resolved by the task runner (resolve_precision)
+            provided.add("precision")
+        known = inspect.signature(trainer).parameters
+        for name, value in params.items():
+            if isinstance(value, dict):  # a node of its own (the FSDP strategy): its class must import
+                if name not in known:
+                    raise ConfigError(
+                        f"trainer.{name}: unknown key ({_qualname(trainer)} has no such argument)"
+                    )
+                if "_target_" in value:
+                    locate(cfg, f"trainer.{name}._target_", "a class")
+                provided.add(name)
+        check_params(
+            trainer, {k: v for k, v in params.items() if k not in provided}, "trainer", provided=provided
+        )
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is None:
+            continue
+        if not OmegaConf.is_dict(spec) or "_target_" not in spec:
+            raise ConfigError(
+                f"callbacks.{name}: expected a node with _target_ (a Lightning callback) or null"
+            )
+        target = locate(cfg, f"callbacks.{name}._target_", "pytorch_lightning.callbacks.ModelCheckpoint")
+        check_params(target, node_params(spec), f"callbacks.{name}")
+    for node, provided in (("optimizer", ("params",)), ("scheduler", ("optimizer", "total_steps"))):
+        if cfg.get(node) is not None:
+            target = locate(cfg, f"{node}._target_", "torch.optim.AdamW")
+            check_params(target, node_params(cfg[node]), node, provided=provided)
+
+
+def _qualname(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _check_prompts_file(cfg) -> None:
     from eatlab.paths import PROMPTS_DIR
 
     file = _get(cfg, "prompts.file")
-    if file is not _ABSENT:
-        if not isinstance(file, str) or not file:
-            _fail("prompts.file", file, "a prompt set file (.yaml)")
-        path = Path(file)
-        if not path.is_absolute() and not path.exists():
-            path = PROMPTS_DIR / path
-        if not path.is_file():
-            raise ConfigError(f"prompts.file={file}: no such file (prompt sets: {PROMPTS_DIR})")
-    budgets = _get(cfg, "prompts.max_new_tokens")
-    if budgets is not _ABSENT and budgets is not None:
-        items = list(budgets) if OmegaConf.is_list(budgets) or isinstance(budgets, list) else None
-        if items is None or not items or not all(_is_int(b) and b >= 1 for b in items):
-            _fail("prompts.max_new_tokens", budgets, "null or a list of whole numbers >= 1, one per round")
+    if file is _ABSENT:
+        return
+    path = Path(file)
+    if not path.is_absolute() and not path.exists():
+        path = PROMPTS_DIR / path
+    if not path.is_file():
+        raise ConfigError(f"prompts.file={file}: no such file (prompt sets: {PROMPTS_DIR})")
 
 
 def _check_data_files(cfg) -> None:
@@ -269,91 +320,3 @@ def resolve_or_fail(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_first_line(getattr(exc, 'msg', None) or exc)}") from None
-
-
-# ------------------------------------------------------------------------------------- the other entry points
-# key -> check, per config name; keys a composition lacks are skipped. `eatlab` (config) has validate_config.
-_INT, _POS, _NUM, _FRAC, _BOOL = "int", "positive int", "number", "fraction", "bool"
-SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {  # key -> (kind, null allowed)
-    "finetune": {
-        "seed": (_INT, False),
-        "finetune.batch_size": (_POS, False),
-        "finetune.eval_batch_size": (_POS, False),
-        "finetune.max_length": (_POS, False),
-        "finetune.val_fraction": (_FRAC, False),
-        "finetune.val_max": (_INT, False),
-        "finetune.val_generate": (_INT, True),  # >= 0 is checked by QLoRASettings.validate
-        "finetune.lora.r": (_POS, False),
-        "finetune.lora.alpha": (_NUM, False),
-        "finetune.lora.dropout": (_FRAC, False),
-        "finetune.optim.lr": (_NUM, False),
-        "finetune.optim.warmup_ratio": (_FRAC, False),
-        "finetune.report_only": (_BOOL, False),
-        "trainer.max_epochs": (_INT, False),
-        "trainer.max_steps": (_INT, False),
-        "trainer.accumulate_grad_batches": (_POS, False),
-        "trainer.devices": (_POS, False),
-    },
-    "align_eval": {
-        "align_eval.limit": (_POS, True),
-        "align_eval.batch_size": (_POS, False),
-        "align_eval.naming_max_new_tokens": (_POS, False),
-        "align_eval.n_boot": (_POS, False),
-        "heldout.val_fraction": (_FRAC, False),
-        "heldout.val_max": (_INT, True),
-    },
-    "train_extractor": {
-        "seed": (_INT, False),
-        "extractor.batch_size": (_POS, False),
-        "extractor.train.batch_size": (_POS, False),
-        "extractor.train.max_epochs": (_INT, False),
-        "extractor.train.lr": (_NUM, False),
-        "extractor.train.learn_rate": (_NUM, False),
-        "extractor.train.train_limit": (_POS, True),
-        "extractor.train.dev_limit": (_POS, True),
-        "extractor.train.max_steps": (_INT, False),
-        "extractor.train.dropout": (_FRAC, False),
-        "trainer.accumulate_grad_batches": (_POS, False),
-    },
-    "train_baseline": {
-        "seed": (_INT, False),
-        "encoder.batch_size": (_POS, False),
-        "encoder.eval_batch_size": (_POS, False),
-        "encoder.max_length": (_POS, False),
-        "encoder.lr": (_NUM, False),
-        "encoder.warmup_ratio": (_FRAC, False),
-        "encoder.max_epochs": (_INT, False),
-        "train.limit": (_POS, True),
-        "train.dev_limit": (_POS, True),
-        "data.limit": (_INT, True),
-    },
-}
-
-
-def validate_for(config_name: str, cfg: DictConfig) -> None:
-    """The checks of one entry point's config: ConfigError naming the first bad key."""
-    from eatlab.extractors.base import extractor_factory
-
-    if config_name in ("config", "eval_extractor", "align_eval"):
-        validate_config(cfg)
-        if config_name != "align_eval":
-            return
-    if config_name == "train_extractor":
-        extractor_factory(cfg)
-    if config_name == "align_eval":
-        directions = _get(cfg, "align_eval.directions")
-        known = ("backward", "naming")
-        if not OmegaConf.is_list(directions) or not directions or any(d not in known for d in directions):
-            shown = list(directions) if OmegaConf.is_list(directions) else directions
-            raise ConfigError(
-                f"align_eval.directions={shown}: expected a non-empty list of {', '.join(known)}"
-            )
-    checks = {
-        _INT: lambda key, null: _check_int(cfg, key, null=null),
-        _POS: lambda key, null: _check_int(cfg, key, minimum=1, null=null),
-        _NUM: lambda key, null: _check_num(cfg, key, minimum=0, null=null),
-        _FRAC: lambda key, null: _check_num(cfg, key, minimum=0, maximum=1, null=null),
-        _BOOL: lambda key, null: _check_bool(cfg, key),
-    }
-    for key, (kind, null) in SCHEMAS.get(config_name, {}).items():
-        checks[kind](key, null)

@@ -32,11 +32,11 @@ import pytorch_lightning as pl
 
 from eatlab.errors import ConfigError
 from eatlab.finetune.tasks import DIRECTIONS
+from eatlab.utils.schemas import Finetune, check_node
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-QUANTIZATIONS = ("nf4", "none")
 
 
 @dataclass
@@ -59,18 +59,23 @@ class QLoRASettings:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(
-                f"finetune.quantization={self.quantization}: expected one of {list(QUANTIZATIONS)}"
-            )
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ConfigError("finetune.lora: r >= 1, alpha > 0 and 0 <= dropout < 1 are required")
-        if not self.target_modules:
-            raise ConfigError("finetune.lora.target_modules: name at least one module")
-        if self.val_generate is not None and self.val_generate < 0:
-            raise ConfigError(
-                f"finetune.val_generate={self.val_generate}: expected a whole number >= 0 or null"
-            )
+        """The `finetune` node's schema (eatlab.utils.schemas.Finetune, what `eatlab-finetune` checks before any
+        work) applied to these settings: one line naming the key, also for a module built without a config."""
+        check_node(
+            "finetune",
+            Finetune,
+            {
+                "quantization": self.quantization,
+                "double_quant": self.double_quant,
+                "compute_dtype": self.compute_dtype,
+                "quant_storage": self.quant_storage,
+                "gradient_checkpointing": self.gradient_checkpointing,
+                "val_max_new_tokens": self.val_max_new_tokens,
+                "val_generate": self.val_generate,
+                "lora": {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                         "target_modules": list(self.target_modules)},
+            },
+        )  # fmt: skip
 
 
 def _torch_dtype(name: str, device_type: str):

@@ -41,15 +41,13 @@ class GenerationSettings:
     # older rules are not reused. Bump when they change.
     # (unannotated class attributes: not fields, so not in asdict)
     SUBSTRING_RULE = {"generate": 3, "rank": 2}
-    SELECT_MODES = ("generate", "rank")
+    SELECT_MODES = ("generate", "rank")  # = eatlab.utils.schemas.SELECT_MODES (a test keeps them equal)
 
     def __post_init__(self):
-        if self.substring_select not in self.SELECT_MODES:
-            from eatlab.errors import ConfigError
+        if self.substring_select not in self.SELECT_MODES:  # the `alignment` node's rule, said in its words
+            from eatlab.utils.schemas import Alignment, check_field  # pydantic: imported only to say why
 
-            raise ConfigError(
-                f"alignment.select={self.substring_select}: expected one of {', '.join(self.SELECT_MODES)}"
-            )
+            check_field("alignment.select", Alignment, "select", self.substring_select)
 
     def key_dict(self) -> dict:
         """The settings that change the answer; sampling knobs are irrelevant (and dropped) when greedy, and a

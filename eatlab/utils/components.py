@@ -144,10 +144,10 @@ def _check_type(hint, value, where: str) -> None:
         return
     try:
         adapter.validate_python(value)
-    except ValidationError as exc:
-        what = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        why = exc.errors()[0].get("msg", "invalid") if exc.errors() else "invalid"
-        raise ConfigError(f"{where}={value}: expected {what} ({why})") from None
+    except ValidationError:
+        from eatlab.utils.schemas import describe  # the words of the node schemas: "a whole number or null"
+
+        raise ConfigError(f"{where}={value}: expected {describe(hint)}") from None
 
 
 def node_params(node) -> dict:
