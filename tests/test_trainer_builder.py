@@ -143,3 +143,5 @@ def test_epoch_sampler_resumes_mid_epoch():
     assert epoch1 != epoch0 and sorted(epoch1) == list(range(10))
     s.resume(1, batches=2)  # what a checkpoint after 2 batches of epoch 1 restores
     assert list(s) == epoch1[6:] and list(s) == epoch1  # the skip applies to one pass only
+    s.resume(0, batches=4)  # a checkpoint at the end of epoch 0 (4 batches of 3 cover 10)
+    assert list(s) == epoch1

@@ -225,8 +225,8 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
     # the global RNG, which LoRA dropout uses and a checkpoint restores
     sampler = EpochSampler(len(train_enc), int(cfg.seed), int(f.batch_size))
     train_loader = DataLoader(
-        train_enc, batch_size=int(f.batch_size), sampler=sampler, generator=torch.Generator().manual_seed(int(cfg.seed)),
-        collate_fn=Collator(pad_id), num_workers=int(f.num_workers),
+        train_enc, batch_size=int(f.batch_size), sampler=sampler, collate_fn=Collator(pad_id),
+        num_workers=int(f.num_workers), generator=torch.Generator().manual_seed(int(cfg.seed)),
     )  # fmt: skip
     val_loader = (
         DataLoader(val_enc, batch_size=int(f.eval_batch_size), shuffle=False,
@@ -235,9 +235,8 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
     )  # fmt: skip
 
     module = QLoRAModule(
-        settings_from_config(cfg, source), pad_id, eos_ids,
-        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        train_sampler=sampler,
+        settings_from_config(cfg, source), pad_id, eos_ids, optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, train_sampler=sampler,
     )  # fmt: skip
     module.tokenizer = tok
     run_hash = ad.training_hash(data_sha, model_key, training_config(cfg))

@@ -173,6 +173,8 @@ class EpochSampler:
 
     def resume(self, epoch: int, batches: int) -> None:
         self.epoch, self._skip = int(epoch), int(batches) * self.batch_size
+        if self._skip >= self.n:  # saved at the end of an epoch: the next one starts from its beginning
+            self.epoch, self._skip = self.epoch + 1, 0
 
     def __len__(self) -> int:
         return self.n
