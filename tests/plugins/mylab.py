@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from eatlab.eat import stages
 from eatlab.eat.methods.base import Method
-from eatlab.eat.recovery import recover_span
 from eatlab.extractors.base import Extractor
 from eatlab.llm.base import LLMBackend, ModelSpec, Reply
 from eatlab.llm.hf import HFBackend
@@ -144,13 +143,7 @@ class ExactCopy(Method):
         results = stages.prepare(self.ctx, sentences)
         stages.translate_forward(self.ctx, results)
         stages.extract(self.ctx, self.extractor, results)
-        for r in results:
-            for typ, phrase in r.entities:
-                rec = recover_span(phrase, r.sentence, typ, r.pred_spans, self.ctx.language)
-                if rec.span is not None:
-                    r.pred_spans.append(rec.span)
-                r.alignments.append(
-                    {"type": typ, "phrase": phrase, "answer": phrase, "span": rec.span, "reason": rec.reason}
-                )
-            r.pred_spans.sort()
+        # each entity placed as it is (no backward LLM), recorded in backward.jsonl like every method's
+        answers = [stages.Answer(r, typ, phrase, phrase) for r in results for typ, phrase in r.entities]
+        stages.place_answers(self.ctx, answers, results)
         return results
