@@ -445,7 +445,10 @@ class TrainBaselineConfig(_Training):
     encoder: Encoder
     method: BaselineMethod = BaselineMethod()
     source_language: Text = "en"
-    languages: Text | Annotated[list[Text], Field(min_length=1)] = ["zh"]
+    languages: Annotated[
+        Text | Annotated[list[Text], Field(min_length=1)],
+        Expected("a language code or a non-empty list of them"),
+    ] = ["zh"]
     train: BaselineTrain = BaselineTrain()
 
 
