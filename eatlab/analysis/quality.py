@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eatlab.data.languages import get_language
+from eatlab.data.languages import Language, get_language
 from eatlab.errors import ConfigError, DataError
 from eatlab.rundir import RESOLVED_CONFIG, read_jsonl
 from eatlab.utils.io import atomic_write_text, sha256_text
@@ -185,7 +185,7 @@ def roundtrip_run(
     from eatlab.llm.base import GenerationSettings
 
     cfg = _run_config(run_dir, list(overrides))
-    language = get_language(str(cfg.language.code))
+    language = Language.from_config(cfg)  # the run's own language node (its saved config)
     tokenize = language.sacrebleu_tokenizer
     todo = sentences[sentences["english"].fillna("").str.strip() != ""]
     cached = _read_cache(cache_file)

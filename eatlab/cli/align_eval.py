@@ -82,7 +82,7 @@ def progress_logger(total: int, what: str, every_s: float = 10.0):
 
 
 def align_eval_task(cfg: DictConfig, task: Task) -> dict:
-    from eatlab.data.languages import get_language
+    from eatlab.data.languages import Language
     from eatlab.eat.align_eval import SHIFTED_ARTIFACT, run_backward, run_naming, scores_of
     from eatlab.eat.artifacts import JsonlArtifact, finalize_artifacts
     from eatlab.eat.methods import stage_context
@@ -101,13 +101,13 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
 
     t_start = time.perf_counter()
     run_dir = task.run_dir
-    language = get_language(cfg.language.code)
+    language = Language.from_config(cfg)  # the composed node: a language of one's own works too
     opts = cfg.align_eval
     directions = list(opts.directions)
     cases, shifted_all, data_prov = heldout_cases(
         cfg, language
     )  # bad data fails here, before the model loads
-    templates = Templates.from_config(cfg.heldout.templates)
+    templates = Templates.from_config(cfg.heldout.templates, languages=(language,))
     client = build_client(cfg)
     client.cache.ensure_open()
     rounds = {"forward": int(cfg.prompt_rounds.forward), "backward": int(cfg.prompt_rounds.backward)}

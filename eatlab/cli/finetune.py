@@ -181,6 +181,7 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
     from torch.utils.data import DataLoader
     from transformers import AutoTokenizer
 
+    from eatlab.data.languages import Language
     from eatlab.finetune import adapter as ad
     from eatlab.finetune.module import QLoRAModule
     from eatlab.finetune.tasks import Collator, Templates, build_examples, encode_examples, examples_sha256
@@ -193,7 +194,7 @@ def finetune_task(cfg: DictConfig, task: Task) -> dict:
             "model=%s: a tiny random SMOKE model; the adapter checks the code path and means nothing",
             cfg.model.id,
         )
-    templates = Templates.from_config(f.templates)
+    templates = Templates.from_config(f.templates, languages=(Language.from_config(cfg),))
     directions = [str(d) for d in f.directions]
     train_ex = build_examples(train_pairs, directions, templates)
     val_ex = build_examples(val_pairs, directions, templates)

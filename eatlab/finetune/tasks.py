@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from eatlab.data.languages import get_language
+from eatlab.data.languages import Language, get_language
 from eatlab.errors import ConfigError
 from eatlab.finetune.eacl import AlignedPair
 from eatlab.llm.base import Message
@@ -27,16 +27,20 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Templates:
-    """Prompt templates; placeholders {language}, {sentence}, {phrase} are filled literally."""
+    """Prompt templates; placeholders {language}, {sentence}, {phrase} are filled literally. `{language}` is the
+    run's language name (its composed node: `language.name=...` or a language of one's own) for pairs in that
+    language, the shipped table's name for the other codes of `finetune.languages`."""
 
     system: str | None
     backward: str
     forward: str
+    language_names: tuple[tuple[str, str], ...] = ()  # (code, name) of the run's language(s)
 
     @classmethod
-    def from_config(cls, cfg) -> Templates:
+    def from_config(cls, cfg, languages: tuple[Language, ...] = ()) -> Templates:
+        names = tuple((lang.code, lang.name) for lang in languages)
         try:
-            return cls(cfg.get("system"), str(cfg["backward"]), str(cfg["forward"]))
+            return cls(cfg.get("system"), str(cfg["backward"]), str(cfg["forward"]), names)
         except KeyError as exc:
             raise ConfigError(f"finetune.templates.{exc.args[0]}: missing") from None
 
@@ -65,7 +69,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 
 def language_name(code: str) -> str:
-    """English name for prompts, from conf/language/<code>.yaml (a new language needs that file)."""
+    """English name for prompts of a code that is not the run's language: the shipped conf/language/<code>.yaml."""
     return get_language(code).name
 
 
@@ -75,9 +79,10 @@ def build_examples(pairs: list[AlignedPair], directions: list[str], templates: T
     if bad or not directions:
         raise ConfigError(f"finetune.directions={list(directions)}: choose from {list(DIRECTIONS)}")
     names: dict[str, str] = {}
+    own = dict(templates.language_names)
     out = []
     for p in pairs:
-        name = names.setdefault(p.language, language_name(p.language))
+        name = names.setdefault(p.language, own.get(p.language) or language_name(p.language))
         for d in directions:
             if d == "backward":
                 user = _fill(

@@ -244,7 +244,7 @@ class Finetune(Node):
 
 # ------------------------------------------------------------------------------------------- the other trainings
 class AlignEvalNode(Node):
-    split: Literal["dev", "test"] = "dev"
+    split: Annotated[Literal["dev", "test"], Expected("dev or test")] = "dev"
     limit: Positive | None = 50
     shifted: bool = True
     directions: Annotated[
