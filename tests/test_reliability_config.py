@@ -27,6 +27,8 @@ BAD = {  # command line -> what the last line of stderr must say
     "prompt_rounds=r9": "prompt_rounds=r9: no config 'prompt_rounds/r9'",
     "backend=openai backend.max_retries=many": "backend.max_retries=many: expected a whole number >= 0",
     "-m language=zh,xx": "language=xx: no config 'language/xx'",
+    "+data.limti=3": "data.limti=3: unknown key (data takes: source, root, split, limit, sample, seed, drop_redirects)",
+    "generation.top_k=1.5": "generation.top_k=1.5: expected a whole number",
 }
 
 
