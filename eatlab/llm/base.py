@@ -37,10 +37,11 @@ class GenerationSettings:
     # candidates') are scored in full; None: all. The full score costs one forward over every candidate.
     rank_top_first: int | None = 16
     # version of the constrained answer's rules per selection mode (generate: word-boundary start/stop, a leading
-    # space on the first token since 3; rank: its candidates): in every constrained key, so answers cached under
-    # older rules are not reused. Bump when they change.
+    # space on the first token since 3, no run-on past the last word end and the servers' grammar the same since
+    # 4; rank: its candidates): in every constrained key, so answers cached under older rules are not reused. Bump
+    # when they change.
     # (unannotated class attributes: not fields, so not in asdict)
-    SUBSTRING_RULE = {"generate": 3, "rank": 2}
+    SUBSTRING_RULE = {"generate": 4, "rank": 2}
     SELECT_MODES = ("generate", "rank")  # = eatlab.utils.schemas.SELECT_MODES (a test keeps them equal)
 
     def __post_init__(self):

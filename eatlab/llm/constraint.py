@@ -5,9 +5,10 @@ A logits processor over the tokenizer's byte pieces. Per row it keeps the byte p
 answer so far can end; a token is allowed when its bytes continue the answer from one of them, so the answer
 is always a substring of the text, including inside multi-byte characters. Where the answer may stop matters
 as much as the constraint: it starts only at a letter or digit at a word start (its first token may carry one
-leading space, which is not part of the answer), and the end-of-sequence token is
+leading space, or be that space alone, which is not part of the answer), and the end-of-sequence token is
 allowed only once it holds a letter or digit, is whole UTF-8, and ends at a word end (any character boundary
 in scripts written without spaces), so answers neither stop after one letter nor run on into punctuation.
+The servers get the same language as a GBNF grammar (`eatlab.llm.grammar.substring_gbnf`).
 
 `span_candidates` lists the answers the same rules allow, for `alignment.select=rank` (the hf backend scores each
 by the model's log-probability instead of generating): the sentence's word n-grams, punctuation trimmed at their
@@ -163,7 +164,10 @@ class SubstringState:
             pos += len(ch.encode("utf-8"))
         self.char_start[pos] = len(text)
         self.starts = {p for p, k in self.char_start.items() if k < len(text) and self._may_start(k)}
+        # the last place an answer may end: no piece goes past it (beyond it lies no end, only a dead end)
+        self.last_end = max((p for p in self.char_start if self._may_end(p)), default=0)
         self.ends: set[int] | None = None  # None: nothing generated yet
+        self.spaced = False  # the one leading space (rule 3) was taken as a token of its own
         self.generated = b""
 
     def _may_start(self, k: int) -> bool:
@@ -182,21 +186,26 @@ class SubstringState:
         return k == len(t) or not _wordish(t[k]) or _spaceless(t[k]) or _spaceless(t[k - 1])
 
     def allowed(self, table: dict[bytes, list[int]], max_len: int) -> list[int]:
-        """Token ids that keep the answer a substring of the text. The first token may also carry one leading
-        space (" أد"): byte-level BPE merges a space into word-initial pieces, and a model that prefers the
-        spaced piece would otherwise be pushed to a worse start (rule 3; the space is not part of the answer)."""
+        """Token ids that keep the answer a substring of the text and able to end (no piece runs past the last
+        word end into trailing punctuation). The first token may also carry one leading space (" أد"), or be
+        that space alone: byte-level BPE merges a space into word-initial pieces, and a model that prefers the
+        spaced piece would otherwise be pushed to a worse start (rule 3; the space is not part of the answer).
+        `eatlab.llm.grammar.substring_gbnf` is the same language for servers (tested equal)."""
         out: list[int] = []
         data = self.data
         first = self.ends is None
+        spaced = first and not self.spaced
         for e in sorted(self.starts if first else self.ends):
-            for n in range(1, min(max_len, len(data) - e) + 1):
+            for n in range(1, min(max_len, self.last_end - e) + 1):
                 ids = table.get(data[e : e + n])
                 if ids:
                     out.extend(ids)
-                if first and n < max_len:
+                if spaced and n < max_len:
                     ids = table.get(b" " + data[e : e + n])
                     if ids:
                         out.extend(ids)
+        if spaced and out:  # or the space alone, as tokenizers that split it off write it (" " "ბ...")
+            out.extend(table.get(b" ", []))
         return out
 
     def may_stop(self) -> bool:
@@ -212,8 +221,11 @@ class SubstringState:
 
     def advance(self, piece: bytes) -> None:
         # a first piece may carry a leading space (no start is a space, so it cannot be the text's own)
-        if self.ends is None and piece[:1] == b" ":
+        if self.ends is None and piece[:1] == b" " and not self.spaced:
             piece = piece[1:]
+            self.spaced = True
+            if not piece:  # the space alone: the answer starts with the next piece
+                return
         src = self.starts if self.ends is None else self.ends
         self.ends = {e + len(piece) for e in src if self.data[e : e + len(piece)] == piece}
         self.generated += piece
@@ -277,51 +289,3 @@ class SubstringProcessor:
             scores.index_fill_(0, torch.tensor(constrained, device=dev), float("-inf"))
         scores[at] = keep
         return scores
-
-
-def substring_grammar(text: str) -> str:
-    """A GBNF grammar (llama.cpp server, vLLM/xgrammar) accepting exactly the non-empty substrings of `text`.
-
-    Written from the text's suffix automaton (at most 2n states and 3n transitions): every state accepts, since
-    every path from the start spells a substring. The word-boundary stop rules of `SubstringProcessor` are not
-    expressed here: a server decides where its constrained answer ends.
-    """
-    link, length, nxt = [-1], [0], [{}]
-    last = 0
-    for ch in text:  # the standard online construction
-        cur = len(length)
-        length.append(length[last] + 1)
-        link.append(-1)
-        nxt.append({})
-        p = last
-        while p != -1 and ch not in nxt[p]:
-            nxt[p][ch] = cur
-            p = link[p]
-        if p == -1:
-            link[cur] = 0
-        else:
-            q = nxt[p][ch]
-            if length[p] + 1 == length[q]:
-                link[cur] = q
-            else:
-                clone = len(length)
-                length.append(length[p] + 1)
-                link.append(link[q])
-                nxt.append(dict(nxt[q]))
-                while p != -1 and nxt[p].get(ch) == q:
-                    nxt[p][ch] = clone
-                    p = link[p]
-                link[q] = link[cur] = clone
-        last = cur
-
-    def lit(ch: str) -> str:
-        esc = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-        return '"' + esc.get(ch, ch) + '"'
-
-    def alts(state: int) -> list[str]:
-        return [f"{lit(ch)} s{dst}" for ch, dst in sorted(nxt[state].items())]
-
-    rules = ["root ::= " + (" | ".join(alts(0)) or '""')]
-    for state in range(1, len(length)):
-        rules.append(f"s{state} ::= " + " | ".join(['""', *alts(state)]))
-    return "\n".join(rules) + "\n"

@@ -158,9 +158,9 @@ class OpenAIBackend(LLMBackend):
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs
         if settings.substring_of is not None and self.constraint_param:
-            from eatlab.llm.constraint import substring_grammar
+            from eatlab.llm.grammar import substring_gbnf
 
-            grammar = substring_grammar(settings.substring_of)
+            grammar = substring_gbnf(settings.substring_of)
             if self.constraint_param == "structured_outputs":  # vLLM serve >= 0.10
                 body["structured_outputs"] = {"grammar": grammar}
             else:  # "grammar" (llama.cpp server), "guided_grammar" (older vLLM serve)

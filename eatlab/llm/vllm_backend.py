@@ -131,10 +131,10 @@ class VLLMBackend(LLMBackend):
             )
         else:
             kw.update(temperature=0.0)
-        if settings.substring_of is not None:  # vLLM's structured outputs (xgrammar) with the suffix grammar
-            from eatlab.llm.constraint import substring_grammar
+        if settings.substring_of is not None:  # structured outputs (xgrammar or llguidance) read the GBNF
+            from eatlab.llm.grammar import substring_gbnf
 
-            grammar = substring_grammar(settings.substring_of)
+            grammar = substring_gbnf(settings.substring_of)
             try:  # vLLM >= 0.10
                 from vllm.sampling_params import StructuredOutputsParams
 
