@@ -31,7 +31,8 @@ def test_methods_sweep_and_one_report_table(tmp_path):
     assert {r["method"] for r in rows} == {"direct_llm", "translate_test"}
     assert all(r["baseline"] == "method=eat" and r["p_value"] != "" for r in rows)
     html = (sweep / "analysis/report.html").read_text(encoding="utf-8")
-    assert "direct_llm" in html and "translate_test" in html
+    text = html.replace("<wbr>", "")  # the report may break long names after an underscore
+    assert "direct_llm" in text and "translate_test" in text
 
 
 def test_translate_test_aligns_transliterated_names():

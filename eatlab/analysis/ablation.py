@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from eatlab.analysis.load import SETTING_COLUMNS
+from eatlab.eat.attribution import GOLD_CLASSES
 from eatlab.eval.bootstrap import paired_bootstrap_test
 from eatlab.eval.entity import entity_counts
 from eatlab.eval.stats import holm, n_boot_for_family
@@ -211,12 +212,8 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def failure_shares(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per language: share of gold entities found / lost in translation / missed by NER / misaligned backward."""
-    cols = [
-        c
-        for c in ("gold_found", "gold_lost_in_translation", "gold_missed_by_ner", "gold_misaligned_backward")
-        if c in runs
-    ]
+    """Per language: share of gold entities in each attribution class (`eatlab.eat.attribution.GOLD_CLASSES`)."""
+    cols = [f"gold_{c}" for c in GOLD_CLASSES if f"gold_{c}" in runs]
     if runs.empty or not cols:
         return pd.DataFrame()
     sums = runs.groupby("language")[cols].sum()

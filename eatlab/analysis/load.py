@@ -16,6 +16,7 @@ import pandas as pd
 from eatlab.data.languages import get_language
 from eatlab.data.loader import is_redirect
 from eatlab.data.record import Sentence
+from eatlab.eat.attribution import GOLD_CLASSES
 from eatlab.errors import ConfigError, DataError
 from eatlab.eval.scores import SCORE_KEYS
 from eatlab.rundir import ATTRIBUTION, DONE, ERROR, FORWARD, METRICS, PREDICTIONS, RunDir, iter_run_dirs
@@ -154,7 +155,7 @@ def load_sentences(rd: RunDir) -> pd.DataFrame:
             "entropy_steps": len(ents),
             "entropy_approx": bool(fw.get("entropy_approx")),
         }
-        for cls in ("found", "lost_in_translation", "missed_by_ner", "misaligned_backward"):
+        for cls in GOLD_CLASSES:
             row[f"gold_{cls}"] = gold_cls.count(cls)
         if tagged:
             row["tokens"], row["gold_tags"], row["pred_tags"] = tagged[i]

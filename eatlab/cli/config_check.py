@@ -242,8 +242,8 @@ def _check_lightning(cfg) -> None:
     signature (what eatlab.cli.trainer and the task modules build them with is `provided`)."""
     import inspect
 
-    from eatlab.cli.trainer import TRAINER_TARGET
     from eatlab.utils.components import check_params, locate, node_params
+    from eatlab.utils.lightning import TRAINER_TARGET
 
     if cfg.get("trainer") is not None:
         named = {

@@ -13,8 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eatlab.cli.task import Task, resolve_precision
 from eatlab.errors import ConfigError
-
-TRAINER_TARGET = "pytorch_lightning.Trainer"
+from eatlab.utils.lightning import TRAINER_TARGET
 
 
 def build_callbacks(node, defaults: dict | None = None) -> list:

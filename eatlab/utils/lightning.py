@@ -21,6 +21,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from eatlab.errors import ConfigError
 
+TRAINER_TARGET = "pytorch_lightning.Trainer"  # what a `trainer` node builds unless it names another class
+
 
 def decay_groups(model, weight_decay: float) -> list[dict]:
     """The trainable parameters in two AdamW groups: decayed (matrices) and not decayed (every 1-D parameter:
