@@ -87,9 +87,9 @@ def answer_sets(texts, tok, ltok):
             ltok, grammar_from("gbnf", substring_gbnf(text)), log_level=0
         )  # llguidance's own reader
         answers = substring_answers(text)
-        want = answers | {" " + a for a in answers}
+        want = answers | {" " + a for a in answers} if answers else {""}  # nothing to answer: stop at once
         subs = {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1) if text[i] != " "}
-        tried = subs | {" " + s for s in subs}
+        tried = subs | {" " + s for s in subs} | {""}
         proc = processor_language(text)
         llg = {s for s in tried if llg_accepts(m, tok, s)}
         gbnf = {s for s in tried if llg_accepts(g, tok, s)}
