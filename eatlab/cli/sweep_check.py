@@ -10,7 +10,7 @@ basic sweeper cannot enumerate (intervals, other sweepers' syntax) are left to t
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from eatlab.cli.config_check import resolve_or_fail, validate_for
 from eatlab.errors import ConfigError
