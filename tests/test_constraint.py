@@ -79,6 +79,7 @@ def test_the_first_token_may_carry_a_leading_space(qwen_tokenizer):
     assert alone.ends is None and not (set(table[b" "]) | set(spaced)) & set(alone.allowed(table, 48))
 
 
+@pytest.mark.slow  # 60 hypothesis paths over the real tokenizer: ~13 s
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_any_path_through_the_processor_is_a_substring(qwen_tokenizer, data):

@@ -111,6 +111,7 @@ def test_eval_cli_prints_the_per_type_table(tmp_path):
     assert len(runs) == 1
 
 
+@pytest.mark.slow  # a subprocess: ~8 s
 def test_eval_cli_one_line_error_without_a_checkpoint(tmp_path):
     proc = _cli(["extractor=flan_t5"], tmp_path)
     assert proc.returncode == 2
