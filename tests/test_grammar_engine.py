@@ -96,6 +96,14 @@ def test_the_server_grammar_accepts_exactly_the_answers(text):
     assert len(substring_gbnf(text).splitlines()) <= len(text) + 2
 
 
+def test_the_grammar_and_the_processor_agree_on_whole_sentences():
+    """Every WikiANN sentence kept here of all 13 languages (6 test and 6 dev each), whole."""
+    texts = TEXTS + [s.text for lang in LANGS for s in select_sentences(lang, "dev", limit=6).sentences]
+    assert len(texts) == 156
+    differ = [t for t in texts if gbnf_language(substring_gbnf(t)) != processor_language(t)]
+    assert differ == []
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_the_grammar_and_the_processor_accept_the_same_answers(data):
