@@ -194,6 +194,13 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
     varying = [k for k in keys if len({str(r["factors"].get(k)) for r in runs}) > 1] or keys[:1]
     fixed = [k for k in keys if k not in varying]
     languages = list(dict.fromkeys(r["language"] for r in runs))
+
+    def order(r: dict) -> tuple:  # the baseline value of each varying factor first, then by name
+        return tuple(
+            (str(r["factors"].get(k)) != str(BASELINE.get(k)), str(r["factors"].get(k))) for k in varying
+        )
+
+    runs = sorted(runs, key=order)
     label = {r["run"]: _label(r["factors"], varying) for r in runs}
     for r in runs:
         _check_reported(r, by[r["run"]][0])
