@@ -5,7 +5,6 @@ processor, not llguidance, drives hf)."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import re
 from pathlib import Path
@@ -15,14 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eatlab.data.loader import select_sentences
-from eatlab.llm.constraint import SubstringState, token_bytes_table
+from eatlab.llm.constraint import SubstringState, accepted_answers, token_bytes_table
 from eatlab.llm.grammar import substring_answers, substring_gbnf, word_edges
 
 LANGS = ["ar", "de", "en", "es", "fr", "hi", "hy", "ja", "ka", "ko", "nl", "ru", "zh"]
 TEXTS = [s.text for lang in LANGS for s in select_sentences(lang, "test", limit=6).sentences]
-BYTES = {
-    bytes([b]): [b] for b in range(256)
-}  # one token per byte: every answer the processor allows is spelt
 
 
 def gbnf_language(grammar: str) -> set[str]:
@@ -52,24 +48,6 @@ def gbnf_language(grammar: str) -> set[str]:
     return answers | {" " + a for a in answers}
 
 
-def processor_language(text: str) -> set[str]:
-    """Every reply the processor lets stop (the leading space kept), walked one byte-token at a time; like its
-    `_mask`, it lets a row stop where nothing may follow (only when the sentence has no answer at all)."""
-    out: set[str] = set()
-
-    def walk(state: SubstringState, raw: bytes) -> None:
-        allowed = sorted(set(state.allowed(BYTES, 1)))
-        if state.may_stop() or not allowed:
-            out.add(raw.decode("utf-8"))
-        for b in allowed:
-            nxt = copy.copy(state)  # advance rebinds, never mutates, what it changes
-            nxt.advance(bytes([b]))
-            walk(nxt, raw + bytes([b]))
-
-    walk(SubstringState(text), b"")
-    return out
-
-
 def test_the_grammar_is_linear_in_the_sentence_and_pinned():
     text = "Тетюши , Казанской губернии ) ."
     assert substring_gbnf(text) == (
@@ -92,7 +70,7 @@ def test_the_server_grammar_accepts_exactly_the_answers(text):
     answers = substring_answers(text)
     assert answers and all(a in text and a == a.strip() for a in answers)
     assert gbnf_language(substring_gbnf(text)) == answers | {" " + a for a in answers}
-    assert gbnf_language(substring_gbnf(text)) == processor_language(text)
+    assert gbnf_language(substring_gbnf(text)) == accepted_answers(text)
     assert len(substring_gbnf(text).splitlines()) <= len(text) + 2
 
 
@@ -100,7 +78,7 @@ def test_the_grammar_and_the_processor_agree_on_whole_sentences():
     """Every WikiANN sentence kept here of all 13 languages (6 test and 6 dev each), whole."""
     texts = TEXTS + [s.text for lang in LANGS for s in select_sentences(lang, "dev", limit=6).sentences]
     assert len(texts) == 156
-    differ = [t for t in texts if gbnf_language(substring_gbnf(t)) != processor_language(t)]
+    differ = [t for t in texts if gbnf_language(substring_gbnf(t)) != accepted_answers(t)]
     assert differ == []
 
 
@@ -112,7 +90,7 @@ def test_the_grammar_and_the_processor_accept_the_same_answers(data):
     text = data.draw(st.sampled_from(TEXTS))
     start = data.draw(st.integers(0, max(0, len(text) - 1)))
     text = text[start : start + data.draw(st.integers(1, 28))] or text
-    assert gbnf_language(substring_gbnf(text)) == processor_language(text)
+    assert gbnf_language(substring_gbnf(text)) == accepted_answers(text)
 
 
 @pytest.fixture(scope="module")

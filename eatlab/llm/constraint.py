@@ -17,6 +17,7 @@ edges.
 
 from __future__ import annotations
 
+import copy
 import time
 import unicodedata
 from functools import lru_cache
@@ -289,3 +290,23 @@ class SubstringProcessor:
             scores.index_fill_(0, torch.tensor(constrained, device=dev), float("-inf"))
         scores[at] = keep
         return scores
+
+
+def accepted_answers(text: str) -> set[str]:
+    """Every reply the processor lets stop for `text` (the leading space of rule 4 kept), walked one byte-token
+    at a time (any answer its pieces spell, bytes spell too); like its `_mask`, a row with nothing allowed may stop.
+    The reference language the server grammar and other engines are compared with (tests, experiments)."""
+    byte_table = {bytes([b]): [b] for b in range(256)}
+    out: set[str] = set()
+
+    def walk(state: SubstringState, raw: bytes) -> None:
+        allowed = sorted(set(state.allowed(byte_table, 1)))
+        if state.may_stop() or not allowed:
+            out.add(raw.decode("utf-8"))
+        for b in allowed:
+            nxt = copy.copy(state)  # advance rebinds, never mutates, what it changes
+            nxt.advance(bytes([b]))
+            walk(nxt, raw + bytes([b]))
+
+    walk(SubstringState(text), b"")
+    return out

@@ -19,7 +19,6 @@ results.json and results.md (the table) next to this file, or into --out.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import platform
@@ -34,7 +33,7 @@ import torch
 from llguidance import LLMatcher, grammar_from
 
 from eatlab.data.loader import select_sentences
-from eatlab.llm.constraint import SubstringProcessor, SubstringState, token_bytes_table
+from eatlab.llm.constraint import SubstringProcessor, SubstringState, accepted_answers, token_bytes_table
 from eatlab.llm.grammar import substring_answers, substring_gbnf, word_edges
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,25 +53,6 @@ def qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def processor_language(text: str) -> set[str]:
-    """Every reply the processor lets stop (its leading space kept), walked one byte-token at a time (any answer
-    its pieces spell, bytes spell too); like its `_mask`, a row with nothing allowed may stop."""
-    byte_table = {bytes([b]): [b] for b in range(256)}
-    out: set[str] = set()
-
-    def walk(state: SubstringState, raw: bytes) -> None:
-        allowed = sorted(set(state.allowed(byte_table, 1)))
-        if state.may_stop() or not allowed:
-            out.add(raw.decode("utf-8"))
-        for b in allowed:
-            nxt = copy.copy(state)  # advance rebinds, never mutates, what it changes
-            nxt.advance(bytes([b]))
-            walk(nxt, raw + bytes([b]))
-
-    walk(SubstringState(text), b"")
-    return out
-
-
 def llg_accepts(m0, tok, s: str) -> bool:
     m = m0.deep_copy()  # a fresh matcher: one that failed stays failed
     ids = tok(s, add_special_tokens=False)["input_ids"]
@@ -90,7 +70,7 @@ def answer_sets(texts, tok, ltok):
         want = answers | {" " + a for a in answers} if answers else {""}  # nothing to answer: stop at once
         subs = {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1) if text[i] != " "}
         tried = subs | {" " + s for s in subs} | {""}
-        proc = processor_language(text)
+        proc = accepted_answers(text)
         llg = {s for s in tried if llg_accepts(m, tok, s)}
         gbnf = {s for s in tried if llg_accepts(g, tok, s)}
         rows.append(
