@@ -88,7 +88,7 @@ def test_the_control_evidence_gives_the_libraries_numbers():
     assert len(zh) == 142 and len({p["unit"] for p in zh}) == 114
     first = zh[:50]
     k = sum(p["control"]["eatlab"]["exact"] for p in first)
-    assert k == 43  # 86.0%, as docs/alignment-benchmark.md measured with control_scores
+    assert k == 43  # 86.0%, the eacl-control block of docs/results.md (zh, dev, first 50)
     lo, hi = proportion_ci(k, 50)
     block = PAGE.read_text(encoding="utf-8")
     assert f"| zh | dev, first 50 | 50 (44) | 86.0 [{100 * lo:.1f}, {100 * hi:.1f}] | 47, 91.5" in block
