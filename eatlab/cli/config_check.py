@@ -28,7 +28,7 @@ MAX_COMPOSITIONS = 40
 _HYDRA_FLAGS_WE_HANDLE = ("-m", "--multirun")
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), str(text))
 
 
@@ -41,7 +41,7 @@ def _explain(override: str, exc: Exception) -> str:
         options = getattr(exc, "options", None)
         avail = f" (available: {', '.join(options)})" if options else ""
         return f"{override}: no config {missing!r}{avail}"
-    msg = _first_line(exc)
+    msg = first_line(exc)
     if msg.startswith("Could not override"):
         key = override.split("=", 1)[0].lstrip("+~")
         named = re.match(r"Could not override '([^']+)'", msg)
@@ -56,13 +56,14 @@ def _explain(override: str, exc: Exception) -> str:
     return f"{override}: {msg}"
 
 
-def _compose(config_name: str, overrides: list[str]):
+def compose_config(config_name: str, overrides: list[str], return_hydra_config: bool = False):
+    """The entry point's config as `eatlab` composes it from these overrides (outside a Hydra job)."""
     from hydra import compose, initialize_config_dir
 
     from eatlab.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def precheck_overrides(argv: list[str], config_name: str = "config") -> str | None:
@@ -83,7 +84,7 @@ def precheck_overrides(argv: list[str], config_name: str = "config") -> str | No
         try:
             ov = parser.parse_override(a)
         except HydraException as exc:
-            return f"{a}: cannot parse this override ({_first_line(exc)})"
+            return f"{a}: cannot parse this override ({first_line(exc)})"
         values = [a]
         if multirun and ov.is_sweep_override():
             try:
@@ -101,11 +102,11 @@ def precheck_overrides(argv: list[str], config_name: str = "config") -> str | No
     ]
     for overrides in sets[:MAX_COMPOSITIONS]:
         try:
-            _compose(config_name, overrides)
+            compose_config(config_name, overrides)
         except Exception:  # noqa: BLE001 - find the override that breaks it
             for k in range(1, len(overrides) + 1):
                 try:
-                    _compose(config_name, overrides[:k])
+                    compose_config(config_name, overrides[:k])
                 except Exception as exc:  # noqa: BLE001
                     return _explain(overrides[k - 1], exc)
             return None  # only fails with everything together: Hydra will say why
@@ -186,14 +187,14 @@ def _plain(parent, key: str, full: str | None = None):
         raw = node._value()
         if isinstance(raw, str) and raw.startswith("${hydra:"):
             return raw
-        raise ConfigError(f"{full}: {_first_line(getattr(exc, 'msg', None) or exc)}") from None
+        raise ConfigError(f"{full}: {first_line(getattr(exc, 'msg', None) or exc)}") from None
 
 
 def _get(cfg, key: str):
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
     except Exception as exc:  # noqa: BLE001 - an interpolation that cannot be resolved
-        raise ConfigError(f"{key}: {_first_line(exc)}") from None
+        raise ConfigError(f"{key}: {first_line(exc)}") from None
 
 
 def _check_model_side(cfg) -> None:
@@ -319,4 +320,4 @@ def resolve_or_fail(cfg: DictConfig) -> None:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {_first_line(getattr(exc, 'msg', None) or exc)}") from None
+        raise ConfigError(f"{key}: {first_line(getattr(exc, 'msg', None) or exc)}") from None

@@ -12,25 +12,11 @@ from __future__ import annotations
 
 from omegaconf import open_dict
 
-from eatlab.cli.config_check import resolve_or_fail, validate_for
+from eatlab.cli.config_check import compose_config, first_line, resolve_or_fail, validate_for
 from eatlab.errors import ConfigError
 
 MAX_JOBS = 64
 _PLACEHOLDER_RUN_DIR = "<the job's run dir>"  # `${hydra:runtime.output_dir}` exists only inside a job
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-
-
-def _compose(config_name: str, overrides: list[str], return_hydra_config: bool = False):
-    from hydra import compose, initialize_config_dir
-
-    from eatlab.paths import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def sweep_jobs(args: list[str], config_name: str) -> list[list[str]] | None:
@@ -45,7 +31,7 @@ def sweep_jobs(args: list[str], config_name: str) -> list[list[str]] | None:
             f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else a
             for a, o in zip(args, parsed, strict=True)
         ]
-        hydra_cfg = _compose(config_name, base, return_hydra_config=True).hydra
+        hydra_cfg = compose_config(config_name, base, return_hydra_config=True).hydra
         if hydra_cfg.sweeper.get("_target_", "").rsplit(".", 1)[-1] != BasicSweeper.__name__:
             return None
         params = hydra_cfg.sweeper.get("params")
@@ -72,9 +58,9 @@ def covering(jobs: list[list[str]], limit: int = MAX_JOBS) -> list[list[str]]:
 def check_job(config_name: str, overrides: list[str]) -> None:
     """ConfigError naming the bad value if the job with these overrides would fail its start-up checks."""
     try:
-        cfg = _compose(config_name, overrides)
+        cfg = compose_config(config_name, overrides)
     except Exception as exc:  # noqa: BLE001 - a composition error: one line naming the job
-        raise ConfigError(f"{' '.join(overrides)}: {_first_line(exc)}") from None
+        raise ConfigError(f"{' '.join(overrides)}: {first_line(exc) or type(exc).__name__}") from None
     if "paths" in cfg and "run_dir" in cfg.paths:
         with open_dict(cfg):
             cfg.paths.run_dir = _PLACEHOLDER_RUN_DIR
