@@ -5,7 +5,11 @@ A block sits between `<!-- generated: NAME -->` and `<!-- end generated: NAME --
 - `control`: the copy-the-head control with no model, per language and slice (first 50 pairs, all pairs);
 - `align`: align-eval runs, per language: scores per setting beside the control on the same pairs, then paired
   tests between runs that differ in one factor (free vs constrained, fp32 vs bf16, ...) and of each run against
-  the control, on all pairs and on the shifted variants.
+  the control, on all pairs and on the shifted variants;
+- `e2e`: eatlab runs, per language and setting (and pooled over the languages): entity F1 with its bootstrap
+  interval over sentences (eatlab.eval.bootstrap.bootstrap_f1_ci), P, R, calls and seconds; then the paired
+  bootstrap test over sentences (paired_bootstrap_test) between runs that differ in one factor, with how many
+  sentences got the same predictions and the same final answers.
 
 Statistics as eatlab-analyze computes them (docs/metrics.md, "Statistics"): exact match (a share of pairs) with
 its Wilson interval (eatlab.eval.stats.proportion_ci); char F1 (a mean) with the percentile bootstrap over
@@ -21,10 +25,12 @@ import re
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import records
 
 from eatlab.errors import DataError
-from eatlab.eval.bootstrap import bootstrap_mean_ci
+from eatlab.eval.bootstrap import bootstrap_f1_ci, bootstrap_mean_ci, paired_bootstrap_test
+from eatlab.eval.entity import EntityCounts, prf
 from eatlab.eval.stats import holm, paired_exact, proportion_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +41,15 @@ FIRST = (
 RECOVERY = (
     "eatlab"  # the recovery the generated tables score (the reference release's is in the evidence too)
 )
-BASELINE = {"alignment": "free", "dtype": "float32", "finetune": "none", "prompts": "eatlab", "rounds": 1}
-# overrides the named factors (or the run's place) already say: not a `variant`
-OWN_KEYS = ("language", "alignment", "backend.dtype", "prompts", "prompt_rounds", "finetune", "cache.", "hydra.",
-            "paths.", "align_eval.split", "tracking")  # fmt: skip
+BASELINE = {"alignment": "free", "dtype": "float32", "finetune": "none", "method": "eat", "prompts": "eatlab",
+            "rounds": 1}  # fmt: skip
+# overrides the named factors (or the run's place) already say: not a `variant` (a key, or a prefix ending in .)
+OWN_KEYS = ("language", "alignment", "backend.dtype", "backend.batch_invariant", "method", "prompts",
+            "prompt_rounds", "finetune", "cache.", "hydra.", "paths.", "align_eval.split", "tracking",
+            "tracking.")  # fmt: skip
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 CONTROL = "copy-the-head control (no model)"
+POOLED = "pooled"  # the lang cell of a row over every language's sentences
 BLOCK = re.compile(r"(<!-- generated: (\S+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)
 
 
@@ -153,9 +162,14 @@ def render_control(path: Path, header: dict, runs: list[dict], pairs: list[dict]
 
 
 def _label(factors: dict, varying: list[str]) -> str:
+    """The varying factors' values: `r3` for three rounds each way (`f1b3`: one forward, three backward)."""
     return ", ".join(
-        SHORT.get(str(factors.get(k)), str(factors.get(k))) if k != "rounds" else f"r{factors.get(k)}"
-        for k in varying
+        f"r{v}"
+        if k == "rounds" and isinstance(v, int)
+        else f"{k}={str(v).lower()}"
+        if isinstance(v, bool)
+        else SHORT.get(str(v), str(v))
+        for k, v in ((k, factors.get(k)) for k in varying)
     )
 
 
@@ -175,25 +189,25 @@ def _check_reported(run: dict, own: list[dict]) -> None:
 def _variants(runs: list[dict]) -> dict[str, str]:
     """Per run, the overrides that set it apart beyond the named factors (say `model=...` or
     `generation=sampled`): those not shared by every run of the file, the named factors' own keys left out."""
-    own = {
-        r["run"]: [
-            o for o in r.get("overrides") or [] if not o.split("=", 1)[0].lstrip("+~").startswith(OWN_KEYS)
-        ]
-        for r in runs
-    }
+    prefixes = tuple(k for k in OWN_KEYS if k.endswith("."))
+
+    def named(o: str) -> bool:
+        key = o.split("=", 1)[0].lstrip("+~")
+        return key in OWN_KEYS or key.startswith(prefixes)
+
+    own = {r["run"]: [o for o in r.get("overrides") or [] if not named(o)] for r in runs}
     shared = set.intersection(*(set(v) for v in own.values())) if own else set()
     return {k: " ".join(o for o in v if o not in shared) or "-" for k, v in own.items()}
 
 
-def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) -> str:
-    """Scores per language and setting beside the control, then the paired exact tests (one Holm family)."""
-    by = _by_run(runs, pairs)
+def _settings(runs: list[dict]) -> tuple[list[dict], list[str], list[str], list[str], dict[str, str]]:
+    """(runs with their `variant` factor, baseline values first; factor keys; those that vary across the runs;
+    those that do not; run name -> setting label from the varying ones)."""
     variant = _variants(runs)
     runs = [{**r, "factors": {**r["factors"], "variant": variant[r["run"]]}} for r in runs]
-    keys = sorted({k for r in runs for k in r["factors"]})
+    keys = sorted({k for r in runs for k in r["factors"]}, key=lambda k: (k != "method", k))  # method first
     varying = [k for k in keys if len({str(r["factors"].get(k)) for r in runs}) > 1] or keys[:1]
     fixed = [k for k in keys if k not in varying]
-    languages = list(dict.fromkeys(r["language"] for r in runs))
 
     def order(r: dict) -> tuple:  # the baseline value of each varying factor first, then by name
         return tuple(
@@ -201,7 +215,34 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
         )
 
     runs = sorted(runs, key=order)
-    label = {r["run"]: _label(r["factors"], varying) for r in runs}
+    return runs, keys, varying, fixed, {r["run"]: _label(r["factors"], varying) for r in runs}
+
+
+def _one_apart(x: dict, y: dict, keys: list[str]) -> tuple[dict, dict] | None:
+    """(A, B) when the runs differ in exactly one factor, B holding its baseline value; else None. A factor
+    that does not apply to a run (records.NA: the alignment of a method without a backward LLM) is no
+    difference."""
+    values = [(str(x["factors"].get(k)), str(y["factors"].get(k))) for k in keys]
+    diff = [k for k, (vx, vy) in zip(keys, values) if vx != vy and records.NA not in (vx, vy)]
+    if len(diff) != 1:
+        return None
+    k = diff[0]
+    return (x, y) if str(y["factors"].get(k)) == str(BASELINE.get(k)) else (y, x)
+
+
+def _fixed_text(runs: list[dict], fixed: list[str]) -> str:
+    return "; ".join(
+        f"{k} {runs[0]['factors'][k]}"
+        for k in fixed
+        if k != "variant" and runs[0]["factors"].get(k) is not None
+    )
+
+
+def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) -> str:
+    """Scores per language and setting beside the control, then the paired exact tests (one Holm family)."""
+    by = _by_run(runs, pairs)
+    runs, keys, varying, fixed, label = _settings(runs)
+    languages = list(dict.fromkeys(r["language"] for r in runs))
     for r in runs:
         _check_reported(r, by[r["run"]][0])
     lines = [
@@ -236,11 +277,9 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
     for lang in languages:
         mine = [r for r in runs if r["language"] == lang]
         for x, y in combinations(mine, 2):
-            diff = [k for k in keys if str(x["factors"].get(k)) != str(y["factors"].get(k))]
-            if len(diff) != 1:
+            if (ab := _one_apart(x, y, keys)) is None:
                 continue
-            k = diff[0]
-            a, b = (x, y) if str(y["factors"].get(k)) == str(BASELINE.get(k)) else (y, x)  # B: the baseline
+            a, b = ab
             for sl in ("all", "shifted"):
                 tests.append(
                     (lang, sl, label[a["run"]], label[b["run"]], by[a["run"]], by[b["run"]], None, None)
@@ -272,11 +311,7 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
         )
     models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
     splits = ", ".join(dict.fromkeys(str(r.get("split")) for r in runs))
-    same = "; ".join(
-        f"{k} {runs[0]['factors'][k]}"
-        for k in fixed
-        if k != "variant" and runs[0]["factors"].get(k) is not None
-    )
+    same = _fixed_text(runs, fixed)
     lines += [
         "",
         f"Model {models}; {splits} slice; eatlab's recovery; every run: {same or 'see the settings'}. Scores in "
@@ -290,7 +325,154 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
     return "\n".join(lines)
 
 
-RENDER = {"align": render_align, "control": render_control}
+def _counts(sentences: list[dict]) -> EntityCounts:
+    """Per-sentence entity counts (the types summed into one column), as the bootstrap resamples them."""
+    tp, fp, fn = (
+        np.array([[s[k]] for s in sentences], dtype=np.int64).reshape(-1, 1) for k in ("tp", "fp", "fn")
+    )
+    return EntityCounts(("all",), tp, tp + fp, tp + fn)
+
+
+def _prf(sentences: list[dict]) -> tuple[float, float, float]:
+    """Micro entity precision, recall and F1 of the sentences (seqeval's, eatlab.eval.entity.prf)."""
+    tp, pred, gold = (int(x) for x in _counts(sentences).totals().sum(axis=0))
+    return prf(tp, pred, gold)
+
+
+def _check_e2e(run: dict, own: list[dict]) -> None:
+    """The sentences must give back what the run itself reported (sentences, entities, entity F1)."""
+    rep = run.get("reported") or {}
+    counts = _counts(own).totals().sum(axis=0)
+    got = {"n_sentences": len(own), "n_pred_entities": int(counts[1]), "n_gold_entities": int(counts[2])}
+    for k, n in got.items():
+        want = run.get(k) if k == "n_sentences" else rep.get(k)
+        if want is not None and want != n:
+            raise DataError(run["run"], f"{k}: the sentences give {n}, the run reported {want}")
+    f1 = _prf(own)[2]
+    if rep.get("entity_f1") is not None and abs(f1 - rep["entity_f1"]) > 1e-9:
+        raise DataError(
+            run["run"], f"entity F1: the sentences give {f1:.6f}, the run reported {rep['entity_f1']:.6f}"
+        )
+
+
+def _shared(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The sentences both runs scored, in A's order, as (A's lines, B's lines); their gold must agree."""
+    b_by = {s["sentence_id"]: s for s in b}
+    sa = [s for s in a if s["sentence_id"] in b_by]
+    sb = [b_by[s["sentence_id"]] for s in sa]
+    for x, y in zip(sa, sb):
+        if x["gold"] != y["gold"]:
+            raise DataError(x["sentence_id"], "the two runs' gold entities differ (not the same data)")
+    return sa, sb
+
+
+def _selection(run: dict) -> str:
+    """`dev split, a sample of 50`: which sentences an eatlab run read."""
+    if run.get("sample"):
+        return f"{run.get('split')} split, a sample of {run['sample']}"
+    return f"{run.get('split')} split" + (f", first {run['limit']}" if run.get("limit") else "")
+
+
+def _answers(s: dict) -> tuple:
+    return s.get("english"), s.get("answers")
+
+
+def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]) -> str:
+    """Entity F1 per language and setting (and pooled over the languages), then paired bootstrap tests between
+    runs that differ in one factor (one Holm family), with how many sentences got the same predictions and the
+    same final answers."""
+    by: dict[str, list[dict]] = {r["run"]: [] for r in runs}
+    for s in sentences:
+        if s["run"] not in by:
+            raise DataError(s["run"], "a sentence line names a run with no run line")
+        by[s["run"]].append(s)
+    runs, keys, _, fixed, label = _settings(runs)
+    languages = list(dict.fromkeys(r["language"] for r in runs))
+    for r in runs:
+        _check_e2e(r, by[r["run"]])
+    lines = [
+        "| lang | setting | sentences (gold entities) | entity F1 [95%] | P | R | LLM calls / s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(lang: str, setting: str, own: list[dict], calls: int, seconds: float) -> None:
+        p, r, f1 = _prf(own)
+        lo, hi = bootstrap_f1_ci(_counts(own), n_boot=N_BOOT, seed=SEED)
+        gold = sum(s["tp"] + s["fn"] for s in own)
+        lines.append(
+            f"| {lang} | {setting} | {len(own)} ({gold}) | {_pct(f1)} [{_pct(lo)}, {_pct(hi)}] | {_pct(p)} | "
+            f"{_pct(r)} | {calls} / {seconds:.0f} |"
+        )
+
+    for lang in languages:
+        for r in (r for r in runs if r["language"] == lang):
+            row(lang, label[r["run"]], by[r["run"]], r.get("llm_calls") or 0, r.get("seconds") or 0)
+    for setting in dict.fromkeys(label.values()):
+        mine = [r for r in runs if label[r["run"]] == setting]
+        if len({r["language"] for r in mine}) > 1:
+            calls, seconds = (sum(r.get(k) or 0 for r in mine) for k in ("llm_calls", "seconds"))
+            row(POOLED, setting, [s for r in mine for s in by[r["run"]]], calls, seconds)
+    tests = []  # (lang, setting A, setting B, A's sentences, B's sentences): the sentences both scored
+    for lang in languages:
+        mine = [r for r in runs if r["language"] == lang]
+        for x, y in combinations(mine, 2):
+            if (ab := _one_apart(x, y, keys)) is not None:
+                a, b = ab
+                tests.append((lang, label[a["run"]], label[b["run"]], *_shared(by[a["run"]], by[b["run"]])))
+    across: dict[tuple[str, str], list[tuple]] = {}
+    for t in tests:
+        across.setdefault((t[1], t[2]), []).append(t)
+    for (la, lb), ts in across.items():
+        if len({t[0] for t in ts}) > 1:
+            tests.append((POOLED, la, lb, [s for t in ts for s in t[3]], [s for t in ts for s in t[4]]))
+    results = [
+        paired_bootstrap_test(_counts(sa), _counts(sb), n_boot=N_BOOT, seed=SEED) for *_, sa, sb in tests
+    ]
+    adjusted = holm([t.p_value for t in results])
+    if tests:
+        lines += [
+            "",
+            "| lang | setting A | vs B | sentences | A F1 | B F1 | delta [95%] | same predictions "
+            "| same answers | p | p Holm |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for (lang, la, lb, sa, sb), t, ph in zip(tests, results, adjusted):
+        lo, hi = t.delta_ci95
+        n = len(sa)
+        same = sum(x["pred"] == y["pred"] for x, y in zip(sa, sb))
+        recorded = any(_answers(x) != (None, []) for x in sa + sb)
+        answers = f"{sum(_answers(x) == _answers(y) for x, y in zip(sa, sb))}/{n}" if recorded else "-"
+        lines.append(
+            f"| {lang} | {la} | {lb} | {n} | {_pct(t.f1_a)} | {_pct(t.f1_b)} | "
+            f"{100 * t.delta:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {same}/{n} | {answers} | "
+            f"{_p(t.p_value)} | {_p(ph)} |"
+        )
+    models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
+    data = ", ".join(dict.fromkeys(_selection(r) for r in runs))
+    same = _fixed_text(runs, fixed)
+    lines += [
+        "",
+        f"Model {models}; {data}; every run: {same or 'see the settings'}. Entity F1 (exact span and type, "
+        f"micro, seqeval's default chunking) in % with the percentile bootstrap 95% interval over sentences "
+        f"({N_BOOT:,} resamples, seed {SEED}); `{POOLED}`: the sentences of every language that ran the "
+        "setting, resampled as one set (calls and seconds summed)."
+        + (
+            " Paired rows: the runs of one language that differ in one factor (a factor that does not apply to "
+            f"a run, `{records.NA}`, is no difference), on the sentences both scored, and the same pair pooled "
+            "over the languages; delta A - B in points with the paired bootstrap interval and two-sided p over "
+            "sentences; same predictions: sentences where A and B predicted the same entities; same answers: "
+            "sentences with the same final translation and the same backward answer for each English entity; "
+            f"Holm over the {len(tests)} p-values of this table."
+            if tests
+            else ""
+        )
+        + " "
+        + _provenance(path, runs),
+    ]
+    return "\n".join(lines)
+
+
+RENDER = {"align": render_align, "control": render_control, "e2e": render_e2e}
 
 
 def render(path: Path) -> str:

@@ -3,9 +3,16 @@
 Why: a run dir is large and was never kept, so a table could not be re-derived. An evidence file keeps what the
 table needs and nothing else: one header line, one `run` line per run (what ran, where, at which commit, with
 which command, on which machine; its calls and seconds; its own reported scores, to check the recomputation),
-and one `pair` line per pair (id, unit, gold position, gold token span, the answer, each recovery's span, exact
-match, char F1 and reason, and the copy-the-head control's answer and placements). Sentences are not copied:
-the pair id (`<lang>-eacl-<index in corpus_<lang>.json>`) and `data_sha256` name them in the EACL release.
+and one line per sample:
+- `align` (eatlab-align-eval runs) and `control`: one `pair` line per pair (id, unit, gold position, gold token
+  span, the answer, each recovery's span, exact match, char F1 and reason, and the copy-the-head control's answer
+  and placements). The pair id (`<lang>-eacl-<index in corpus_<lang>.json>`) and `data_sha256` name the sentence
+  in the EACL release.
+- `e2e` (eatlab runs: EAT, direct_llm, translate_test): one `sentence` line per sentence (id
+  `<lang>-<split>-<index>`, gold and predicted entities as (type, token start, end), entity tp/fp/fn, and the
+  LLM's final answers: the translation's hash and each English entity's backward answer), so that entity F1
+  and "the same answers in two runs" can be counted. The id and the data file's hash name the sentence.
+Sentences are not copied.
 
 The bytes are reproducible: sorted keys, no gzip time stamp or file name.
 """
@@ -21,7 +28,12 @@ from pathlib import Path
 
 SCHEMA = 1
 RECOVERIES = ("eatlab", "reference")
-KINDS = ("align", "control")  # the renderer a file's header names (generated.py)
+KINDS = ("align", "control", "e2e")  # the renderer a file's header names (generated.py)
+NA = "n/a"  # a factor that does not apply to a run (the alignment of a method without a backward LLM)
+SHORT_ANSWER = 40  # characters: a longer answer (say a copied sentence) is kept as its hash
+# an eatlab run's own scores (metrics.json), kept on its run line to check the recomputation
+REPORTED = ("entity_precision", "entity_recall", "entity_f1", "entity_f1_ci95", "reference_token_micro_f1",
+            "n_gold_entities", "n_pred_entities")  # fmt: skip
 
 
 def _placement(p: dict) -> dict:
@@ -75,18 +87,21 @@ def git_state(repo: Path) -> dict:
         return {"commit": None, "dirty": None, "dirty_paths": None}
 
 
+def _alignment(al: dict) -> str:
+    """free, constrained or ranked, from an `alignment` node."""
+    if not al.get("constrained"):
+        return "free"
+    return "ranked" if al.get("select") == "rank" else "constrained"
+
+
 def _factors(rd) -> dict:
     """What a run is, as the factors a table compares: prompts, rounds, alignment, adapter, compute dtype."""
     run = rd.metrics["run"]
-    al = run.get("alignment") or {}
-    mode = "free"
-    if al.get("constrained"):
-        mode = "ranked" if al.get("select") == "rank" else "constrained"
     backend = (rd.config or {}).get("backend") or {}
     return {
         "prompts": run.get("prompts"),
         "rounds": (run.get("prompt_rounds") or {}).get("backward"),
-        "alignment": mode,
+        "alignment": _alignment(run.get("alignment") or {}),
         "finetune": run.get("finetune") or "none",
         "dtype": backend.get("dtype"),
     }
@@ -195,6 +210,130 @@ def control_records(
     return out
 
 
+def _e2e_factors(rd) -> dict:
+    """What an eatlab run is, as the factors a table compares. `alignment` is `n/a` for a method without a
+    backward LLM; `dtype` is the compute dtype the answers' cache key names (`+dtype:`), else `backend.dtype`;
+    `batch_invariant` is null where the backend has no such setting."""
+    m, cfg = rd.metrics, rd.config or {}
+    run, backend = m["run"], cfg.get("backend") or {}
+    rounds = run.get("prompt_rounds") or {}
+    fwd, bwd = rounds.get("forward"), rounds.get("backward")
+    key = str((rd.provenance or {}).get("model_key") or "")
+    return {
+        "method": run.get("method"),
+        "prompts": run.get("prompts"),
+        "rounds": fwd if bwd in (None, fwd) else f"f{fwd}b{bwd}",
+        "alignment": _alignment(cfg.get("alignment") or {}) if run.get("method") == "eat" else NA,
+        "finetune": run.get("finetune") or "none",
+        "dtype": key.split("+dtype:", 1)[1].split("+", 1)[0] if "+dtype:" in key else backend.get("dtype"),
+        "batch_invariant": backend.get("batch_invariant"),
+    }
+
+
+def _short(text: str | None, sentence: str) -> str | None:
+    """An answer as kept: itself when short, else `sha256:<16 hex>` (still tells equal answers apart); an answer
+    that holds the whole source sentence is hashed too (sentences are not copied)."""
+    from eatlab.utils.io import sha256_text
+
+    whole = sentence.strip()
+    if text is None or (len(text) <= SHORT_ANSWER and not (whole and whole in text)):
+        return text
+    return "sha256:" + sha256_text(text)[:16]
+
+
+def sentence_records(name: str, rd) -> list[dict]:
+    """One `sentence` line per sentence of a finished eatlab run, in the run's order: gold and predicted entities
+    from predictions.conll (joined to attribution.jsonl's ids by position, as eatlab-analyze joins them), entity
+    tp/fp/fn (exact span and type, seqeval's default chunking), and the final answers (forward.jsonl's
+    translation, hashed; backward.jsonl's answer per English entity)."""
+    from eatlab.data.bio import tags_to_spans
+    from eatlab.errors import DataError
+    from eatlab.rundir import ATTRIBUTION, BACKWARD, FORWARD, PREDICTIONS
+    from eatlab.utils.io import sha256_text
+
+    attribution = rd.artifact(ATTRIBUTION)
+    ids = [a["sentence_id"] for a in attribution]
+    source = {a["sentence_id"]: a.get("text") or "" for a in attribution}
+    tagged = rd.predictions()
+    if len(tagged) != len(ids):
+        raise DataError(
+            rd.path / PREDICTIONS, f"{len(tagged)} sentences but attribution.jsonl has {len(ids)}"
+        )
+    english = {f["sentence_id"]: f.get("english") for f in rd.artifact(FORWARD)}
+    answers: dict[str, list] = {}
+    for b in rd.artifact(BACKWARD):
+        text = source.get(b["sentence_id"], "")
+        answers.setdefault(b["sentence_id"], []).append(
+            [b["type"], _short(b["phrase"], text), _short(b["answer"], text)]
+        )
+    out = []
+    for sid, (_, gold_tags, pred_tags) in zip(ids, tagged):
+        gold = [[s.type, s.start, s.end] for s in tags_to_spans(gold_tags, "conlleval")]
+        pred = [[s.type, s.start, s.end] for s in tags_to_spans(pred_tags, "conlleval")]
+        tp = len({tuple(g) for g in gold} & {tuple(p) for p in pred})
+        en = english.get(sid)
+        out.append(
+            {
+                "type": "sentence",
+                "run": name,
+                "sentence_id": sid,
+                "gold": gold,
+                "pred": pred,
+                "tp": tp,
+                "fp": len(pred) - tp,
+                "fn": len(gold) - tp,
+                "english": None if en is None else "sha256:" + sha256_text(en)[:16],
+                "answers": answers.get(sid, []),
+            }
+        )
+    return out
+
+
+def e2e_records(run_dirs, machine: str | None) -> list[dict]:
+    """The run and sentence lines of finished eatlab run dirs (eatlab.rundir.RunDir), in the order given."""
+    from eatlab.analysis.alignment import is_align_eval
+    from eatlab.rundir import ATTRIBUTION, DONE
+
+    out, seen = [], set()
+    for rd in run_dirs:
+        if rd.status != DONE or is_align_eval(rd) or not rd.artifact_path(ATTRIBUTION).is_file():
+            print(f"skipped: {rd.path} (not a finished eatlab run)", file=sys.stderr)
+            continue
+        name = rd.path.name
+        while name in seen:  # two folders of one name (two sweeps): keep both, apart
+            name += "+"
+        seen.add(name)
+        m, prov, cfg = rd.metrics, rd.provenance or {}, rd.config or {}
+        run, data = m["run"], m.get("data") or {}
+        git = prov.get("git") or {}
+        out.append(
+            {
+                "type": "run",
+                "run": name,
+                "language": run["language"],
+                "split": run.get("split"),
+                "sample": (cfg.get("data") or {}).get("sample"),
+                "limit": (cfg.get("data") or {}).get("limit"),
+                "model": run.get("model"),
+                "factors": _e2e_factors(rd),
+                "adapter": prov.get("adapter"),
+                "commit": git.get("commit") or run.get("git_commit"),
+                "dirty": git.get("dirty"),
+                "command": prov.get("command"),
+                "overrides": rd.overrides,
+                "time_utc": prov.get("time_utc"),
+                "machine": machine or prov.get("platform"),
+                "data_sha256": data.get("files_sha256") or (prov.get("data") or {}).get("files_sha256"),
+                "n_sentences": m.get("n_sentences"),
+                "llm_calls": m.get("llm_calls"),
+                "seconds": (m.get("seconds") or {}).get("total"),
+                "reported": {**{k: m.get(k) for k in REPORTED}, "failures": m.get("failures")},
+            }
+        )
+        out += sentence_records(name, rd)
+    return out
+
+
 def write(path: Path, name_of_table: str, kind: str, records: list[dict], built_by: str) -> int:
     """Write the header and `records` as gzip JSONL with reproducible bytes; returns the file's size."""
     if kind not in KINDS:
@@ -208,7 +347,8 @@ def write(path: Path, name_of_table: str, kind: str, records: list[dict], built_
 
 
 def read(path: Path) -> tuple[dict, list[dict], list[dict]]:
-    """(header, run lines, pair lines) of an evidence file; a bad file is one error naming it."""
+    """(header, run lines, sample lines: `pair` or `sentence`) of an evidence file; a bad file is one error
+    naming it."""
     from eatlab.errors import DataError
 
     try:
@@ -222,5 +362,5 @@ def read(path: Path) -> tuple[dict, list[dict], list[dict]]:
     if header.get("kind") not in KINDS:
         raise DataError(path, f"kind {header.get('kind')!r}: expected one of {KINDS}")
     runs = [r for r in rows[1:] if r.get("type") == "run"]
-    pairs = [r for r in rows[1:] if r.get("type") == "pair"]
-    return header, runs, pairs
+    samples = [r for r in rows[1:] if r.get("type") in ("pair", "sentence")]
+    return header, runs, samples

@@ -7,6 +7,7 @@
 Evidence kept, and the generated blocks of docs/results.md rebuilt from it alone (records.py, generated.py):
 
     python experiments/real_model/tables.py evidence RUN_DIR... --out experiments/real_model/evidence/NAME.jsonl.gz
+    python experiments/real_model/tables.py e2e-evidence RUN_DIR... --out ...   # eatlab runs, per sentence
     python experiments/real_model/tables.py control-evidence --eacl-root ../shared/data/eacl --out ...
     python experiments/real_model/tables.py regen [--check]
 
@@ -174,16 +175,21 @@ def _built_by() -> str:
     return "python " + " ".join(sys.argv)
 
 
-def evidence(dirs: list[str], out: str, machine: str | None) -> None:
-    """The per-pair records of the finished align-eval runs under `dirs`, as one evidence file."""
+def evidence(dirs: list[str], out: str, machine: str | None, kind: str = "align") -> None:
+    """The per-sample records of the finished runs under `dirs` as one evidence file: align-eval runs' pairs
+    (`align`), or eatlab runs' sentences (`e2e`)."""
     import records
 
-    recs = records.run_records(list(_dirs(dirs)), machine)
+    build, what, noun = {
+        "align": (records.run_records, "align-eval", "pairs"),
+        "e2e": (records.e2e_records, "eatlab", "sentences"),
+    }[kind]
+    recs = build(list(_dirs(dirs)), machine)
     runs = [r for r in recs if r["type"] == "run"]
     if not runs:
-        raise DataError(" ".join(dirs), "no finished align-eval run here")
-    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), "align", recs, _built_by())
-    print(f"{out}: {len(runs)} runs, {len(recs) - len(runs)} pairs, {size:,} bytes")
+        raise DataError(" ".join(dirs), f"no finished {what} run here")
+    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), kind, recs, _built_by())
+    print(f"{out}: {len(runs)} runs, {len(recs) - len(runs)} {noun}, {size:,} bytes")
 
 
 def control_evidence(eacl_root: str, languages: list[str], splits: list[str], out: str, overrides: list[str]):
@@ -235,6 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
     )
+    p = sub.add_parser("e2e-evidence", help="keep the per-sentence records of eatlab runs (gzip JSONL)")
+    p.add_argument("dirs", nargs="+", help="run dirs, or folders of run dirs (unfinished runs are skipped)")
+    p.add_argument("--out", required=True, help="experiments/real_model/evidence/NAME.jsonl.gz")
+    p.add_argument(
+        "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
+    )
     p = sub.add_parser("control-evidence", help="the copy-the-head control on whole EACL slices, no model")
     p.add_argument("--eacl-root", required=True, help="a folder of corpus_<lang>.json")
     p.add_argument("--languages", nargs="+", default=["zh", "ja", "ko", "ar", "ru"])
@@ -256,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args) -> None:
-    if args.table == "evidence":
-        evidence(args.dirs, args.out, args.machine)
+    if args.table in ("evidence", "e2e-evidence"):
+        evidence(args.dirs, args.out, args.machine, "e2e" if args.table == "e2e-evidence" else "align")
     elif args.table == "control-evidence":
         control_evidence(args.eacl_root, args.languages, args.splits, args.out, args.overrides)
     elif args.table == "regen":

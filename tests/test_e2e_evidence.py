@@ -1,0 +1,221 @@
+"""End-to-end evidence (kind `e2e`): finished eatlab run dirs kept per sentence, and the generated block of
+docs/results.md computed from that evidence alone (experiments/real_model: records, generated, tables)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eatlab.cli.run import run_eat
+from eatlab.data.bio import tags_to_spans
+from eatlab.errors import DataError
+from eatlab.eval.bootstrap import bootstrap_f1_ci, paired_bootstrap_test
+from eatlab.eval.entity import entity_counts, entity_scores
+from eatlab.eval.stats import holm
+from eatlab.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MODEL = ROOT / "experiments" / "real_model"
+PLUGINS = Path(__file__).parent / "plugins"
+SEARCH = f"hydra.searchpath=[file://{PLUGINS / 'conf'}]"
+sys.path.insert(0, str(REAL_MODEL))
+
+import generated  # noqa: E402  (experiments/real_model/generated.py)
+import records  # noqa: E402
+
+# the tiny model on 8 zh sentences, free vs constrained alignment (one factor apart)
+TINY = [SEARCH, "model=tiny", "language=zh", "data.limit=8", "prompt_rounds=r1", "extractor=capitalised"]
+# no model: the echo backend "translates" a sentence into itself, so copying each capitalised word finds names
+ECHO = [SEARCH, "backend=echo", "extractor=capitalised", "prompt_rounds=r1", "data.limit=6", "alignment=free"]
+
+
+def _tables(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REAL_MODEL / "tables.py"), *cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def run_dirs(compose, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    tiny, echo = tmp_path / "tiny", tmp_path / "echo"
+    for name, extra in (("zh-free", ["alignment=free"]), ("zh-constrained", ["alignment=constrained"])):
+        run_eat(compose([*TINY, *extra], run_dir=tiny / name), tiny / name)
+    for lang in ("fr", "es"):
+        for name, extra in ((f"{lang}-eat", []), (f"{lang}-copy", ["method=exact_copy"])):
+            run_eat(compose([*ECHO, f"language={lang}", *extra], run_dir=echo / name), echo / name)
+    (tiny / "unfinished" / ".hydra").mkdir(parents=True)  # a sweep's job that has not finished
+    (tiny / "unfinished" / ".hydra" / "overrides.yaml").write_text("- language=zh\n")
+    return tiny, echo
+
+
+def _tags(run: Path, ids: list[str]) -> tuple[list, list]:
+    """Gold and predicted tags of `ids`, straight from a run dir's predictions.conll (not via records.py)."""
+    rd = RunDir(run)
+    tagged = dict(zip((a["sentence_id"] for a in rd.artifact("attribution")), rd.predictions(), strict=True))
+    return [tagged[s][1] for s in ids], [tagged[s][2] for s in ids]
+
+
+def _direct(run: Path, ids: list[str]):
+    return entity_counts(*_tags(run, ids))
+
+
+def _final(run: Path) -> dict:
+    """Per sentence id: the final translation and the (type, phrase, answer) of each backward record."""
+    rd = RunDir(run)
+    out = {f["sentence_id"]: [f["english"]] for f in rd.artifact("forward")}
+    for b in rd.artifact("backward"):
+        out[b["sentence_id"]].append((b["type"], b["phrase"], b["answer"]))
+    return out
+
+
+def _row(text: str, start: str) -> str:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(start)]
+    return line
+
+
+def _f1_cell(counts) -> str:
+    s = entity_scores(counts)
+    lo, hi = bootstrap_f1_ci(counts, n_boot=1000, seed=0)
+    return (
+        f"{100 * s['entity_f1']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {100 * s['entity_precision']:.1f} | "
+        f"{100 * s['entity_recall']:.1f} |"
+    )
+
+
+@pytest.mark.slow
+def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
+    tiny, echo = run_dirs
+    ev = tmp_path / "evidence"
+    out_tiny, out_echo = ev / "e2e-tiny.jsonl.gz", ev / "e2e-echo.jsonl.gz"
+    proc = _tables(["e2e-evidence", str(tiny), "--out", str(out_tiny), "--machine", "test"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 runs, 16 sentences" in proc.stdout and "unfinished (not a finished eatlab run)" in proc.stderr
+    build_echo = ["e2e-evidence", str(echo), "--out", str(out_echo), "--machine", "test"]
+    assert _tables(build_echo).returncode == 0
+    first = out_echo.read_bytes()
+    assert _tables(build_echo).returncode == 0 and out_echo.read_bytes() == first  # reproducible bytes
+
+    # what a line holds: the run's factors and provenance, each sentence's entities, counts and answers
+    header, runs, sents = records.read(out_tiny)
+    assert header["kind"] == "e2e" and [r["run"] for r in runs] == ["zh-constrained", "zh-free"]
+    free = runs[1]
+    cfg = RunDir(tiny / "zh-free").config
+    assert free["factors"] == {"method": "eat", "prompts": "eatlab", "rounds": 1, "alignment": "free",
+                               "finetune": "none", "dtype": "auto",
+                               "batch_invariant": cfg["backend"].get("batch_invariant")}  # fmt: skip
+    assert (free["language"], free["split"], free["limit"], free["machine"]) == ("zh", "test", 8, "test")
+    assert len(free["commit"]) == 40 and free["command"] and len(*free["data_sha256"].values()) == 64
+    rd = RunDir(tiny / "zh-free")
+    assert free["llm_calls"] == rd.metrics["llm_calls"] > 0
+    mine = [s for s in sents if s["run"] == "zh-free"]
+    ids = [f"zh-test-{i}" for i in range(8)]
+    assert [s["sentence_id"] for s in mine] == ids
+    direct = _direct(tiny / "zh-free", ids)
+    assert [s["tp"] for s in mine] == direct.tp.sum(axis=1).tolist()
+    assert [s["tp"] + s["fp"] for s in mine] == direct.pred.sum(axis=1).tolist()
+    assert [s["tp"] + s["fn"] for s in mine] == direct.gold.sum(axis=1).tolist()
+    _, gold_tags, pred_tags = rd.predictions()[0]
+    assert mine[0]["gold"] == [[x.type, x.start, x.end] for x in tags_to_spans(gold_tags)]
+    assert mine[0]["pred"] == [[x.type, x.start, x.end] for x in tags_to_spans(pred_tags)]
+    english = rd.artifact("forward")[0]["english"]
+    assert mine[0]["english"] == "sha256:" + hashlib.sha256(english.encode()).hexdigest()[:16]
+    backward = [b for b in rd.artifact("backward") if b["sentence_id"] == ids[0]]
+    assert [a[:2] for a in mine[0]["answers"]] == [[b["type"], b["phrase"]] for b in backward]
+    assert all(len(a[2]) <= records.SHORT_ANSWER or a[2].startswith("sha256:") for a in mine[0]["answers"])
+    kept = json.dumps(
+        sents, ensure_ascii=False
+    )  # no source sentence is copied (answers holding one are hashed)
+    assert not [
+        a["text"]
+        for a in rd.artifact("attribution")
+        if len(a["text"].strip()) > 4 and a["text"].strip() in kept
+    ]
+
+    # the page: two blocks regenerated from the evidence alone, then checked
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# t\n<!-- generated: e2e-tiny -->\nstale\n<!-- end generated: e2e-tiny -->\n"
+        "<!-- generated: e2e-echo -->\n<!-- end generated: e2e-echo -->\nend\n",
+        "utf-8",
+    )
+    assert _tables(["regen", "--page", str(page), "--evidence", str(ev)]).returncode == 0
+    text = page.read_text(encoding="utf-8")
+    assert (
+        "stale" not in text
+        and text.startswith("# t\n<!-- generated: e2e-tiny -->\n")
+        and text.endswith("<!-- end generated: e2e-echo -->\nend\n")
+    )
+    assert generated.regenerate(text, ev, "page") == (text, [])  # what `regen --check` checks
+
+    # the tiny model: each row as computed from the run dirs directly; its interval is the run's own
+    for run, setting in (("zh-free", "free"), ("zh-constrained", "constrained")):
+        counts = _direct(tiny / run, ids)
+        assert f"| zh | {setting} | 8 (16) | {_f1_cell(counts)}" in text
+        lo, hi = RunDir(tiny / run).metrics["entity_f1_ci95"]
+        assert bootstrap_f1_ci(counts, n_boot=1000, seed=0) == pytest.approx((lo, hi))
+    a, b = _direct(tiny / "zh-constrained", ids), _direct(tiny / "zh-free", ids)
+    t = paired_bootstrap_test(a, b, n_boot=1000, seed=0)
+    same = sum(
+        x == y for x, y in zip(_tags(tiny / "zh-constrained", ids)[1], _tags(tiny / "zh-free", ids)[1])
+    )
+    fa, fb = _final(tiny / "zh-constrained"), _final(tiny / "zh-free")
+    answers = sum(fa[i] == fb[i] for i in ids)
+    row = _row(text, "| zh | constrained | free | 8 |")
+    delta = f"{100 * t.delta:+.1f} [{100 * t.delta_ci95[0]:+.1f}, {100 * t.delta_ci95[1]:+.1f}]"
+    assert f"| {delta} | {same}/8 | {answers}/8 |" in row
+    assert row.endswith(f"| {t.p_value:.3f} | {t.p_value:.3f} |")  # one test: Holm changes nothing
+
+    # no model (echo): every number pinned; two languages, so pooled rows too
+    _, runs, _ = records.read(out_echo)
+    alignment = {r["run"]: r["factors"]["alignment"] for r in runs}
+    assert alignment == {"es-copy": "n/a", "es-eat": "free", "fr-copy": "n/a", "fr-eat": "free"}
+    tags = {(lang, m): _tags(echo / f"{lang}-{m}", [f"{lang}-test-{i}" for i in range(6)])
+            for lang in ("es", "fr") for m in ("eat", "copy")}  # fmt: skip
+    assert "| es | eat, free | 6 (6) | 25.0 [0.0, 60.0] | 50.0 | 16.7 |" in text
+    assert "| es | exact_copy, n/a | 6 (6) | 0.0 [0.0, 0.0] | 0.0 | 0.0 |" in text
+    assert "| pooled | eat, free | 12 (12) | 13.3 [0.0, 37.6] | 33.3 | 8.3 |" in text
+    both = {m: [t for lang in ("es", "fr") for t in tags[(lang, m)][1]] for m in ("eat", "copy")}
+    gold = [t for lang in ("es", "fr") for t in tags[(lang, "eat")][0]]
+    pairs = [
+        (entity_counts(*tags[(lang, "copy")]), entity_counts(*tags[(lang, "eat")])) for lang in ("es", "fr")
+    ]
+    pairs.append((entity_counts(gold, both["copy"]), entity_counts(gold, both["eat"])))
+    tests = [paired_bootstrap_test(a, b, n_boot=1000, seed=0) for a, b in pairs]
+    rows = [ln for ln in text.splitlines() if "| exact_copy, n/a | eat, free |" in ln]
+    assert [r.split(" | ")[0] for r in rows] == ["| es", "| fr", "| pooled"]
+    assert rows[0].startswith(
+        "| es | exact_copy, n/a | eat, free | 6 | 0.0 | 25.0 | -25.0 [-60.0, +0.0] | 1/6 | 1/6 |"
+    )
+    for r, t, ph in zip(rows, tests, holm([t.p_value for t in tests])):
+        assert r.endswith(f"| {t.p_value:.3f} | {ph:.3f} |"), r
+    assert "Holm over the 3 p-values" in text and "Machine: test." in text
+
+
+def test_a_sentence_line_that_disagrees_with_its_run_is_refused(tmp_path):
+    """The renderer recomputes each run's entity counts and F1, and refuses evidence that disagrees."""
+    reported = {"n_gold_entities": 2, "n_pred_entities": 1, "entity_f1": 2 / 3}
+    run = {"type": "run", "run": "r", "language": "zh", "split": "dev", "model": "m", "n_sentences": 2,
+           "factors": {"method": "eat"}, "reported": reported}  # fmt: skip
+    sent = [
+        {"type": "sentence", "run": "r", "sentence_id": "zh-dev-0", "gold": [["PER", 0, 2]],
+         "pred": [["PER", 0, 2]], "tp": 1, "fp": 0, "fn": 0, "english": None, "answers": []},
+        {"type": "sentence", "run": "r", "sentence_id": "zh-dev-1", "gold": [["LOC", 1, 2]], "pred": [],
+         "tp": 0, "fp": 0, "fn": 1, "english": None, "answers": []},
+    ]  # fmt: skip
+    path = tmp_path / "x.jsonl.gz"
+    records.write(path, "x", "e2e", [run, *sent], "test")
+    assert "| zh | eat | 2 (2) | 66.7 [" in generated.render(path)
+    sent[1] = {**sent[1], "fp": 1}
+    records.write(path, "x", "e2e", [run, *sent], "test")
+    with pytest.raises(DataError, match="n_pred_entities: the sentences give 2, the run reported 1"):
+        generated.render(path)
