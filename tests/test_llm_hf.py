@@ -411,3 +411,62 @@ def test_shared_prefixes_are_those_beyond_the_store():
     store.store([1, 2, 3, 4], [(kv, kv)])
     assert shared_prefixes(prompts, store) == []  # the store holds more of each than they share
     assert shared_prefixes([[5, 5, 5], [5, 5, 5]], store) == [[5, 5]]  # equal prompts: all but the last token
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_bf16_batch_invariant_replies_do_not_depend_on_the_batch(tiny, reuse):
+    """bf16 with backend.batch_invariant (eatlab.llm.hf_attention): one at a time and batched, with and without
+    prefix reuse, give the same replies and bitwise the same entropies (no tolerance)."""
+    b = HFBackend(tiny, batch_size=4, dtype="bfloat16")
+    b.load()
+    assert b._lm.min_rows == 2 and b.model_key.endswith("+dtype:bfloat16+batch_invariant")
+    prefixes = [[{"role": "system", "content": "You are a translator."}] for _ in SENTENCES[:4]]
+    rounds = [[f"Translate: {t}" for t in SENTENCES[:4]], ["Now only the first word."] * 4]
+    direction, values = scripted(rounds, [6, 3])
+    got = []
+    for batch_size in (1, 4):
+        b.batch_size, b.prefix_reuse = batch_size, reuse
+        b.prefix_cache.clear()
+        client = LLMClient(b, ResponseCache(mode="off"), owns_backend=False)
+        if batch_size == 1:
+            res = [run_conversations(client, [p], direction, [v], {}, "forward")[0]
+                   for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
+        else:
+            res = run_conversations(client, prefixes, direction, values, {}, "forward")
+        got.append([[(r.text, r.entropies) for r in c.replies] for c in res])
+    assert got[0] == got[1]
+
+
+def test_batch_invariant_attention_rows_equal_alone(tiny):
+    """The attention function itself: a row's bf16 logits, left-padded beside longer rows, are bitwise those of
+    the row alone (each forward of >= 2 rows, as hf_decode runs them)."""
+    import torch
+
+    from eatlab.llm.hf_load import load_model
+
+    lm = load_model(str(tiny), device="cpu", dtype=torch.bfloat16, batch_invariant=True)
+    rows = [lm.tokenizer(t).input_ids for t in SENTENCES[:3]]
+
+    def last_logits(batch):
+        w = max(len(x) for x in batch)
+        ids = torch.zeros((len(batch), w), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        pos = torch.ones_like(ids)
+        for r, x in enumerate(batch):
+            ids[r, w - len(x) :], mask[r, w - len(x) :] = torch.tensor(x), 1
+            pos[r, w - len(x) :] = torch.arange(len(x))
+        with torch.inference_mode():
+            return lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+
+    short = min(rows, key=len)
+    alone = last_logits([short, short])[0]
+    mixed = last_logits(sorted(rows, key=len, reverse=True))[-1]
+    assert torch.equal(alone, mixed)
+
+
+def test_batch_invariant_enters_the_key_only_in_half_precision():
+    from eatlab.llm.identity import make_model_key
+
+    assert make_model_key("m", dtype="float32", batch_invariant=True) == "m"
+    assert make_model_key("m", dtype="bfloat16", batch_invariant=True) == "m+dtype:bfloat16+batch_invariant"
+    assert make_model_key("m", dtype="bfloat16") == "m+dtype:bfloat16"

@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU) | float32 | bfloat16"
     )
     p.add_argument(
+        "--no-batch-invariant",
+        action="store_true",
+        help="half precision: let a reply depend on its batch (backend.batch_invariant=false); faster, inexact",
+    )
+    p.add_argument(
         "--constraint",
         action="store_true",
         help="also time a decoding step free vs constrained to a substring of the sentence (the mask's cost)",
@@ -167,11 +172,19 @@ def run(args) -> int:
     if not (model_dir / "config.json").is_file() or (model_dir / MARKER).is_file():
         model_dir = ensure_tiny_model(model_dir)  # the default: the tiny smoke model, built on first use
     smoke = (model_dir / MARKER).is_file()
-    backend = HFBackend(model_dir, batch_size=args.batch_size, token_budget=1 << 30, dtype=args.dtype)
+    backend = HFBackend(
+        model_dir,
+        batch_size=args.batch_size,
+        token_budget=1 << 30,
+        dtype=args.dtype,
+        batch_invariant=not args.no_batch_invariant,
+    )
     backend.load()
     print(f"model: {model_dir}" + (" (SMOKE model, random weights: outputs mean nothing)" if smoke else ""))
     print(f"{len(items)} sentences x {len(rounds)} rounds, max_new_tokens {budgets}, greedy, cache off, "
-          f"{torch.get_num_threads()} torch threads, device {next(backend._model.parameters()).device}")  # fmt: skip
+          f"{torch.get_num_threads()} torch threads, device {next(backend._model.parameters()).device}, "
+          f"{next(backend._model.parameters()).dtype}"
+          + (", batch-invariant" if backend._lm.min_rows > 1 else ""))  # fmt: skip
     # warm-up (first-call overheads are not generation)
     LLMClient(backend, ResponseCache(mode="off")).chat([prefixes[0] + [{"role": "user", "content": "hi"}]],
                                                        GenerationSettings(max_new_tokens=2))  # fmt: skip

@@ -242,6 +242,7 @@ class LLMBackend(abc.ABC):
             hash_weights=model.hash_weights,
             quantization=params.get("quantization"),  # quantised on load: other weights
             dtype=cls.compute_dtype(params),
+            batch_invariant=bool(params.get("batch_invariant", False)),
         )
 
     @property

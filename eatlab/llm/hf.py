@@ -59,6 +59,7 @@ class HFBackend(LLMBackend):
         cpu_malloc_tuning: bool = True,
         prefix_reuse: bool = True,
         prefix_cache_mb: int = 2048,
+        batch_invariant: bool = True,
     ):
         self.source = str(model_path_or_id)
         self.local = Path(self.source).is_dir()
@@ -80,6 +81,8 @@ class HFBackend(LLMBackend):
         self.cpu_malloc_tuning = cpu_malloc_tuning
         self.prefix_reuse = bool(prefix_reuse)
         self.prefix_cache = PrefixKVStore(int(prefix_cache_mb) << 20)
+        # half precision only: fp32 replies are already independent of the batch (docs/llm.md)
+        self.batch_invariant = bool(batch_invariant)
         # prompt tokens actually run through the model (the rest were reused), and the padding run with them
         self.prompt_tokens_computed = self.padding_tokens_computed = 0
         # where the time goes (eatlab-bench): "constrain" is the substring constraint's part of "decode"; "rank":
@@ -89,7 +92,13 @@ class HFBackend(LLMBackend):
         self.decode_steps = self.decode_row_steps = 0
         spec = ModelSpec(self.model_id, self.source, self.local, revision, self.adapter_path, hash_weights)
         self._model_key = self.cache_identity(
-            spec, {"quantization": quantization, "dtype": dtype, "device": device}
+            spec,
+            {
+                "quantization": quantization,
+                "dtype": dtype,
+                "device": device,
+                "batch_invariant": batch_invariant,
+            },
         )
         self._lm: LoadedModel | None = None
         self._model = None
@@ -131,6 +140,7 @@ class HFBackend(LLMBackend):
             quantization=self.quantization,
             adapter_path=self.adapter_path,
             cpu_malloc_tuning=self.cpu_malloc_tuning,
+            batch_invariant=self.batch_invariant and str(dtype) != "torch.float32",
         )
         self._lm = lm
         self._tok, self._model, self._eos, self._pad = lm.tokenizer, lm.model, set(lm.eos), lm.pad

@@ -159,19 +159,44 @@ def prefill(
     device = lm.device
     cache = kv_cache(_left_padded([kv for _, kv in found], past_w) if past_w else None)
     mask = mask.to(device)
-    out = lm.model(
-        input_ids=ids.to(device),
-        attention_mask=mask,
-        position_ids=pos.to(device),
-        use_cache=True,
-        **{lm.cache_kw: cache},
-        **({lm.keep_kw: 1} if lm.keep_kw else {}),
+    logits = forward(
+        lm, cache, ids.to(device), mask, pos.to(device), **({lm.keep_kw: 1} if lm.keep_kw else {})
     )
     if store is not None and keep:
         for r, p in enumerate(prompts):
             store.store(p, row_states(cache, mask, r))
     own = sum(len(p) - n for p, (n, _) in zip(prompts, found, strict=True))
-    return Prefilled(cache, mask, out.logits[:, -1].float(), computed + own, padding + rows * new_w - own)
+    return Prefilled(cache, mask, logits[:, -1].float(), computed + own, padding + rows * new_w - own)
+
+
+def forward(lm: LoadedModel, cache, ids, mask, pos, **kwargs):
+    """The logits of one forward over `ids` [rows, new] from `cache`. With `lm.min_rows` 2 (batch-invariant
+    decoding, eatlab.llm.hf_attention) a lone row runs beside a copy of itself, in the cache too, since a
+    forward of one row takes another matmul path than a forward of several."""
+    rows = ids.shape[0]
+    if rows >= lm.min_rows:
+        out = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **{lm.cache_kw: cache},
+            **kwargs,
+        )
+        return out.logits
+    layers = kv_layers(cache)
+    if layers and layers[0][0] is not None and layers[0][0].shape[0] == rows:
+        cache.batch_repeat_interleave(lm.min_rows)
+    n = lm.min_rows
+    out = lm.model(
+        input_ids=ids.repeat(n, 1),
+        attention_mask=mask.repeat(n, 1),
+        position_ids=pos.repeat(n, 1),
+        use_cache=True,
+        **{lm.cache_kw: cache},
+        **kwargs,
+    )
+    return out.logits[:rows]
 
 
 @dataclass
@@ -253,17 +278,11 @@ def decode(
                 gens = [gens[i] for i in going] if gens is not None else None
                 rows = [rows[i] for i in going]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = lm.model(
-                input_ids=tok[:, None],
-                attention_mask=mask,
-                position_ids=positions[:, None],
-                use_cache=True,
-                **{lm.cache_kw: cache},
-            )
+            logits = forward(lm, cache, tok[:, None], mask, positions[:, None])
             stats.steps += 1
             stats.row_steps += len(rows)
             positions = positions + 1
-            scores = out.logits[:, -1].float()
+            scores = logits[:, -1].float()
         if store is not None:
             for i, r in enumerate(rows):
                 _keep(store, prompts[r], gen[r], cache, mask, i)

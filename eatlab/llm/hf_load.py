@@ -40,6 +40,7 @@ class LoadedModel:
     pad: int
     cache_kw: str  # the forward's key/value cache argument: `cache` (transformers 5) or `past_key_values`
     keep_kw: str | None  # the forward's "logits of the last n positions only" argument, if it has one
+    min_rows: int = 1  # 2: batch-invariant decoding; no forward runs a single row (eatlab.llm.hf_attention)
 
     @property
     def device(self):
@@ -56,8 +57,10 @@ def load_model(
     quantization: str | None = None,
     adapter_path: str | None = None,
     cpu_malloc_tuning: bool = True,
+    batch_invariant: bool = False,
 ) -> LoadedModel:
-    """Tokenizer and weights of `source` (hub id or folder) on `device` in `dtype` (a torch dtype), in eval mode."""
+    """Tokenizer and weights of `source` (hub id or folder) on `device` in `dtype` (a torch dtype), in eval mode;
+    `batch_invariant`: with eatlab's batch-invariant attention, and no forward of a single row."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,6 +70,10 @@ def load_model(
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
         mkw = dict(kwargs, dtype=dtype)
+        if batch_invariant:
+            from eatlab.llm.hf_attention import register
+
+            mkw["attn_implementation"] = register()
         if quantization:
             from transformers import BitsAndBytesConfig
 
@@ -112,4 +119,5 @@ def load_model(
         pad=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
         cache_kw="cache" if "cache" in params else "past_key_values",
         keep_kw=keep,
+        min_rows=2 if batch_invariant else 1,
     )

@@ -11,7 +11,9 @@ An answer may only be reused for the same weights run the same way, so the cache
 - quantized on load (bitsandbytes): `... +quant:4bit`;
 - computed in another precision than float32: `... +dtype:bfloat16` (or float16). Greedy replies of bf16 and
   fp32 differ, so their answers never mix. float32 adds nothing: keys made before the dtype entered the key
-  (fp32 runs on CPU, the shared transcripts) stay valid;
+  (fp32 runs on CPU, the shared transcripts) stay valid; half precision with the hf backend's batch-invariant
+  decoding (`backend.batch_invariant`, eatlab.llm.hf_attention) adds `+batch_invariant`: those replies depend on
+  the prompt alone, the others also on the batch they ran in;
 - with an adapter: `... +adapter:<fingerprint of the adapter folder>`.
 
 `dtype=auto` is resolved as the hf backend resolves it (`resolve_compute`): bf16 (fp16 without bf16 support) on
@@ -105,6 +107,7 @@ def make_model_key(
     hash_weights: bool = True,
     quantization: str | None = None,
     dtype: str | None = None,
+    batch_invariant: bool = False,
 ) -> str:
     """The cache's name for a set of weights (see the module docstring)."""
     if not model_id:
@@ -119,6 +122,8 @@ def make_model_key(
         key += f"+quant:{quantization}"
     if dtype and DTYPES.get(str(dtype), str(dtype)) != "float32":
         key += f"+dtype:{DTYPES.get(str(dtype), str(dtype))}"
+        if batch_invariant:
+            key += "+batch_invariant"
     if adapter_path:
         key += f"+adapter:{folder_fingerprint(adapter_path)[:16]}"
     return key
