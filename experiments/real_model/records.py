@@ -213,20 +213,22 @@ def control_records(
 def _e2e_factors(rd) -> dict:
     """What an eatlab run is, as the factors a table compares. `alignment` is `n/a` for a method without a
     backward LLM; `dtype` is the compute dtype the answers' cache key names (`+dtype:`), else `backend.dtype`;
-    `batch_invariant` is null where the backend has no such setting."""
+    `batch_invariant`: whether the answers' cache key names batch-invariant decoding (half precision only; `n/a`
+    in fp32, where the setting does nothing)."""
     m, cfg = rd.metrics, rd.config or {}
     run, backend = m["run"], cfg.get("backend") or {}
     rounds = run.get("prompt_rounds") or {}
     fwd, bwd = rounds.get("forward"), rounds.get("backward")
     key = str((rd.provenance or {}).get("model_key") or "")
+    dtype = key.split("+dtype:", 1)[1].split("+", 1)[0] if "+dtype:" in key else backend.get("dtype")
     return {
         "method": run.get("method"),
         "prompts": run.get("prompts"),
         "rounds": fwd if bwd in (None, fwd) else f"f{fwd}b{bwd}",
         "alignment": _alignment(cfg.get("alignment") or {}) if run.get("method") == "eat" else NA,
         "finetune": run.get("finetune") or "none",
-        "dtype": key.split("+dtype:", 1)[1].split("+", 1)[0] if "+dtype:" in key else backend.get("dtype"),
-        "batch_invariant": backend.get("batch_invariant"),
+        "dtype": dtype,
+        "batch_invariant": "+batch_invariant" in key if dtype in ("bfloat16", "float16") else NA,
     }
 
 

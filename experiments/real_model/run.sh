@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model measurements of docs/results.md ("A real model in the loop"), one phase per argument:
-#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze|align-dev
+#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze|align-dev|e2e-dtype|peer
 # MODEL is the folder ../shared/tools/real-model/build.sh wrote (MODEL/hf: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M
 # dequantised to fp32). Each phase is a Hydra multirun; the response cache (outputs/cache/) is shared, so a
 # constrained or ranked run pays only for its final backward rounds. Hours of CPU on 2 cores: run it with nohup.
@@ -48,6 +48,24 @@ case "${1:?phase}" in
         align_eval.limit=50 'align_eval.directions=[backward]' language=$L prompts=eatlab prompt_rounds=r1 \
         alignment=$A backend.dtype=$DT cache.path=$OUT/cache-$DT.sqlite hydra.run.dir=$D
     done; done; done ;;
+  e2e-dtype)  # EAT r1 free end to end on a seeded sample of 50 WikiANN dev sentences, fp32 vs bf16 (batch-invariant)
+    for DT in ${DTYPES:-float32 bfloat16}; do for L in ${DEV_LANGS:-zh ru ja ar}; do
+      D=$OUT/e2e-dev/$L-free-$DT
+      [ -f "$D/metrics.json" ] && continue
+      eatlab $M model.hash_weights=false data.root=$SHARED/wikiann data.split=dev data.sample=50 extractor=spacy \
+        language=$L method=eat prompts=eatlab prompt_rounds=r1 alignment=free backend.dtype=$DT \
+        cache.path=$OUT/e2e-cache-$DT.sqlite hydra.run.dir=$D
+    done; done ;;
+  peer)  # 16 zh test sentences, EAT r3 constrained: hf fp32, hf bf16, and a llama.cpp server on 127.0.0.1:8080
+    # (start it first: docs/llm.md "llama.cpp as the peer"); time each run on an idle machine
+    C="data.root=$SHARED/wikiann data.split=test data.limit=16 extractor=spacy language=zh method=eat prompts=eatlab prompt_rounds=r3 alignment=constrained"
+    for S in hf-float32 hf-bfloat16 llamacpp; do
+      case $S in
+        hf-*) X="backend.dtype=${S#hf-}" ;;
+        llamacpp) X="backend=openai backend.base_url=http://127.0.0.1:8080/v1 backend.constraint_param=grammar backend.concurrency=4" ;;
+      esac
+      eatlab $M model.hash_weights=false $C $X cache.path=$OUT/peer/cache-$S.sqlite hydra.run.dir=$OUT/peer/$S
+    done ;;
   analyze)
     for d in "$OUT"/align-* "$OUT"/e2e-*; do [ -d "$d" ] && eatlab-analyze "$d" --no-roundtrip || true; done ;;
   *) echo "unknown phase $1" >&2; exit 2 ;;
