@@ -171,7 +171,11 @@ def test_fp32_and_bf16_never_share_an_answer(compose, tmp_path):
     bf16 = compose([cache, "backend.dtype=bfloat16"])
     auto = compose([cache, "backend.device=cpu"])  # auto on the CPU computes in fp32: the same key as float32
     k32, k16 = backend_identity(fp32)[1], backend_identity(bf16)[1]
-    assert "+dtype" not in k32 and k16 == k32 + "+dtype:bfloat16" and backend_identity(auto)[1] == k32
+    assert (
+        "+dtype" not in k32
+        and k16 == k32 + "+dtype:bfloat16+batch_invariant"
+        and backend_identity(auto)[1] == k32
+    )
     first = build_client(fp32)
     first.chat(conv, settings)
     other = build_client(bf16)
