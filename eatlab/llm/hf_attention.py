@@ -35,8 +35,47 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     import torch
 
     rows, heads, tq, dim = query.shape
-    tk = key.shape[2]
-    dev = query.device
+    korder, qorder, groups = _plan(attention_mask, rows, key.shape[2], tq, query.device)
+    if korder is None:  # no padding: every row's keys already start at column 0
+        k, v, q = key, value, query
+    else:
+        kidx = korder[:, None, :, None].expand(rows, key.shape[1], key.shape[2], dim)
+        k, v, q = key.gather(2, kidx), value.gather(2, kidx), query.gather(2, _expand(qorder, heads, dim))
+    outs = []
+    for sel, qw, kw, mask in groups:
+        qs, ks, vs = (q, k, v) if sel is None else (q[sel], k[sel], v[sel])
+        res = torch.nn.functional.scaled_dot_product_attention(
+            _fit(qs, qw), _fit(ks, kw), _fit(vs, kw), attn_mask=mask, scale=scaling,
+            enable_gqa=ks.shape[1] != qs.shape[1],
+        )
+        outs.append((sel, _fit(res, tq)))
+    if len(outs) == 1 and outs[0][0] is None:
+        out = outs[0][1]
+    else:
+        out = torch.zeros_like(q)
+        for sel, res in outs:
+            out[sel] = res
+    if qorder is not None:
+        out = torch.zeros_like(query).scatter_(2, _expand(qorder, heads, dim), out)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_last_plan: tuple = (None, None, None)  # (the mask it was made for, its shape key, the plan)
+
+
+def _plan(attention_mask, rows: int, tk: int, tq: int, dev):
+    """How one forward's rows are laid out, the same in every layer: so it is made once per forward (for the
+    mask object the model passes to all its layers) and kept until the next mask arrives.
+
+    Returns the key and query column orders (None where no row is padded) and the groups of rows that share
+    rounded shapes: (rows, or None for all; query width; key width; the explicit boolean mask)."""
+    import torch
+
+    global _last_plan
+    shape_key = (rows, tk, tq, str(dev))
+    cached_mask, cached_key, plan = _last_plan
+    if plan is not None and cached_mask is attention_mask and cached_key == shape_key:
+        return plan
     if attention_mask is None:
         valid = torch.ones((rows, tk), dtype=torch.bool, device=dev)
     else:
@@ -44,33 +83,32 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
         valid = last if last.dtype == torch.bool else last == 0
     n = valid.sum(1)  # the row's keys
     nq = valid[:, tk - tq :].sum(1)  # the row's real queries (the last ones of its keys)
+    padded = bool((n < tk).any())
     # each row's valid columns first, in order (a stable sort of the padding flags)
-    korder = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
-    qorder = torch.sort((~valid[:, tk - tq :]).to(torch.int8), dim=1, stable=True).indices
-    kidx = korder[:, None, :, None].expand(rows, key.shape[1], tk, dim)
-    qidx = qorder[:, None, :, None].expand(rows, heads, tq, dim)
-    k, v, q = key.gather(2, kidx), value.gather(2, kidx), query.gather(2, qidx)
-    out = torch.zeros_like(q)
+    korder = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices if padded else None
+    qorder = torch.sort((~valid[:, tk - tq :]).to(torch.int8), dim=1, stable=True).indices if padded else None
     kb = _rounded(n, KV_BUCKET)
     qb = torch.where(nq > 1, _rounded(nq, Q_BUCKET), nq)  # decoding (one query) stays one query
     shapes = torch.stack([qb, kb], 1)
+    groups = []
     for qw, kw in torch.unique(shapes, dim=0).tolist():
-        sel = ((qb == qw) & (kb == kw)).nonzero()[:, 0]
-        qs = _fit(q[sel], qw)
-        ks, vs = _fit(k[sel], kw), _fit(v[sel], kw)
+        hit = (qb == qw) & (kb == kw)
+        sel = None if bool(hit.all()) else hit.nonzero()[:, 0]
+        ns, nqs = (n, nq) if sel is None else (n[sel], nq[sel])
         # query i of a row sits at key position n - nq + i; it sees the keys up to it, none of the padding;
         # a padding query sees its row's first key only (its output is dropped)
         i = torch.arange(qw, device=dev)[None, :, None]
         j = torch.arange(kw, device=dev)[None, None, :]
-        pos = (n[sel] - nq[sel])[:, None, None] + i
-        mask = torch.where(i < nq[sel][:, None, None], j <= pos, j == 0)
-        res = torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask[:, None], scale=scaling, enable_gqa=ks.shape[1] != qs.shape[1]
-        )
-        out[sel] = _fit(res, tq)
-    back = torch.zeros_like(query)
-    back.scatter_(2, qidx, out)
-    return back.transpose(1, 2).contiguous(), None
+        pos = (ns - nqs)[:, None, None] + i
+        mask = torch.where(i < nqs[:, None, None], j <= pos, j == 0)
+        groups.append((sel, qw, kw, mask[:, None]))
+    plan = (korder, qorder, groups)
+    _last_plan = (attention_mask, shape_key, plan)
+    return plan
+
+
+def _expand(order, heads: int, dim: int):
+    return order[:, None, :, None].expand(order.shape[0], heads, order.shape[1], dim)
 
 
 def _fit(x, width: int):

@@ -107,6 +107,29 @@ def _factors(rd) -> dict:
     }
 
 
+def _unique_name(rd, seen: set) -> str:
+    """The run dir's folder name; two folders of one name (two sweeps) are kept apart with a trailing '+'."""
+    name = rd.path.name
+    while name in seen:
+        name += "+"
+    seen.add(name)
+    return name
+
+
+def _provenance(rd, machine: str | None) -> dict:
+    """Where a run line comes from: commit, command, time and machine (the provenance.json eatlab wrote)."""
+    prov = rd.provenance or {}
+    git = prov.get("git") or {}
+    return {
+        "commit": git.get("commit") or rd.metrics["run"].get("git_commit"),
+        "dirty": git.get("dirty"),
+        "command": prov.get("command"),
+        "overrides": rd.overrides,
+        "time_utc": prov.get("time_utc"),
+        "machine": machine or prov.get("platform"),
+    }
+
+
 def run_records(run_dirs, machine: str | None) -> list[dict]:
     """The run and pair lines of finished align-eval run dirs (eatlab.rundir.RunDir), in the order given."""
     from eatlab.analysis.alignment import is_align_eval
@@ -118,13 +141,9 @@ def run_records(run_dirs, machine: str | None) -> list[dict]:
         if rd.status != DONE or not is_align_eval(rd):
             print(f"skipped: {rd.path} (not a finished align-eval run)", file=sys.stderr)
             continue
-        name = rd.path.name
-        while name in seen:  # two folders of one name (two sweeps): keep both, apart
-            name += "+"
-        seen.add(name)
+        name = _unique_name(rd, seen)
         m, prov = rd.metrics, rd.provenance or {}
         run, data = m["run"], m.get("data") or {}
-        git = prov.get("git") or {}
         bw = m.get("backward") or {}
         out.append(
             {
@@ -134,12 +153,7 @@ def run_records(run_dirs, machine: str | None) -> list[dict]:
                 "split": run.get("split") or data.get("split"),
                 "model": run.get("model"),
                 "factors": _factors(rd),
-                "commit": git.get("commit") or run.get("git_commit"),
-                "dirty": git.get("dirty"),
-                "command": prov.get("command"),
-                "overrides": rd.overrides,
-                "time_utc": prov.get("time_utc"),
-                "machine": machine or prov.get("platform"),
+                **_provenance(rd, machine),
                 "data_sha256": data.get("sha256") or (prov.get("data") or {}).get("sha256"),
                 "heldout_pairs": data.get("heldout_pairs"),
                 "llm_calls": m.get("llm_calls"),
@@ -301,13 +315,9 @@ def e2e_records(run_dirs, machine: str | None) -> list[dict]:
         if rd.status != DONE or is_align_eval(rd) or not rd.artifact_path(ATTRIBUTION).is_file():
             print(f"skipped: {rd.path} (not a finished eatlab run)", file=sys.stderr)
             continue
-        name = rd.path.name
-        while name in seen:  # two folders of one name (two sweeps): keep both, apart
-            name += "+"
-        seen.add(name)
+        name = _unique_name(rd, seen)
         m, prov, cfg = rd.metrics, rd.provenance or {}, rd.config or {}
         run, data = m["run"], m.get("data") or {}
-        git = prov.get("git") or {}
         out.append(
             {
                 "type": "run",
@@ -319,12 +329,7 @@ def e2e_records(run_dirs, machine: str | None) -> list[dict]:
                 "model": run.get("model"),
                 "factors": _e2e_factors(rd),
                 "adapter": prov.get("adapter"),
-                "commit": git.get("commit") or run.get("git_commit"),
-                "dirty": git.get("dirty"),
-                "command": prov.get("command"),
-                "overrides": rd.overrides,
-                "time_utc": prov.get("time_utc"),
-                "machine": machine or prov.get("platform"),
+                **_provenance(rd, machine),
                 "data_sha256": data.get("files_sha256") or (prov.get("data") or {}).get("files_sha256"),
                 "n_sentences": m.get("n_sentences"),
                 "llm_calls": m.get("llm_calls"),
