@@ -331,26 +331,29 @@ def test_replies_and_entropies_are_pinned(backend, monkeypatch, reuse):
     assert [(r.text, r.completion_tokens) for r in constrained] == PINNED_CONSTRAINED
 
 
+def _two_rounds(b, system: str, budgets: list[int]):
+    """Two rounds over four conversations sharing a system turn, at `b`'s batch size (one at a time when 1)."""
+    prefixes = [[{"role": "system", "content": system}] for _ in SENTENCES[:4]]
+    rounds = [[f"Translate: {t}" for t in SENTENCES[:4]], ["Now only the first word."] * 4]
+    direction, values = scripted(rounds, budgets)
+    b.prefix_cache.clear()
+    client = LLMClient(b, ResponseCache(mode="off"), owns_backend=False)
+    if b.batch_size == 1:
+        return [run_conversations(client, [p], direction, [v], {}, "forward")[0]
+                for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
+    return run_conversations(client, prefixes, direction, values, {}, "forward")
+
+
 def test_one_at_a_time_batched_and_reused_replies_are_identical(backend, monkeypatch):
     """Two rounds over conversations sharing a system turn: one at a time, batched, and batched with prefix reuse
     (the shared prefix computed once, then every row from its stored prefix) answer alike; reuse computes less."""
-    prefixes = [[{"role": "system", "content": "You are a translator. Answer with the translation only."}]
-                for _ in SENTENCES[:4]]  # fmt: skip
-    rounds = [[f"Translate: {t}" for t in SENTENCES[:4]], ["Now only the first word."] * 4]
-    direction, values = scripted(rounds, [5, 3])
     got, computed = {}, {}
     for batch_size, reuse in ((1, False), (4, False), (4, True)):
         b = backend
         monkeypatch.setattr(b, "batch_size", batch_size)
         monkeypatch.setattr(b, "prefix_reuse", reuse)
         monkeypatch.setattr(b, "prompt_tokens_computed", 0)
-        b.prefix_cache.clear()
-        client = LLMClient(b, ResponseCache(mode="off"), owns_backend=False)
-        if batch_size == 1:
-            res = [run_conversations(client, [p], direction, [v], {}, "forward")[0]
-                   for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
-        else:
-            res = run_conversations(client, prefixes, direction, values, {}, "forward")
+        res = _two_rounds(b, "You are a translator. Answer with the translation only.", [5, 3])
         got[(batch_size, reuse)] = [[(r.text, r.completion_tokens) for r in c.replies] for c in res]
         ents = [e for c in res for r in c.replies for e in r.entropies]
         got.setdefault("entropies", []).append(ents)
@@ -420,19 +423,10 @@ def test_bf16_batch_invariant_replies_do_not_depend_on_the_batch(tiny, reuse):
     b = HFBackend(tiny, batch_size=4, dtype="bfloat16")
     b.load()
     assert b._lm.min_rows == 2 and b.model_key.endswith("+dtype:bfloat16+batch_invariant")
-    prefixes = [[{"role": "system", "content": "You are a translator."}] for _ in SENTENCES[:4]]
-    rounds = [[f"Translate: {t}" for t in SENTENCES[:4]], ["Now only the first word."] * 4]
-    direction, values = scripted(rounds, [6, 3])
     got = []
     for batch_size in (1, 4):
         b.batch_size, b.prefix_reuse = batch_size, reuse
-        b.prefix_cache.clear()
-        client = LLMClient(b, ResponseCache(mode="off"), owns_backend=False)
-        if batch_size == 1:
-            res = [run_conversations(client, [p], direction, [v], {}, "forward")[0]
-                   for p, v in zip(prefixes, values, strict=True)]  # fmt: skip
-        else:
-            res = run_conversations(client, prefixes, direction, values, {}, "forward")
+        res = _two_rounds(b, "You are a translator.", [6, 3])
         got.append([[(r.text, r.entropies) for r in c.replies] for c in res])
     assert got[0] == got[1]
 
