@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model measurements of docs/results.md ("A real model in the loop"), one phase per argument:
-#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze|align-dev|e2e-dtype|peer
+#   MODEL=/path/to/realmodel experiments/real_model/run.sh align|align-ranked|align-r3|align-ref|finetune|align-ft|e2e|baselines|analyze|align-dev|e2e-dtype|peer|e2e-test
 # MODEL is the folder ../shared/tools/real-model/build.sh wrote (MODEL/hf: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M
 # dequantised to fp32). Each phase is a Hydra multirun; the response cache (outputs/cache/) is shared, so a
 # constrained or ranked run pays only for its final backward rounds. Hours of CPU on 2 cores: run it with nohup.
@@ -8,7 +8,8 @@ set -euo pipefail
 : "${MODEL:?set MODEL to the folder build.sh wrote}"
 SHARED=${SHARED:-../shared/data}
 OUT=${OUT:-outputs/real}
-M="model=qwen2.5-coder-0.5b-instruct-q4km model.path=$MODEL/hf tracking=none"
+MODEL_ID=${MODEL_ID:-qwen2.5-coder-0.5b-instruct-q4km}  # qwen2.5-coder-1.5b-instruct-q4km for build.sh --size 1.5b
+M="model=$MODEL_ID model.path=$MODEL/hf tracking=none"
 ALIGN_LANGS=${ALIGN_LANGS:-zh,ja,ko,ar,ru}
 FT_LANGS=${FT_LANGS:-zh ja ar}
 NSL=${NSL:-zh,ja,ko,ar,ru,hi,hy,ka}
@@ -66,6 +67,22 @@ case "${1:?phase}" in
       esac
       eatlab $M model.hash_weights=false $C $X cache.path=$OUT/peer/cache-$S.sqlite hydra.run.dir=$OUT/peer/$S
     done ;;
+  e2e-test)  # the paper's question on WikiANN test (issue 22 item 6): a seeded sample of N sentences per language,
+    # English NER spacy_wikiann (make train-spacy; SPACY=its model-best, no fallback), fp32 (the faithful dtype);
+    # EAT r1 free and constrained, direct_llm, translate_test; one response cache per model, so constrained pays
+    # only for its backward calls and translate_test for none
+    SPACY=${SPACY:-outputs/extractors/spacy_wikiann/model-best}
+    for L in ${TEST_LANGS:-zh ru ja ar}; do for S in eat-free eat-constrained translate_test direct_llm; do
+      D=$OUT/e2e-test/$MODEL_ID/$L-$S
+      [ -f "$D/metrics.json" ] && continue
+      case $S in
+        eat-*) X="method=eat alignment=${S#eat-}" ;;
+        *) X="method=$S" ;;
+      esac
+      eatlab $M model.hash_weights=false data.root=$SHARED/wikiann data.split=test data.sample=${N:-100} \
+        extractor=spacy_wikiann extractor.model=$SPACY extractor.fallback=null language=$L prompts=eatlab \
+        prompt_rounds=r1 $X backend.dtype=float32 cache.path=$OUT/e2e-test/cache-$MODEL_ID.sqlite hydra.run.dir=$D
+    done; done ;;
   analyze)
     for d in "$OUT"/align-* "$OUT"/e2e-*; do [ -d "$d" ] && eatlab-analyze "$d" --no-roundtrip || true; done ;;
   *) echo "unknown phase $1" >&2; exit 2 ;;
