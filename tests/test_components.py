@@ -51,6 +51,7 @@ def test_user_components_run_the_pipeline_by_config_only(tmp_path):
     assert (metrics["n_gold_entities"], metrics["n_pred_entities"]) == (8, 22)
     prov = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
     assert prov["model_key"] == "echo:eatlab/tiny-qwen2-smoke"
+    assert prov["compute"] == {"dtype": None, "batch_invariant": False}  # a plugin without local weights
     assert prov["extractor"] == {"name": "capitalised_words"}
     conll = (run / "predictions.conll").read_text(encoding="utf-8")
     assert "Kipping\tI-PER\tB-PER" in conll and "Bernd\tB-PER\tB-PER" in conll

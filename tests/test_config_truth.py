@@ -161,6 +161,18 @@ def test_fp32_and_bf16_calls_have_different_cache_keys(compose, tmp_path):
 
 
 @pytest.mark.slow
+def test_provenance_names_the_resolved_compute_dtype(compose):
+    """provenance.json's `compute`: `auto` resolved (fp32 on the CPU), invariance only in half precision."""
+    from eatlab.llm.factory import backend_compute
+
+    assert backend_compute(compose(["backend.device=cpu"])) == {"dtype": "float32", "batch_invariant": False}
+    assert backend_compute(compose(["backend.dtype=bfloat16"])) == {"dtype": "bfloat16", "batch_invariant": True}
+    assert backend_compute(compose(["backend.dtype=bfloat16", "backend.batch_invariant=false"])) == {
+        "dtype": "bfloat16", "batch_invariant": False}  # fmt: skip
+    server = compose(["backend=openai", "backend.base_url=http://127.0.0.1:9/v1"])
+    assert backend_compute(server) == {"dtype": None, "batch_invariant": False}
+
+
 def test_fp32_and_bf16_never_share_an_answer(compose, tmp_path):
     from eatlab.llm.factory import backend_identity, build_client
 

@@ -110,7 +110,7 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
     assert header["kind"] == "e2e" and [r["run"] for r in runs] == ["zh-constrained", "zh-free"]
     free = runs[1]
     assert free["factors"] == {"method": "eat", "prompts": "eatlab", "rounds": 1, "alignment": "free",
-                               "finetune": "none", "dtype": "auto", "batch_invariant": "n/a"}  # fmt: skip
+                               "finetune": "none", "dtype": "float32", "batch_invariant": "n/a"}  # fmt: skip
     assert (free["language"], free["split"], free["limit"], free["machine"]) == ("zh", "test", 8, "test")
     assert len(free["commit"]) == 40 and free["command"] and len(*free["data_sha256"].values()) == 64
     rd = RunDir(tiny / "zh-free")

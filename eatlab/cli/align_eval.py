@@ -88,7 +88,7 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     from eatlab.eat.methods import stage_context
     from eatlab.finetune.adapter import adapter_provenance
     from eatlab.finetune.tasks import Templates
-    from eatlab.llm.factory import build_client
+    from eatlab.llm.factory import backend_compute, build_client
     from eatlab.rundir import (
         ALIGN_BACKWARD,
         ALIGN_NAMING,
@@ -117,6 +117,7 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
             "data": data_prov,
             "prompts": ctx.prompts.provenance(),
             "model_key": getattr(client, "model_key", None),
+            "compute": backend_compute(cfg),
             "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
         }
     )

@@ -35,7 +35,7 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
     from eatlab.eat.methods import build_method
     from eatlab.eat.report import print_failures, print_summary
     from eatlab.finetune.adapter import adapter_provenance
-    from eatlab.llm.factory import build_client, run_model
+    from eatlab.llm.factory import backend_compute, build_client, run_model
     from eatlab.rundir import build_metrics, write_metrics
     from eatlab.tracking.record import record_run
 
@@ -57,6 +57,7 @@ def eat_task(cfg: DictConfig, task: Task) -> dict:
             "data": selection.provenance(),
             "prompts": pipeline.prompts.provenance(),
             "model_key": client.model_key if hasattr(client, "model_key") else None,
+            "compute": backend_compute(cfg),
             "extractor": pipeline.extractor.identity() if pipeline.extractor else None,
             "adapter": adapter_provenance(cfg.finetune.get("adapter_path")),
         },

@@ -158,6 +158,17 @@ def backend_identity(cfg) -> tuple[str, str]:
     return cls.kind, cls.cache_identity(model_spec(cfg, cls.local_weights), _params(cfg))
 
 
+def backend_compute(cfg) -> dict:
+    """How the configured weights compute, resolved as the built backend resolves it (for provenance.json):
+    `dtype` (`auto` resolved; None for a server, whose precision is not this process's choice) and
+    `batch_invariant` (acts in half precision only, as in the cache key)."""
+    cls = backend_class(cfg)
+    params = _params(cfg)
+    dtype = cls.compute_dtype(params)
+    half = dtype in ("bfloat16", "float16")
+    return {"dtype": dtype, "batch_invariant": half and bool(params.get("batch_invariant", False))}
+
+
 def build_backend(cfg) -> LLMBackend:
     """The configured backend (weights still unloaded)."""
     cls = backend_class(cfg)

@@ -226,15 +226,19 @@ def control_records(
 
 def _e2e_factors(rd) -> dict:
     """What an eatlab run is, as the factors a table compares. `alignment` is `n/a` for a method without a
-    backward LLM; `dtype` is the compute dtype the answers' cache key names (`+dtype:`), else `backend.dtype`;
+    backward LLM; `dtype` is provenance's resolved compute dtype, or (older runs) the one the answers' cache key names
+    (`+dtype:`), else `backend.dtype`;
     `batch_invariant`: whether the answers' cache key names batch-invariant decoding (half precision only; `n/a`
     in fp32, where the setting does nothing)."""
     m, cfg = rd.metrics, rd.config or {}
     run, backend = m["run"], cfg.get("backend") or {}
     rounds = run.get("prompt_rounds") or {}
     fwd, bwd = rounds.get("forward"), rounds.get("backward")
-    key = str((rd.provenance or {}).get("model_key") or "")
+    prov = rd.provenance or {}
+    key = str(prov.get("model_key") or "")
     dtype = key.split("+dtype:", 1)[1].split("+", 1)[0] if "+dtype:" in key else backend.get("dtype")
+    compute = prov.get("compute") or {}  # runs since provenance names it: the resolved dtype itself
+    dtype = compute.get("dtype") or dtype
     return {
         "method": run.get("method"),
         "prompts": run.get("prompts"),
