@@ -244,6 +244,21 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate(synthetic_systems):
     )
 
 
+def test_f1_interval_is_not_zero_width_without_a_true_positive():
+    """0 true positives: every resample scores 0, so the upper end is exact (scipy's Clopper-Pearson bound for 0
+    of the 3 sentences that hold gold, as F1 with precision 1), the same for sentences and for clusters."""
+    from scipy.stats import binomtest
+
+    gold = [["B-PER", "O"], ["O", "O"], ["B-LOC", "I-LOC"], ["B-ORG", "B-PER"], ["O", "O"]]
+    pred = [["O", "B-PER"], ["B-ORG", "O"], ["O", "O"], ["O", "O"], ["O", "O"]]
+    r = binomtest(0, 3).proportion_ci(confidence_level=0.95, method="exact").high
+    assert r == pytest.approx(1 - 0.025 ** (1 / 3))
+    assert bootstrap_f1_ci(entity_counts(gold, pred), n_boot=200, seed=0) == (0.0, pytest.approx(2 * r / (1 + r)))
+    r2 = binomtest(0, 2).proportion_ci(confidence_level=0.95, method="exact").high  # sentences 0+2 one cluster
+    got = bootstrap_f1_ci(entity_counts(gold, pred), n_boot=200, seed=0, units=[0, 1, 0, 3, 4])
+    assert got == (0.0, pytest.approx(2 * r2 / (1 + r2)))
+
+
 def test_paired_bootstrap_p_values(synthetic_systems):
     gold, pred_a, pred_b = synthetic_systems
     ca, cb, cg = entity_counts(gold, pred_a), entity_counts(gold, pred_b), entity_counts(gold, gold)

@@ -88,12 +88,23 @@ def _by_unit(tables: list[np.ndarray], units) -> list[np.ndarray]:
 def bootstrap_f1_ci(
     counts: EntityCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95, units=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of micro entity F1, resampling sentences or `units` (seeded)."""
+    """Percentile bootstrap interval of micro entity F1, resampling sentences or `units` (seeded).
+
+    With no true positive at all, every resample scores 0 and the percentile interval would be [0, 0], which
+    claims a certainty the sample does not have. The upper end is then exact instead: the Clopper-Pearson bound
+    of a rate seen 0 times in the units that hold gold entities (a unit, not an entity, as the trial: entities
+    of one sentence are not independent), turned into F1 by F1 <= 2R / (1 + R), i.e. as if precision were 1."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     if counts.n_sentences == 0:
         return 0.0, 0.0
-    (sums,) = _resampled_sums(_by_unit([counts.totals()], units), n_boot, seed)
+    (table,) = _by_unit([counts.totals()], units)
+    if table[:, 0].sum() == 0 and table[:, 2].sum() > 0:
+        from eatlab.eval.stats import proportion_ci
+
+        _, recall_high = proportion_ci(0, int((table[:, 2] > 0).sum()), level, method="clopper-pearson")
+        return 0.0, 2.0 * recall_high / (1.0 + recall_high)
+    (sums,) = _resampled_sums([table], n_boot, seed)
     f1 = f1_from_sums(sums[:, 0], sums[:, 1], sums[:, 2])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(f1, [alpha, 1.0 - alpha])
