@@ -124,6 +124,22 @@ def test_batches_respect_size_and_token_budget(tiny):
     assert flat == sorted(flat, reverse=True)  # longest first: little padding
 
 
+def test_several_batches_log_their_progress(backend, monkeypatch, caplog):
+    """A call of several batches says how far it is (the last line: all answered); one batch logs nothing."""
+    import logging
+
+    monkeypatch.setattr(backend, "batch_size", 2)
+    with caplog.at_level(logging.INFO, logger="eatlab.llm.hf"):
+        backend.generate(convs()[:5], GenerationSettings(max_new_tokens=2))
+    lines = [r.getMessage() for r in caplog.records if "conversations answered" in r.getMessage()]
+    assert lines and lines[-1].startswith(f"hf {backend.model_id}: 5/5 conversations answered (")
+    caplog.clear()
+    monkeypatch.setattr(backend, "batch_size", 8)
+    with caplog.at_level(logging.INFO, logger="eatlab.llm.hf"):
+        backend.generate(convs()[:5], GenerationSettings(max_new_tokens=2))
+    assert not [r for r in caplog.records if "conversations answered" in r.getMessage()]
+
+
 def test_entropy_is_of_the_raw_distribution(backend):
     """Temperature and top-k change the sampling, not the recorded entropy of the model's distribution."""
     conv = convs()[:2]

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from eatlab.cli.task import Task, entry_point
 from eatlab.errors import ConfigError
+from eatlab.utils.progress import progress_logger
 
 log = logging.getLogger("eatlab")
 
@@ -63,22 +64,6 @@ def heldout_cases(cfg: DictConfig, language) -> tuple[list, list, dict]:
         "counts": split.counts,
     }
     return cases, shifted, prov
-
-
-def progress_logger(total: int, what: str, every_s: float = 10.0):
-    """A callable(done) logging `what: done/total pairs (elapsed, eta)` at most every `every_s` and at the end."""
-    t0 = time.perf_counter()
-    last = [0.0]
-
-    def report(done: int) -> None:
-        now = time.perf_counter() - t0
-        if done < total and now - last[0] < every_s:
-            return
-        last[0] = now
-        eta = now / done * (total - done) if done else 0.0
-        log.info("%s: %d/%d pairs (%.1f s, eta %.0f s)", what, done, total, now, eta)
-
-    return report
 
 
 def align_eval_task(cfg: DictConfig, task: Task) -> dict:
@@ -127,7 +112,7 @@ def align_eval_task(cfg: DictConfig, task: Task) -> dict:
     by_id = {c.id: c for c in shifted_all}
     naming = [] if "naming" in directions else None
     seconds: Counter = Counter()
-    report = progress_logger(len(cases), f"align-eval {language.code}")
+    report = progress_logger(len(cases), f"align-eval {language.code}", logger=log)
     step = int(opts.batch_size)
     art_b = JsonlArtifact(run_dir / artifact_name(ALIGN_BACKWARD)) if backward is not None else None
     art_n = JsonlArtifact(run_dir / artifact_name(ALIGN_NAMING)) if naming is not None else None

@@ -24,6 +24,7 @@ from eatlab.errors import ConfigError
 from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, ModelSpec, Reply, split_rows
 from eatlab.llm.hf_load import LoadedModel, load_model, tune_cpu_malloc
 from eatlab.llm.prefix_cache import PrefixKVStore
+from eatlab.utils.progress import progress_logger
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,10 @@ class HFBackend(LLMBackend):
         prompts = [self.encode(c) for c in conversations]
         replies: list[Reply | None] = [None] * len(conversations)
         store = self.prefix_cache if self.prefix_reuse else None
+        report = progress_logger(
+            len(prompts), f"{self.kind} {self.model_id}", "conversations answered", logger=log
+        )
+        done = 0
         for batch in self.batches([len(p) for p in prompts], shared.max_new_tokens):
             outs, stats = decode(
                 self._lm,
@@ -196,6 +201,9 @@ class HFBackend(LLMBackend):
             self._account(stats)
             for i, r in zip(batch, outs, strict=True):
                 replies[i] = r
+            done += len(batch)
+            if len(batch) < len(prompts):  # several batches: say how far (one batch says nothing new)
+                report(done)
         for r, text in zip(replies, texts, strict=True):
             if text is not None:  # a constrained answer cut at its token budget may end inside a character
                 r.text = r.text.rstrip("\ufffd")
