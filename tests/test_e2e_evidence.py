@@ -180,7 +180,12 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
     tags = {(lang, m): _tags(echo / f"{lang}-{m}", [f"{lang}-test-{i}" for i in range(6)])
             for lang in ("es", "fr") for m in ("eat", "copy")}  # fmt: skip
     assert "| es | eat, free | 6 (6) | 25.0 [0.0, 60.0] | 50.0 | 16.7 |" in text
-    assert "| es | exact_copy, n/a | 6 (6) | 0.0 [0.0, 0.0] | 0.0 | 0.0 |" in text
+    # no true positive: the upper end is scipy's exact bound for 0 of the sentences holding gold, as F1
+    from scipy.stats import binomtest
+
+    k = sum(any(t != "O" for t in g) for g in tags[("es", "copy")][0])
+    r = binomtest(0, k).proportion_ci(method="exact").high
+    assert f"| es | exact_copy, n/a | 6 (6) | 0.0 [0.0, {100 * 2 * r / (1 + r):.1f}] | 0.0 | 0.0 |" in text
     assert "| pooled | eat, free | 12 (12) | 13.3 [0.0, 37.6] | 33.3 | 8.3 |" in text
     both = {m: [t for lang in ("es", "fr") for t in tags[(lang, m)][1]] for m in ("eat", "copy")}
     gold = [t for lang in ("es", "fr") for t in tags[(lang, "eat")][0]]
@@ -197,6 +202,34 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
     for r, t, ph in zip(rows, tests, holm([t.p_value for t in tests])):
         assert r.endswith(f"| {t.p_value:.3f} | {ph:.3f} |"), r
     assert "Holm over the 3 p-values" in text and "Machine: test." in text
+    # both metrics and the attribution, as each run reported them
+    reported, run = {r["run"]: r["reported"] for r in runs}, {r["run"]: r for r in runs}["es-eat"]
+    es_eat = _row(text, "| es | eat, free | 6 (6) |")
+    token_f1 = 100 * reported["es-eat"]["reference_token_micro_f1"]
+    assert es_eat.endswith(f"| {token_f1:.1f} | {run['llm_calls']} / {run['seconds']:.0f} |"), es_eat
+    found = reported["es-eat"]["failures"]["gold"]
+    assert "| lang | setting | " + " | ".join(k.replace("_", " ") for k in found) + " |" in text
+    assert "| es | eat, free | " + " | ".join(str(v) for v in found.values()) + " |" in text
+
+
+def test_e2e_redirect_artefacts_are_reported_both_ways(run_dirs, tmp_path):
+    """The Spanish sample's second sentence is a redirect artefact ("REDIRECCIÓN Sancho I de Cerdaña"): it is
+    flagged, counts in the language's rows and is left out of the `w/o redirects` rows (per language and
+    pooled); with no flagged sentence there are no such rows."""
+    _, echo = run_dirs
+    out = tmp_path / "e2e-echo.jsonl.gz"
+    assert _tables(["e2e-evidence", str(echo), "--out", str(out), "--machine", "test"]).returncode == 0
+    header, runs, sents = records.read(out)
+    assert {s["sentence_id"] for s in sents if s["redirect"]} == {"es-test-1"}
+    text = generated.render(out)
+    assert "| es | eat, free | 6 (" in text and "| es w/o redirects | eat, free | 5 (" in text
+    assert "| pooled w/o redirects | eat, free | 11 (" in text and "fr w/o redirects" not in text
+    for s in sents:
+        s["redirect"] = False
+    plain = tmp_path / "plain.jsonl.gz"
+    records.write(plain, header["table"], "e2e", [*runs, *sents], header["built_by"])
+    assert "w/o redirects" not in generated.render(plain)
+
 
 
 def test_a_sentence_line_that_disagrees_with_its_run_is_refused(tmp_path):

@@ -47,8 +47,13 @@ def split_path(root: str | Path | None, language: str, split: str) -> Path:
 
 def is_redirect(sentence: Sentence, lang: Language) -> bool:
     """A Wikipedia redirect artefact: the text starts with the language's redirect word (case-insensitive)."""
-    head = sentence.text.lstrip(" #*'").casefold()
-    return any(head.startswith(w.casefold()) for w in lang.redirect_words)
+    return starts_with_redirect(sentence.text, lang.redirect_words)
+
+
+def starts_with_redirect(text: str, redirect_words) -> bool:
+    """`is_redirect` on a plain text and word list (evidence records keep the text, not the Sentence)."""
+    head = text.lstrip(" #*'").casefold()
+    return any(head.startswith(w.casefold()) for w in redirect_words)
 
 
 def load_hub(language: str, split: str, char_tokenized: bool | None = None) -> list[Sentence]:

@@ -391,27 +391,37 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
     for r in runs:
         _check_e2e(r, by[r["run"]])
     lines = [
-        "| lang | setting | sentences (gold entities) | entity F1 [95%] | P | R | LLM calls / s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| lang | setting | sentences (gold entities) | entity F1 [95%] | P | R | ref-token F1 | LLM calls / s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def row(lang: str, setting: str, own: list[dict], calls: int, seconds: float) -> None:
+    def row(lang: str, setting: str, own: list[dict], calls, seconds, token_f1=None) -> None:
         p, r, f1 = _prf(own)
         lo, hi = bootstrap_f1_ci(_counts(own), n_boot=N_BOOT, seed=SEED)
         gold = sum(s["tp"] + s["fn"] for s in own)
+        cost = "-" if calls is None else f"{calls} / {seconds:.0f}"
         lines.append(
             f"| {lang} | {setting} | {len(own)} ({gold}) | {_pct(f1)} [{_pct(lo)}, {_pct(hi)}] | {_pct(p)} | "
-            f"{_pct(r)} | {calls} / {seconds:.0f} |"
+            f"{_pct(r)} | {'-' if token_f1 is None else _pct(token_f1)} | {cost} |"
         )
 
     for lang in languages:
         for r in (r for r in runs if r["language"] == lang):
-            row(lang, label[r["run"]], by[r["run"]], r.get("llm_calls") or 0, r.get("seconds") or 0)
+            token_f1 = (r.get("reported") or {}).get("reference_token_micro_f1")
+            row(lang, label[r["run"]], by[r["run"]], r.get("llm_calls") or 0, r.get("seconds") or 0, token_f1)
     for setting in dict.fromkeys(label.values()):
         mine = [r for r in runs if label[r["run"]] == setting]
         if len({r["language"] for r in mine}) > 1:
             calls, seconds = (sum(r.get(k) or 0 for r in mine) for k in ("llm_calls", "seconds"))
             row(POOLED, setting, [s for r in mine for s in by[r["run"]]], calls, seconds)
+    redirects = {lang for r in runs for s in by[r["run"]] if s.get("redirect") for lang in [r["language"]]}
+    for lang in [*[x for x in languages if x in redirects], *([POOLED] if redirects else [])]:
+        for setting in dict.fromkeys(label.values()):
+            mine = [r for r in runs if label[r["run"]] == setting and lang in (POOLED, r["language"])]
+            if mine and (lang != POOLED or len({r["language"] for r in mine}) > 1):
+                kept = [s for r in mine for s in by[r["run"]] if not s.get("redirect")]
+                row(f"{lang} w/o redirects", setting, kept, None, None)
+    attribution = _attribution(runs, label)
     tests = []  # (lang, setting A, setting B, A's sentences, B's sentences): the sentences both scored
     for lang in languages:
         mine = [r for r in runs if r["language"] == lang]
@@ -447,6 +457,7 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             f"{100 * t.delta:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {same}/{n} | {answers} | "
             f"{_p(t.p_value)} | {_p(ph)} |"
         )
+    lines += attribution
     models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
     data = ", ".join(dict.fromkeys(_selection(r) for r in runs))
     same = _fixed_text(runs, fixed)
@@ -455,7 +466,19 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
         f"Model {models}; {data}; every run: {same or 'see the settings'}. Entity F1 (exact span and type, "
         f"micro, seqeval's default chunking) in % with the percentile bootstrap 95% interval over sentences "
         f"({N_BOOT:,} resamples, seed {SEED}); `{POOLED}`: the sentences of every language that ran the "
-        "setting, resampled as one set (calls and seconds summed)."
+        "setting, resampled as one set (calls and seconds summed); ref-token F1: the reference release's "
+        "token-level micro F1 as the run reported it."
+        + (
+            " `w/o redirects`: the same runs without the sentences that are Wikipedia redirect artefacts (text "
+            "opening with the language's redirect word)."
+            if redirects
+            else ""
+        )
+        + (
+            " Attribution: what became of each gold entity (eatlab.eat.attribution), as the run reported it."
+            if attribution
+            else ""
+        )
         + (
             " Paired rows: the runs of one language that differ in one factor (a factor that does not apply to "
             f"a run, `{records.NA}`, is no difference), on the sentences both scored, and the same pair pooled "
@@ -470,6 +493,26 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
         + _provenance(path, runs),
     ]
     return "\n".join(lines)
+
+
+def _attribution(runs: list[dict], label: dict[str, str]) -> list[str]:
+    """A table of each run's reported gold-entity attribution (found, lost in translation, missed by NER, ...),
+    in the pipeline's order (eatlab.eat.attribution), any other class after."""
+    order = ("found", "lost_in_translation", "missed_by_ner", "ner_wrong_type", "misaligned_backward")
+    seen = {k for r in runs for k in (((r.get("reported") or {}).get("failures") or {}).get("gold") or {})}
+    kinds = [k for k in order if k in seen] + sorted(seen - set(order))
+    if not kinds:
+        return []
+    out = ["", "| lang | setting | " + " | ".join(k.replace("_", " ") for k in kinds) + " |",
+           "|---|---|" + "---:|" * len(kinds)]  # fmt: skip
+    for r in runs:
+        gold = ((r.get("reported") or {}).get("failures") or {}).get("gold") or {}
+        out.append(
+            f"| {r['language']} | {label[r['run']]} | "
+            + " | ".join(str(gold.get(k, 0)) for k in kinds)
+            + " |"
+        )
+    return out
 
 
 RENDER = {"align": render_align, "control": render_control, "e2e": render_e2e}

@@ -264,13 +264,16 @@ def _short(text: str | None, sentence: str) -> str | None:
 def sentence_records(name: str, rd) -> list[dict]:
     """One `sentence` line per sentence of a finished eatlab run, in the run's order: gold and predicted entities
     from predictions.conll (joined to attribution.jsonl's ids by position, as eatlab-analyze joins them), entity
-    tp/fp/fn (exact span and type, seqeval's default chunking), and the final answers (forward.jsonl's
-    translation, hashed; backward.jsonl's answer per English entity)."""
+    tp/fp/fn (exact span and type, seqeval's default chunking), the final answers (forward.jsonl's
+    translation, hashed; backward.jsonl's answer per English entity), and whether the sentence is a Wikipedia
+    redirect artefact (its text opens with the run's language's redirect word, eatlab.data.loader)."""
     from eatlab.data.bio import tags_to_spans
+    from eatlab.data.loader import starts_with_redirect
     from eatlab.errors import DataError
     from eatlab.rundir import ATTRIBUTION, BACKWARD, FORWARD, PREDICTIONS
     from eatlab.utils.io import sha256_text
 
+    redirect_words = ((rd.config or {}).get("language") or {}).get("redirect_words") or []
     attribution = rd.artifact(ATTRIBUTION)
     ids = [a["sentence_id"] for a in attribution]
     source = {a["sentence_id"]: a.get("text") or "" for a in attribution}
@@ -304,6 +307,7 @@ def sentence_records(name: str, rd) -> list[dict]:
                 "fn": len(gold) - tp,
                 "english": None if en is None else "sha256:" + sha256_text(en)[:16],
                 "answers": answers.get(sid, []),
+                "redirect": starts_with_redirect(source.get(sid, ""), redirect_words),
             }
         )
     return out
