@@ -46,8 +46,9 @@ BASELINE = {"alignment": "free", "dtype": "float32", "finetune": "none", "method
 # overrides the named factors (or the run's place) already say: not a `variant` (a key, or a prefix ending in .)
 OWN_KEYS = ("language", "alignment", "backend.dtype", "backend.batch_invariant", "method", "prompts",
             "prompt_rounds", "finetune", "cache.", "hydra.", "paths.", "align_eval.split", "tracking",
-            "tracking.")  # fmt: skip
-SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+            "tracking.", "model", "model.")  # fmt: skip
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "qwen2.5-coder-0.5b-instruct-q4km": "0.5B",
+         "qwen2.5-coder-1.5b-instruct-q4km": "1.5B"}  # fmt: skip
 CONTROL = "copy-the-head control (no model)"
 POOLED = "pooled"  # the lang cell of a row over every language's sentences
 BLOCK = re.compile(r"(<!-- generated: (\S+) -->\n)(.*?)(<!-- end generated: \2 -->)", re.S)

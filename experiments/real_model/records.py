@@ -240,6 +240,7 @@ def _e2e_factors(rd) -> dict:
     compute = prov.get("compute") or {}  # runs since provenance names it: the resolved dtype itself
     dtype = compute.get("dtype") or dtype
     return {
+        "model": run.get("model"),
         "method": run.get("method"),
         "prompts": run.get("prompts"),
         "rounds": fwd if bwd in (None, fwd) else f"f{fwd}b{bwd}",
