@@ -31,7 +31,7 @@ import records
 from eatlab.errors import DataError
 from eatlab.eval.bootstrap import bootstrap_f1_ci, bootstrap_mean_ci, paired_bootstrap_test
 from eatlab.eval.entity import EntityCounts, prf
-from eatlab.eval.stats import holm, paired_exact, proportion_ci
+from eatlab.eval.stats import holm, n_boot_for_family, paired_exact, proportion_ci
 
 REPO = Path(__file__).resolve().parents[2]
 N_BOOT, SEED = 1000, 0
@@ -436,8 +436,9 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
     for (la, lb), ts in across.items():
         if len({t[0] for t in ts}) > 1:
             tests.append((POOLED, la, lb, [s for t in ts for s in t[3]], [s for t in ts for s in t[4]]))
+    n_paired = n_boot_for_family(len(tests))  # enough that the smallest p can pass Holm over the family
     results = [
-        paired_bootstrap_test(_counts(sa), _counts(sb), n_boot=N_BOOT, seed=SEED) for *_, sa, sb in tests
+        paired_bootstrap_test(_counts(sa), _counts(sb), n_boot=n_paired, seed=SEED) for *_, sa, sb in tests
     ]
     adjusted = holm([t.p_value for t in results])
     if tests:
@@ -484,7 +485,8 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             " Paired rows: the runs of one language that differ in one factor (a factor that does not apply to "
             f"a run, `{records.NA}`, is no difference), on the sentences both scored, and the same pair pooled "
             "over the languages; delta A - B in points with the paired bootstrap interval and two-sided p over "
-            "sentences; same predictions: sentences where A and B predicted the same entities; same answers: "
+            f"sentences ({n_paired:,} resamples, so the smallest p, 1/{n_paired + 1:,}, is 10x below Holm's "
+            "first threshold); same predictions: sentences where A and B predicted the same entities; same answers: "
             "sentences with the same final translation and the same backward answer for each English entity; "
             f"Holm over the {len(tests)} p-values of this table."
             if tests
