@@ -166,7 +166,10 @@ def test_provenance_names_the_resolved_compute_dtype(compose):
     from eatlab.llm.factory import backend_compute
 
     assert backend_compute(compose(["backend.device=cpu"])) == {"dtype": "float32", "batch_invariant": False}
-    assert backend_compute(compose(["backend.dtype=bfloat16"])) == {"dtype": "bfloat16", "batch_invariant": True}
+    assert backend_compute(compose(["backend.dtype=bfloat16"])) == {
+        "dtype": "bfloat16",
+        "batch_invariant": True,
+    }
     assert backend_compute(compose(["backend.dtype=bfloat16", "backend.batch_invariant=false"])) == {
         "dtype": "bfloat16", "batch_invariant": False}  # fmt: skip
     server = compose(["backend=openai", "backend.base_url=http://127.0.0.1:9/v1"])

@@ -235,7 +235,6 @@ def test_e2e_redirect_artefacts_are_reported_both_ways(run_dirs, tmp_path):
     assert "w/o redirects" not in generated.render(plain)
 
 
-
 def test_a_sentence_line_that_disagrees_with_its_run_is_refused(tmp_path):
     """The renderer recomputes each run's entity counts and F1, and refuses evidence that disagrees."""
     reported = {"n_gold_entities": 2, "n_pred_entities": 1, "entity_f1": 2 / 3}

@@ -253,8 +253,13 @@ def test_f1_interval_is_not_zero_width_without_a_true_positive():
     pred = [["O", "B-PER"], ["B-ORG", "O"], ["O", "O"], ["O", "O"], ["O", "O"]]
     r = binomtest(0, 3).proportion_ci(confidence_level=0.95, method="exact").high
     assert r == pytest.approx(1 - 0.025 ** (1 / 3))
-    assert bootstrap_f1_ci(entity_counts(gold, pred), n_boot=200, seed=0) == (0.0, pytest.approx(2 * r / (1 + r)))
-    r2 = binomtest(0, 2).proportion_ci(confidence_level=0.95, method="exact").high  # sentences 0+2 one cluster
+    assert bootstrap_f1_ci(entity_counts(gold, pred), n_boot=200, seed=0) == (
+        0.0,
+        pytest.approx(2 * r / (1 + r)),
+    )
+    r2 = (
+        binomtest(0, 2).proportion_ci(confidence_level=0.95, method="exact").high
+    )  # sentences 0+2 one cluster
     got = bootstrap_f1_ci(entity_counts(gold, pred), n_boot=200, seed=0, units=[0, 1, 0, 3, 4])
     assert got == (0.0, pytest.approx(2 * r2 / (1 + r2)))
 

@@ -45,7 +45,11 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     for sel, qw, kw, mask in groups:
         qs, ks, vs = (q, k, v) if sel is None else (q[sel], k[sel], v[sel])
         res = torch.nn.functional.scaled_dot_product_attention(
-            _fit(qs, qw), _fit(ks, kw), _fit(vs, kw), attn_mask=mask, scale=scaling,
+            _fit(qs, qw),
+            _fit(ks, kw),
+            _fit(vs, kw),
+            attn_mask=mask,
+            scale=scaling,
             enable_gqa=ks.shape[1] != qs.shape[1],
         )
         outs.append((sel, _fit(res, tq)))
