@@ -253,3 +253,28 @@ def test_a_sentence_line_that_disagrees_with_its_run_is_refused(tmp_path):
     records.write(path, "x", "e2e", [run, *sent], "test")
     with pytest.raises(DataError, match="n_pred_entities: the sentences give 2, the run reported 1"):
         generated.render(path)
+
+
+def test_an_adapter_run_is_labelled_by_its_factor_and_named_once(run_dirs, tmp_path):
+    """A tuned run differs from its untuned twin in the `finetune` factor only: its adapter path (an override)
+    is no `variant`, the pair is tested, and the note names the adapter it loaded (hash, languages, data)."""
+    _, echo = run_dirs
+    out = tmp_path / "e2e-echo.jsonl.gz"
+    assert _tables(["e2e-evidence", str(echo), "--out", str(out), "--machine", "test"]).returncode == 0
+    header, runs, sents = records.read(out)
+    (twin,) = [r for r in runs if r["run"] == "es-eat"]
+    tuned = {**twin, "run": "es-eat-ft", "factors": {**twin["factors"], "finetune": "eacl_qlora"}}
+    tuned["overrides"] = [*twin["overrides"], "finetune=eacl_qlora", "finetune.adapter_path=/x/es-0123abcd"]
+    tuned["adapter"] = {"hash": "0123abcd4567", "languages": ["es"], "directions": ["backward", "forward"],
+                        "data_sha256": "f" * 64}  # fmt: skip
+    copies = [{**s, "run": "es-eat-ft"} for s in sents if s["run"] == "es-eat"]
+    path = tmp_path / "tuned.jsonl.gz"
+    records.write(path, header["table"], "e2e", [*runs, tuned, *sents, *copies], header["built_by"])
+    text = generated.render(path)
+    assert "/x/es-0123abcd" not in text
+    row = _row(text, "| es | eat, free, eacl_qlora | eat, free, none | 6 |")
+    assert "| +0.0 [+0.0, +0.0] | 6/6 | 6/6 |" in row
+    assert (
+        f"Adapters (finetune eacl_qlora): es {twin['model']}: `0123abcd4567` (EACL es, backward+forward, data "
+        "`ffffffffffff`)." in text
+    )

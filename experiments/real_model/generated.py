@@ -45,7 +45,7 @@ BASELINE = {"alignment": "free", "dtype": "float32", "finetune": "none", "method
             "rounds": 1}  # fmt: skip
 # overrides the named factors (or the run's place) already say: not a `variant` (a key, or a prefix ending in .)
 OWN_KEYS = ("language", "alignment", "backend.dtype", "backend.batch_invariant", "method", "prompts",
-            "prompt_rounds", "finetune", "cache.", "hydra.", "paths.", "align_eval.split", "tracking",
+            "prompt_rounds", "finetune", "finetune.", "cache.", "hydra.", "paths.", "align_eval.split", "tracking",
             "tracking.", "model", "model.")  # fmt: skip
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "qwen2.5-coder-0.5b-instruct-q4km": "0.5B",
          "qwen2.5-coder-1.5b-instruct-q4km": "1.5B"}  # fmt: skip
@@ -460,6 +460,7 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             f"{_p(t.p_value)} | {_p(ph)} |"
         )
     lines += attribution
+    adapters = _adapters(runs)
     models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
     data = ", ".join(dict.fromkeys(_selection(r) for r in runs))
     same = _fixed_text(runs, fixed)
@@ -492,10 +493,27 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             if tests
             else ""
         )
+        + (f" Adapters (finetune eacl_qlora): {adapters}." if adapters else "")
         + " "
         + _provenance(path, runs),
     ]
     return "\n".join(lines)
+
+
+def _adapters(runs: list[dict]) -> str:
+    """`zh 1.5B: 5a1c... (EACL zh, backward+forward, data 3f2e...)`: which adapter each tuned run loaded."""
+    seen = {}
+    for r in runs:
+        a = r.get("adapter") or {}
+        if a.get("hash"):
+            who = " ".join(
+                str(x) for x in (r["language"], SHORT.get(str(r.get("model")), r.get("model"))) if x
+            )
+            langs, dirs = "+".join(a.get("languages") or []), "+".join(a.get("directions") or [])
+            seen[who] = (
+                f"{who}: `{a['hash']}` (EACL {langs}, {dirs}, data `{str(a.get('data_sha256'))[:12]}`)"
+            )
+    return "; ".join(seen.values())
 
 
 def _attribution(runs: list[dict], label: dict[str, str]) -> list[str]:

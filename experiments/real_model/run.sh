@@ -28,10 +28,12 @@ case "${1:?phase}" in
     eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=$ALIGN_LANGS \
       prompts=reference 'prompts.max_new_tokens=[200,200,80]' alignment=free,constrained \
       hydra.sweep.dir=$OUT/align-ref ;;
-  finetune)  # one QLoRA adapter per language on its EACL train pairs (4-bit on CPU, 24 steps of 16 examples)
+  finetune)  # one QLoRA adapter per language on its EACL train pairs (4-bit on CPU, 24 steps of 16 examples);
+    # FT_X: more overrides, e.g. the 1.5B's "finetune.quantization=none finetune.compute_dtype=bfloat16" (plain
+    # LoRA on a bf16 base: 2 min a step on 2 cores, 3 min in 4-bit)
     for L in $FT_LANGS; do
       eatlab-finetune finetune=eacl_qlora language=$L $M finetune.eacl_root=$SHARED/eacl trainer.max_steps=24 \
-        finetune.val_generate=0 hydra.run.dir=$OUT/ft-$L
+        finetune.val_generate=0 ${FT_X:-} hydra.run.dir=$OUT/ft-$MODEL_ID-$L
     done ;;
   align-ft)  # the adapters on their languages' held-out pairs (never trained on)
     eatlab-align-eval -m $M heldout.eacl_root=$SHARED/eacl align_eval.limit=50 language=${FT_LANGS// /,} \
@@ -70,12 +72,15 @@ case "${1:?phase}" in
   e2e-test)  # the paper's question on WikiANN test (issue 22 item 6): a seeded sample of N sentences per language,
     # English NER spacy_wikiann (make train-spacy; SPACY=its model-best, no fallback), fp32 (the faithful dtype);
     # EAT r1 free and constrained, direct_llm, translate_test; one response cache per model, so constrained pays
-    # only for its backward calls and translate_test for none
+    # only for its backward calls and translate_test for none. eat-ft: EAT r1 free with the language's adapter
+    # (the finetune phase, same MODEL_ID), at ADAPTERS/<lang> (default: the finetune phase's pointer)
     SPACY=${SPACY:-outputs/extractors/spacy_wikiann/model-best}
-    for L in ${TEST_LANGS:-zh ru ja ar}; do for S in eat-free eat-constrained translate_test direct_llm; do
+    ADAPTERS=${ADAPTERS:-outputs/adapters/$MODEL_ID}
+    for L in ${TEST_LANGS:-zh ru ja ar}; do for S in ${SETTINGS:-eat-free eat-constrained translate_test direct_llm}; do
       D=$OUT/e2e-test/$MODEL_ID/$L-$S
       [ -f "$D/metrics.json" ] && continue
       case $S in
+        eat-ft) X="method=eat alignment=free finetune=eacl_qlora finetune.adapter_path=$(realpath $ADAPTERS/$L)" ;;
         eat-*) X="method=eat alignment=${S#eat-}" ;;
         *) X="method=$S" ;;
       esac
