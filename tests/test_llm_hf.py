@@ -189,6 +189,32 @@ def test_adapter_enters_model_key_and_generates(tiny, tmp_path):
         HFBackend(tiny, adapter_path=tmp_path / "missing")
 
 
+def test_an_adapter_on_full_weights_is_merged_into_them(tiny, tmp_path):
+    """Unquantised, the adapter is folded into the base weights: no LoRA layer is left, and the logits are the
+    unmerged adapter's (random, non-zero B, so the adapter changes them)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny)), cfg).save_pretrained(str(tmp_path / "a"))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny)).eval()
+    ids = torch.tensor([[1, 20, 300, 4000, 50]])
+    with torch.no_grad():
+        plain = base(ids).logits
+        unmerged = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()(ids).logits
+        tuned = HFBackend(tiny, adapter_path=tmp_path / "a")
+        tuned.generate(convs()[:1], GenerationSettings(max_new_tokens=1))  # loads it
+        model = tuned._lm.model
+        merged = model(ids).logits
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    assert not torch.allclose(unmerged, plain, atol=1e-3)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
 def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite")
     settings = GenerationSettings(max_new_tokens=4)

@@ -100,6 +100,10 @@ def load_model(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path)
+        if (
+            not quantization
+        ):  # fold B·A into the weights: the same function, without 2 extra matmuls per layer
+            model = model.merge_and_unload()
     model.eval()
     if not tok.chat_template:
         raise ConfigError(f"model: {source!r} has no chat template (an -Instruct model is needed)")

@@ -30,7 +30,10 @@ def probe(dt, tk: int) -> None:
     m = torch.ones(R, 1, TQ, tk, dtype=torch.bool)
     idx = torch.arange(tk)[None, None, :, None].expand(R, KV, tk, D)
     print(f"{dt}, {tk} keys")
-    timed("sdpa, GQA, explicit mask", lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True))
+    timed(
+        "sdpa, GQA, explicit mask",
+        lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
+    )
     timed("sdpa, repeated kv, no mask", lambda: F.scaled_dot_product_attention(q, kr, vr))
     timed("matmul-softmax-matmul", lambda: torch.softmax(q @ kr.transpose(-1, -2) * D**-0.5, -1) @ vr)
     timed("gather of k and v", lambda: (k.gather(2, idx), v.gather(2, idx)))
