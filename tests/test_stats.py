@@ -116,6 +116,17 @@ def test_units_one_per_item_change_nothing():
     assert with_units == {**paired_bootstrap_mean_test(a, b), "n_units": 8}
 
 
+def test_a_mean_of_all_zeros_or_all_ones_has_an_exact_open_end():
+    """No zero-width [0, 0]: the open end is scipy's exact Clopper-Pearson bound of 0 in the units."""
+    high = stats.binomtest(0, 42).proportion_ci(confidence_level=0.95, method="exact").high
+    units = [i // 2 for i in range(84)]  # 84 pairs, 42 units
+    assert bootstrap_mean_ci([0.0] * 84, units=units) == pytest.approx((0.0, high))
+    assert bootstrap_mean_ci([1] * 84, units=units) == pytest.approx((1.0 - high, 1.0))
+    high50 = stats.binomtest(0, 50).proportion_ci(confidence_level=0.95, method="exact").high
+    assert bootstrap_mean_ci([0] * 50) == pytest.approx((0.0, high50))
+    assert bootstrap_mean_ci([0.5] * 50) == (0.5, 0.5)  # not a 0/1 case: the bootstrap, as before
+
+
 def test_duplicated_items_in_one_unit_are_one_item():
     """Each item twice, both copies one unit: the same resamples as the items once (duplicates add nothing)."""
     v = np.array([1, 0, 1, 1, 0, 0, 1, 1.0])

@@ -183,12 +183,22 @@ def _resampled_totals(columns: list[np.ndarray], units, n_boot: int, seed: int):
 def bootstrap_mean_ci(
     values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, units=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-item scores, resampling items or `units` (seeded)."""
+    """Percentile bootstrap interval of the mean of per-item scores, resampling items or `units` (seeded).
+
+    Scores in [0, 1] that are all 0 (or all 1) would give the zero-width [0, 0] ([1, 1]). The open end is then
+    exact instead, as for F1: the mean is at most the share of units with a score above 0, so its bound is the
+    Clopper-Pearson bound of a rate seen 0 times in the units (and 1 minus it when all are 1)."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.shape[0] == 0:
         return 0.0, 0.0
+    if x.min() == x.max() and x[0] in (0.0, 1.0):
+        from eatlab.eval.stats import proportion_ci
+
+        n_units = x.shape[0] if units is None else len(set(units))
+        _, high = proportion_ci(0, n_units, level, method="clopper-pearson")
+        return (0.0, float(high)) if x[0] == 0.0 else (1.0 - float(high), 1.0)
     sums, counts = _resampled_totals([x], units, n_boot, seed)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile((sums / counts)[:, 0], [alpha, 1.0 - alpha])
