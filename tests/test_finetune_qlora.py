@@ -269,6 +269,7 @@ def test_val_generate_limits_the_greedy_answers_not_the_loss(
     lines = _progress_lines(caplog)
     # one after the first batch, one with the final count; none for the loss-only batches
     assert len(lines) == 2, lines
+    assert not [r for r in caplog.records if r.getMessage().startswith("validation loss:")]
     assert lines[0].startswith("validation: generated 2/3 answers (") and ", eta " in lines[0]
     assert lines[1].startswith("validation: generated 3/3 answers (") and "answers/s)" in lines[1]
 
@@ -277,6 +278,9 @@ def test_val_generate_limits_the_greedy_answers_not_the_loss(
     assert (val0["val_examples"], val0["val_generated"], val0["val_exact_match"]) == (8, 0, None)
     assert val0["val_loss"] == pytest.approx(val["val_loss"], rel=1e-6) and math.isfinite(val0["val_loss"])
     assert _progress_lines(caplog) == []
+    # no answer to generate: the loss counts its examples instead (after every batch here)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation loss:")]
+    assert [ln.split(" (")[0] for ln in lines] == [f"validation loss: {k}/8 examples" for k in (2, 4, 6, 8)]
     assert none["hash"] == three["hash"]  # what validation generates does not name the adapter
 
 

@@ -14,7 +14,8 @@ Why these choices (the recipe of Dettmers et al., 2023, which the paper's "QLoRA
   and the torch RNG state, so a run resumed from one continues exactly where it stopped (the frozen base is
   loaded from its weights, as at the start).
 - Validation: loss on the held-out slice, and exact match of greedy answers (per direction) on all of it or on its
-  first `val_generate` examples; the generation logs its progress (`validation: generated 48/200 answers ...`).
+  first `val_generate` examples; the generation logs its progress (`validation: generated 48/200 answers ...`),
+  and a loss-only validation counts its examples (`validation loss: 96/284 examples ...`).
 The weights load in `configure_model`, on the device Lightning chose for this process (so DDP puts one copy on
 each GPU).
 """
@@ -32,6 +33,7 @@ import pytorch_lightning as pl
 
 from eatlab.errors import ConfigError
 from eatlab.finetune.tasks import DIRECTIONS
+from eatlab.utils.progress import progress_logger
 from eatlab.utils.schemas import Finetune, check_node
 
 log = logging.getLogger(__name__)
@@ -304,22 +306,30 @@ class QLoRAModule(pl.LightningModule):
             "t0": time.perf_counter(),
             "last_log": time.perf_counter(),
         }
+        # no answer to generate: the loss alone says how far it is (`validation loss: 96/284 examples (...)`)
+        quiet = self._val["to_generate"] or self.global_rank != 0 or self.trainer.sanity_checking
+        self._val["loss_progress"] = None if quiet else progress_logger(
+            self._examples_this_loop(), "validation loss", unit="examples", every_s=self.progress_every_s, logger=log
+        )  # fmt: skip
 
-    def _answers_to_generate(self) -> int:
-        """How many greedy answers this process generates in this validation loop: its examples (all, or the
-        sanity check's batches), capped by its share of `val_generate` (the first N examples in loader order;
-        under DDP the sampler deals example i to process i % world_size)."""
+    def _examples_this_loop(self) -> int:
+        """This process's validation examples in this loop: all, or as many as the loop's batches hold."""
         trainer = self.trainer
         loader = trainer.val_dataloaders
         if isinstance(loader, list | tuple):
             loader = loader[0]
         batches = (trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)[0]
         n = len(loader.sampler)
-        if math.isfinite(batches):
-            n = min(n, int(batches) * loader.batch_size)
+        return min(n, int(batches) * loader.batch_size) if math.isfinite(batches) else n
+
+    def _answers_to_generate(self) -> int:
+        """How many greedy answers this process generates in this validation loop: its examples (all, or the
+        sanity check's batches), capped by its share of `val_generate` (the first N examples in loader order;
+        under DDP the sampler deals example i to process i % world_size)."""
+        n = self._examples_this_loop()
         cap = self.settings.val_generate
         if cap is not None:
-            n = min(n, len(range(self.global_rank, cap, trainer.world_size)))
+            n = min(n, len(range(self.global_rank, cap, self.trainer.world_size)))
         return n
 
     def validation_step(self, batch, batch_idx):
@@ -330,6 +340,8 @@ class QLoRAModule(pl.LightningModule):
         v["examples"] += len(batch["answers"])
         k = min(len(batch["answers"]), v["to_generate"] - sum(v["n"].values()))
         if k <= 0:  # the loss alone (finetune.val_generate reached)
+            if v["loss_progress"] is not None:
+                v["loss_progress"](v["examples"])
             return
         ids, mask = batch["prompt_ids"][:k], batch["prompt_mask"][:k]
         width = int(mask.sum(1).max())  # drop the padding columns that only the rows left out needed
