@@ -215,6 +215,23 @@ def test_an_adapter_on_full_weights_is_merged_into_them(tiny, tmp_path):
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
 
 
+def test_the_client_logs_how_far_a_set_of_several_chunks_is(tiny, tmp_path, caplog):
+    """The pipeline's client hands the backend one batch at a time, so the client says how far the set is."""
+    import logging
+
+    client = LLMClient(HFBackend(tiny, batch_size=2), ResponseCache(tmp_path / "c.sqlite"))
+    with caplog.at_level(logging.INFO, logger="eatlab.llm.client"):
+        client.chat(convs()[:5], GenerationSettings(max_new_tokens=2), stage="backward")
+    lines = [r.getMessage().split(" (")[:2] for r in caplog.records if "requests answered" in r.getMessage()]
+    model = client.backend.model_id
+    assert lines[-1] == [f"hf {model}", "backward): 5/5 requests answered"]
+    one = LLMClient(HFBackend(tiny, batch_size=8), ResponseCache(tmp_path / "d.sqlite"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="eatlab.llm.client"):
+        one.chat(convs()[:5], GenerationSettings(max_new_tokens=2))
+    assert not [r for r in caplog.records if "requests answered" in r.getMessage()]  # one chunk: nothing new
+
+
 def test_fully_cached_run_loads_no_weights(tiny, tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite")
     settings = GenerationSettings(max_new_tokens=4)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -20,9 +21,11 @@ from dataclasses import asdict, dataclass
 from eatlab.errors import ConfigError
 from eatlab.llm.base import Conversation, GenerationSettings, LLMBackend, Reply, batch_shape
 from eatlab.llm.cache import ResponseCache, cache_key
+from eatlab.utils.progress import progress_logger
 from eatlab.utils.signals import check as stop_if_signalled
 
 BackendFactory = Callable[[], LLMBackend]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -185,6 +188,9 @@ class LLMClient:
         else:
             order = sorted(range(n), key=lambda i: -sum(len(m["content"]) for m in convs[i]))
         out: list[Reply | None] = [None] * n
+        # several chunks: say how far the set is (`hf MODEL (forward): 32/100 requests answered (120 s, eta 255 s)`)
+        what = " ".join(str(x) for x in (self.kind, getattr(backend, "model_id", None)) if x) + f" ({stage})"
+        report = progress_logger(n, what, "requests answered", logger=log) if chunk < n else None
         for start in range(0, n, chunk):
             idx = order[start : start + chunk]
             stop_if_signalled()  # between chunks too
@@ -194,6 +200,8 @@ class LLMClient:
             for i, r in zip(idx, got):
                 out[i] = r
             save(list(zip(idx, got)))
+            if report is not None:
+                report(start + len(idx))
         return out  # type: ignore[return-value]
 
     # -- reporting ------------------------------------------------------------------------------------------
