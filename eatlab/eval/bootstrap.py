@@ -85,6 +85,14 @@ def _by_unit(tables: list[np.ndarray], units) -> list[np.ndarray]:
     return out
 
 
+def _never_seen_bound(n_units: int, level: float) -> float:
+    """The exact (Clopper-Pearson) upper bound of a rate seen in 0 of `n_units`: the open end that replaces a
+    zero-width bootstrap interval when every resample scores the same."""
+    from eatlab.eval.stats import proportion_ci
+
+    return proportion_ci(0, n_units, level, method="clopper-pearson")[1]
+
+
 def bootstrap_f1_ci(
     counts: EntityCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95, units=None
 ) -> tuple[float, float]:
@@ -100,9 +108,7 @@ def bootstrap_f1_ci(
         return 0.0, 0.0
     (table,) = _by_unit([counts.totals()], units)
     if table[:, 0].sum() == 0 and table[:, 2].sum() > 0:
-        from eatlab.eval.stats import proportion_ci
-
-        _, recall_high = proportion_ci(0, int((table[:, 2] > 0).sum()), level, method="clopper-pearson")
+        recall_high = _never_seen_bound(int((table[:, 2] > 0).sum()), level)
         return 0.0, 2.0 * recall_high / (1.0 + recall_high)
     (sums,) = _resampled_sums([table], n_boot, seed)
     f1 = f1_from_sums(sums[:, 0], sums[:, 1], sums[:, 2])
@@ -194,11 +200,8 @@ def bootstrap_mean_ci(
     if x.shape[0] == 0:
         return 0.0, 0.0
     if x.min() == x.max() and x[0] in (0.0, 1.0):
-        from eatlab.eval.stats import proportion_ci
-
-        n_units = x.shape[0] if units is None else len(set(units))
-        _, high = proportion_ci(0, n_units, level, method="clopper-pearson")
-        return (0.0, float(high)) if x[0] == 0.0 else (1.0 - float(high), 1.0)
+        high = _never_seen_bound(x.shape[0] if units is None else len(set(units)), level)
+        return (0.0, high) if x[0] == 0.0 else (1.0 - high, 1.0)
     sums, counts = _resampled_totals([x], units, n_boot, seed)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile((sums / counts)[:, 0], [alpha, 1.0 - alpha])
