@@ -423,3 +423,25 @@ def test_rows_may_differ_only_in_their_sentence():
         split_rows([*_rows(["ab"]), GenerationSettings(max_new_tokens=10)], 2)
     with pytest.raises(ValueError, match="2 settings for 3"):
         split_rows(_rows(["ab", "cd"]), 3)
+
+
+def test_bf16_ranked_scores_do_not_depend_on_the_batches(tiny_backend):
+    """bf16 with backend.batch_invariant (the default): ranking works (its prompt's prefill ran beside a copy of
+    itself, two cache rows, which it once tried to expand as one) and a candidate's score is bitwise the same in a
+    batch of one row (a small token budget) as beside all the others. Every forward goes through
+    hf_decode.forward, which never runs a lone row (a lone one-token row is the case that takes another matmul
+    path on the real model)."""
+    from eatlab.llm.hf import HFBackend
+
+    backend = HFBackend(tiny_backend.source, dtype="bfloat16", prefix_reuse=False)
+    backend.load()
+    text = "Тетюши (Казанской губернии), Россия"
+    prompt = backend.encode([{"role": "user", "content": f"Which span of: {text}"}])
+    eot = backend.end_of_turn()
+    seqs = [backend._tok(c, add_special_tokens=False)["input_ids"] + eot for c in span_candidates(text)]
+    got = []
+    for budget in (len(prompt) + max(map(len, seqs)), 100_000):  # one row per batch; all rows in one
+        backend.token_budget = budget
+        got.append(backend.score_continuations(prompt, seqs))
+    backend.close()
+    assert got[0] == got[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from eatlab.llm.base import GenerationSettings, Reply
-from eatlab.llm.hf_decode import DecodeStats, prefill
+from eatlab.llm.hf_decode import DecodeStats, forward, prefill
 from eatlab.llm.hf_load import LoadedModel
 from eatlab.llm.prefix_cache import PrefixKVStore, kv_cache, kv_layers
 
@@ -78,14 +78,14 @@ def score_continuations(
     """
     import torch
 
-    model = lm.model
     device = lm.device
     n = len(prompt)
     stats = DecodeStats()
     t0 = time.perf_counter()
     with torch.inference_mode():
         pre = prefill(lm, [prompt], store)
-        kv = kv_layers(pre.cache)
+        # the prompt's row (a batch-invariant prefill runs a lone prompt beside a copy of itself)
+        kv = [(kk[:1], vv[:1]) for kk, vv in kv_layers(pre.cache)]
         t1 = time.perf_counter()
         stats.prefill_s, stats.computed, stats.padding = t1 - t0, pre.computed, pre.padding
         first = torch.log_softmax(pre.logits[0], dim=-1)
@@ -124,13 +124,9 @@ def score_continuations(
                 fed[b, : len(rows[r])] = 1
             ids, fed = ids.to(device), fed.to(device)
             cache = kv_cache([(kk.expand(size, -1, -1, -1), vv.expand(size, -1, -1, -1)) for kk, vv in kv])
-            logits = model(
-                input_ids=ids,
-                attention_mask=torch.cat([torch.ones_like(ids[:, :1]).expand(size, n), fed], 1),
-                position_ids=torch.arange(n, n + width, device=device)[None].expand(size, -1),
-                use_cache=True,
-                **{lm.cache_kw: cache},
-            ).logits
+            mask = torch.cat([torch.ones_like(ids[:, :1]).expand(size, n), fed], 1)
+            pos = torch.arange(n, n + width, device=device)[None].expand(size, -1)
+            logits = forward(lm, cache, ids, mask, pos)  # never a lone row when batch-invariant
             lse = torch.logsumexp(logits.float(), dim=-1)  # [batch, width]
             # cum[b, j]: log-probability of the row's tokens 1..j, each given those before it
             nxt = logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].float() - lse[:, :-1]
