@@ -172,7 +172,7 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
     row = _row(text, "| zh | constrained | free | 8 |")
     delta = f"{100 * t.delta:+.1f} [{100 * t.delta_ci95[0]:+.1f}, {100 * t.delta_ci95[1]:+.1f}]"
     assert f"| {delta} | {same}/8 | {answers}/8 |" in row
-    assert row.endswith(f"| {t.p_value:.3f} | {t.p_value:.3f} |")  # one test: Holm changes nothing
+    assert row.endswith(f"| {t.p_value:.3f} | {t.p_value:.3f} | no |")  # one test: Holm changes nothing
 
     # no model (echo): every number pinned; two languages, so pooled rows too
     _, runs, _ = records.read(out_echo)
@@ -201,7 +201,7 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
         "| es | exact_copy, n/a | eat, free | 6 | 0.0 | 25.0 | -25.0 [-60.0, +0.0] | 1/6 | 1/6 |"
     )
     for r, t, ph in zip(rows, tests, holm([t.p_value for t in tests])):
-        assert r.endswith(f"| {t.p_value:.3f} | {ph:.3f} |"), r
+        assert r.endswith(f"| {t.p_value:.3f} | {ph:.3f} | no |"), r  # 6 sentences: nothing passes Holm
     assert "Holm over the 3 p-values" in text and "Machine: test." in text
     # both metrics and the attribution, as each run reported them
     reported, run = {r["run"]: r["reported"] for r in runs}, {r["run"]: r for r in runs}["es-eat"]
@@ -278,3 +278,12 @@ def test_an_adapter_run_is_labelled_by_its_factor_and_named_once(run_dirs, tmp_p
         f"Adapters (finetune eacl_qlora): es {twin['model']}: `0123abcd4567` (EACL es, backward+forward, data "
         "`ffffffffffff`)." in text
     )
+
+
+def test_a_finding_needs_holm_and_the_interval_to_agree():
+    """The `finding` column's one rule: Holm p below 0.05 and the interval on one side of 0, else `no`."""
+    assert generated._finding(0.02, 0.10, 0.01) == "A higher"
+    assert generated._finding(-0.10, -0.02, 0.049) == "B higher"
+    assert generated._finding(-0.01, 0.10, 0.01) == "no"  # the test and the interval disagree: no finding
+    assert generated._finding(0.02, 0.10, 0.05) == "no"  # not below the level
+    assert generated._finding(0.02, 0.10, 0.20) == "no"

@@ -191,7 +191,7 @@ def test_evidence_from_run_dirs_then_regen_then_check(scripted_sweep):
     ]
     assert ps[0] == pytest.approx(0.125)  # 4 vs 0 discordant pairs: the exact McNemar p
     for row, p, p_holm in zip(rows, ps, holm(ps)):
-        assert row.endswith(f"| {p:.3f} | {p_holm:.3f} |"), row
+        assert row.endswith(f"| {p:.3f} | {p_holm:.3f} | no |"), row  # 9 pairs: none passes Holm
     assert "Holm over the 4 p-values" in text and "Machine: test." in text
 
 

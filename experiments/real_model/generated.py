@@ -35,6 +35,11 @@ from eatlab.eval.stats import holm, n_boot_for_family, paired_exact, proportion_
 
 REPO = Path(__file__).resolve().parents[2]
 N_BOOT, SEED = 1000, 0
+ALPHA = 0.05  # the family-wise level of every "finding" cell
+FINDING = (
+    f"finding: `A higher` or `B higher` where the Holm p is below {ALPHA} and the interval excludes 0 on that "
+    "side, else `no` (not shown at this n)"
+)
 FIRST = (
     50  # align-eval's default align_eval.limit: the control is also shown on the first 50 pairs of a slice
 )
@@ -300,15 +305,16 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
     adjusted = holm([t[-1]["p_value"] for t in rows])
     lines += [
         "",
-        "| lang | slice | setting A | vs B | pairs | A exact | B exact | delta [95%] | A only / B only | p | p Holm |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| lang | slice | setting A | vs B | pairs | A exact | B exact | delta [95%] | A only / B only | p | p Holm "
+        "| finding |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (lang, sl, la, lb, n, ea, eb, t), ph in zip(rows, adjusted):
         lo, hi = t["delta_ci95"]
         lines.append(
             f"| {lang} | {sl} | {la} | {lb} | {n} | {_pct(sum(ea) / max(n, 1))} | {_pct(sum(eb) / max(n, 1))} | "
             f"{100 * t['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {t['a_only']} / {t['b_only']} | "
-            f"{_p(t['p_value'])} | {_p(ph)} |"
+            f"{_p(t['p_value'])} | {_p(ph)} | {_finding(lo, hi, ph)} |"
         )
     models = ", ".join(dict.fromkeys(str(r.get("model")) for r in runs))
     splits = ", ".join(dict.fromkeys(str(r.get("split")) for r in runs))
@@ -320,7 +326,7 @@ def render_align(path: Path, header: dict, runs: list[dict], pairs: list[dict]) 
         "units; `shifted`: each pair behind another sentence of the slice (the control scores 0 there by "
         "construction). Paired rows: the runs that differ in one factor, and each run against the control, on "
         "the pairs both scored; exact McNemar test on the discordant pairs (A only right / B only right, pairs "
-        f"as items) with its agreeing interval; Holm over the {len(rows)} p-values of this table. "
+        f"as items) with its agreeing interval; Holm over the {len(rows)} p-values of this table; {FINDING}. "
         + _provenance(path, runs),
     ]
     return "\n".join(lines)
@@ -445,8 +451,8 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
         lines += [
             "",
             "| lang | setting A | vs B | sentences | A F1 | B F1 | delta [95%] | same predictions "
-            "| same answers | p | p Holm |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| same answers | p | p Holm | finding |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
     for (lang, la, lb, sa, sb), t, ph in zip(tests, results, adjusted):
         lo, hi = t.delta_ci95
@@ -457,7 +463,7 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
         lines.append(
             f"| {lang} | {la} | {lb} | {n} | {_pct(t.f1_a)} | {_pct(t.f1_b)} | "
             f"{100 * t.delta:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {same}/{n} | {answers} | "
-            f"{_p(t.p_value)} | {_p(ph)} |"
+            f"{_p(t.p_value)} | {_p(ph)} | {_finding(lo, hi, ph)} |"
         )
     lines += attribution
     adapters = _adapters(runs)
@@ -489,7 +495,7 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             f"sentences ({n_paired:,} resamples, so the smallest p, 1/{n_paired + 1:,}, is 10x below Holm's "
             "first threshold); same predictions: sentences where A and B predicted the same entities; same answers: "
             "sentences with the same final translation and the same backward answer for each English entity; "
-            f"Holm over the {len(tests)} p-values of this table."
+            f"Holm over the {len(tests)} p-values of this table; {FINDING}."
             if tests
             else ""
         )
@@ -498,6 +504,16 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
         + _provenance(path, runs),
     ]
     return "\n".join(lines)
+
+
+def _finding(lo: float, hi: float, p_holm: float) -> str:
+    """The row's reading, by one rule for every row: a difference is a finding only where the family-wise test
+    and the interval agree (Holm p below ALPHA, the interval on one side of 0)."""
+    if p_holm < ALPHA and lo > 0:
+        return "A higher"
+    if p_holm < ALPHA and hi < 0:
+        return "B higher"
+    return "no"
 
 
 def _adapters(runs: list[dict]) -> str:
