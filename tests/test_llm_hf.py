@@ -196,6 +196,8 @@ def test_an_adapter_on_full_weights_is_merged_into_them(tiny, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from eatlab.llm.hf_load import load_model
+
     torch.manual_seed(0)
     cfg = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
@@ -206,9 +208,9 @@ def test_an_adapter_on_full_weights_is_merged_into_them(tiny, tmp_path):
     with torch.no_grad():
         plain = base(ids).logits
         unmerged = PeftModel.from_pretrained(base, str(tmp_path / "a")).eval()(ids).logits
-        tuned = HFBackend(tiny, adapter_path=tmp_path / "a")
-        tuned.generate(convs()[:1], GenerationSettings(max_new_tokens=1))  # loads it
-        model = tuned._lm.model
+        model = load_model(
+            str(tiny), device="cpu", dtype=torch.float32, adapter_path=str(tmp_path / "a")
+        ).model
         merged = model(ids).logits
     assert not any("lora_" in name for name, _ in model.named_parameters())
     assert not torch.allclose(unmerged, plain, atol=1e-3)
