@@ -287,3 +287,27 @@ def test_a_finding_needs_holm_and_the_interval_to_agree():
     assert generated._finding(-0.01, 0.10, 0.01) == "no"  # the test and the interval disagree: no finding
     assert generated._finding(0.02, 0.10, 0.05) == "no"  # not below the level
     assert generated._finding(0.02, 0.10, 0.20) == "no"
+
+
+def test_evidence_grows_by_new_runs_with_add_and_refuses_a_name_twice(run_dirs, tmp_path):
+    """`--add` keeps the runs already in the file (their run dirs may be gone) and adds the new ones; the result
+    holds what a build over all the run dirs at once holds; a run name already there is one error line."""
+    _, echo = run_dirs
+    out, whole = tmp_path / "grown.jsonl.gz", tmp_path / "whole.jsonl.gz"
+    fr, es = [str(echo / f"{lang}-{m}") for lang in ("fr",) for m in ("eat", "copy")], [str(echo / "es-eat")]
+    assert _tables(["e2e-evidence", *fr, "--out", str(out), "--machine", "test"]).returncode == 0
+    proc = _tables(["e2e-evidence", *es, "--out", str(out), "--machine", "test", "--add"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 runs, 18 sentences" in proc.stdout
+    assert _tables(["e2e-evidence", *fr, *es, "--out", str(whole), "--machine", "test"]).returncode == 0
+    header, runs, sents = records.read(out)
+    _, whole_runs, whole_sents = records.read(whole)
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, runs)) == sorted(map(key, whole_runs))
+    assert sorted(map(key, sents)) == sorted(map(key, whole_sents))
+    assert " ; then " in header["built_by"] and "--add" in header["built_by"]
+    again = _tables(["e2e-evidence", *es, "--out", str(out), "--machine", "test", "--add"])
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: {out}: already holds the runs es-eat; rebuild it without --add"
+    ]

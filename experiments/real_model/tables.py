@@ -175,9 +175,10 @@ def _built_by() -> str:
     return "python " + " ".join(sys.argv)
 
 
-def evidence(dirs: list[str], out: str, machine: str | None, kind: str = "align") -> None:
+def evidence(dirs: list[str], out: str, machine: str | None, kind: str = "align", add: bool = False) -> None:
     """The per-sample records of the finished runs under `dirs` as one evidence file: align-eval runs' pairs
-    (`align`), or eatlab runs' sentences (`e2e`)."""
+    (`align`), or eatlab runs' sentences (`e2e`). With `add`, the runs already in `out` are kept and these join
+    them (a table grows by languages whose older run dirs are gone); a run name already there is refused."""
     import records
 
     build, what, noun = {
@@ -188,7 +189,17 @@ def evidence(dirs: list[str], out: str, machine: str | None, kind: str = "align"
     runs = [r for r in recs if r["type"] == "run"]
     if not runs:
         raise DataError(" ".join(dirs), f"no finished {what} run here")
-    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), kind, recs, _built_by())
+    built_by = _built_by()
+    if add and Path(out).is_file():
+        header, old_runs, old_samples = records.read(Path(out))
+        if header["kind"] != kind:
+            raise DataError(out, f"holds {header['kind']} evidence, not {kind}")
+        clash = sorted({r["run"] for r in old_runs} & {r["run"] for r in runs})
+        if clash:
+            raise DataError(out, f"already holds the runs {', '.join(clash)}; rebuild it without --add")
+        recs, built_by = [*old_runs, *old_samples, *recs], f"{header['built_by']} ; then {built_by}"
+        runs = old_runs + runs
+    size = records.write(Path(out), Path(out).name.removesuffix(".jsonl.gz"), kind, recs, built_by)
     print(f"{out}: {len(runs)} runs, {len(recs) - len(runs)} {noun}, {size:,} bytes")
 
 
@@ -235,18 +246,21 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("e2e", help="end-to-end scores")
     p.add_argument("dirs", nargs="+")
     p.add_argument("--cost-from", nargs="+", default=None, help="the runs that computed the answers")
-    p = sub.add_parser("evidence", help="keep the per-pair records of align-eval runs (gzip JSONL)")
-    p.add_argument("dirs", nargs="+", help="run dirs, or folders of run dirs (unfinished runs are skipped)")
-    p.add_argument("--out", required=True, help="experiments/real_model/evidence/NAME.jsonl.gz")
-    p.add_argument(
-        "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
-    )
-    p = sub.add_parser("e2e-evidence", help="keep the per-sentence records of eatlab runs (gzip JSONL)")
-    p.add_argument("dirs", nargs="+", help="run dirs, or folders of run dirs (unfinished runs are skipped)")
-    p.add_argument("--out", required=True, help="experiments/real_model/evidence/NAME.jsonl.gz")
-    p.add_argument(
-        "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
-    )
+    for name, what in (
+        ("evidence", "per-pair records of align-eval"),
+        ("e2e-evidence", "per-sentence records of eatlab"),
+    ):
+        p = sub.add_parser(name, help=f"keep the {what} runs (gzip JSONL)")
+        p.add_argument(
+            "dirs", nargs="+", help="run dirs, or folders of run dirs (unfinished runs are skipped)"
+        )
+        p.add_argument("--out", required=True, help="experiments/real_model/evidence/NAME.jsonl.gz")
+        p.add_argument(
+            "--machine", help="what ran it, e.g. '2 CPU cores, shared by 3 jobs' (default: the platform)"
+        )
+        p.add_argument(
+            "--add", action="store_true", help="keep the runs already in --out and add these to them"
+        )
     p = sub.add_parser("control-evidence", help="the copy-the-head control on whole EACL slices, no model")
     p.add_argument("--eacl-root", required=True, help="a folder of corpus_<lang>.json")
     p.add_argument("--languages", nargs="+", default=["zh", "ja", "ko", "ar", "ru"])
@@ -269,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args) -> None:
     if args.table in ("evidence", "e2e-evidence"):
-        evidence(args.dirs, args.out, args.machine, "e2e" if args.table == "e2e-evidence" else "align")
+        kind = "e2e" if args.table == "e2e-evidence" else "align"
+        evidence(args.dirs, args.out, args.machine, kind, args.add)
     elif args.table == "control-evidence":
         control_evidence(args.eacl_root, args.languages, args.splits, args.out, args.overrides)
     elif args.table == "regen":
