@@ -203,6 +203,9 @@ def test_e2e_evidence_from_run_dirs_renders_and_regenerates(run_dirs, tmp_path):
     for r, t, ph in zip(rows, tests, holm([t.p_value for t in tests])):
         assert r.endswith(f"| {t.p_value:.3f} | {ph:.3f} | no |"), r  # 6 sentences: nothing passes Holm
     assert "Holm over the 3 p-values" in text and "Machine: test." in text
+    extractor = {r["run"]: r["extractor"] for r in runs}["es-eat"]
+    assert extractor == {"name": "capitalised_words"}  # no model folder, so no fingerprint
+    assert " English NER: capitalised_words (es, fr; 4 runs). " in text
     # both metrics and the attribution, as each run reported them
     reported, run = {r["run"]: r["reported"] for r in runs}, {r["run"]: r for r in runs}["es-eat"]
     es_eat = _row(text, "| es | eat, free | 6 (6) |")

@@ -500,6 +500,7 @@ def render_e2e(path: Path, header: dict, runs: list[dict], sentences: list[dict]
             else ""
         )
         + (f" Adapters (finetune eacl_qlora): {adapters}." if adapters else "")
+        + _extractors(runs)
         + " "
         + _provenance(path, runs),
     ]
@@ -530,6 +531,24 @@ def _adapters(runs: list[dict]) -> str:
                 f"{who}: `{a['hash']}` (EACL {langs}, {dirs}, data `{str(a.get('data_sha256'))[:12]}`)"
             )
     return "; ".join(seen.values())
+
+
+def _extractors(runs: list[dict]) -> str:
+    """` English NER: spacy_wikiann `3f2e...` (ar, ja; 8 runs); not recorded for 18 runs.`: which NER model each
+    run used, by its folder's fingerprint (evidence built before the field existed has none)."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        e = r.get("extractor")
+        if e:
+            key = e["name"] + (f" `{e['fingerprint']}`" if e.get("fingerprint") else "")
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return ""
+    parts = [
+        f"{k} ({', '.join(sorted({r['language'] for r in rs}))}; {len(rs)} runs)" for k, rs in groups.items()
+    ]
+    missing = sum(not r.get("extractor") for r in runs)
+    return f" English NER: {'; '.join(parts)}" + (f"; not recorded for {missing} runs." if missing else ".")
 
 
 def _attribution(runs: list[dict], label: dict[str, str]) -> list[str]:

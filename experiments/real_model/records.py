@@ -314,6 +314,15 @@ def sentence_records(name: str, rd) -> list[dict]:
     return out
 
 
+def _extractor(identity: dict | None) -> dict | None:
+    """The English NER a run used: its name and the first 12 hex of its model folder's fingerprint (the path is
+    local to one machine; two trainings of one recipe are told apart by the fingerprint)."""
+    if not identity:
+        return None
+    fp = identity.get("fingerprint")
+    return {"name": identity.get("name"), **({"fingerprint": fp[:12]} if fp else {})}
+
+
 def e2e_records(run_dirs, machine: str | None) -> list[dict]:
     """The run and sentence lines of finished eatlab run dirs (eatlab.rundir.RunDir), in the order given."""
     from eatlab.analysis.alignment import is_align_eval
@@ -338,6 +347,7 @@ def e2e_records(run_dirs, machine: str | None) -> list[dict]:
                 "model": run.get("model"),
                 "factors": _e2e_factors(rd),
                 "adapter": prov.get("adapter"),
+                "extractor": _extractor(prov.get("extractor")),
                 **_provenance(rd, machine),
                 "data_sha256": data.get("files_sha256") or (prov.get("data") or {}).get("files_sha256"),
                 "n_sentences": m.get("n_sentences"),
