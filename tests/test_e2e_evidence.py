@@ -314,3 +314,17 @@ def test_evidence_grows_by_new_runs_with_add_and_refuses_a_name_twice(run_dirs, 
     assert again.stderr.strip().splitlines() == [
         f"error: {out}: already holds the runs es-eat; rebuild it without --add"
     ]
+
+
+def test_the_note_names_each_runs_english_ner_and_says_where_it_was_not_kept():
+    runs = [
+        {"language": "ja", "extractor": {"name": "spacy_wikiann", "fingerprint": "752e57e21e85"}},
+        {"language": "ar", "extractor": {"name": "spacy_wikiann", "fingerprint": "752e57e21e85"}},
+        {"language": "ja", "extractor": None},  # direct_llm: no NER
+        {"language": "zh"},  # kept before the field existed
+    ]
+    assert generated._extractors(runs) == (
+        " English NER: spacy_wikiann `752e57e21e85` (ar, ja; 2 runs); not recorded for the 1 run kept before this "
+        "field."
+    )
+    assert generated._extractors([{"language": "zh"}]) == ""

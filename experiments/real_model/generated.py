@@ -533,9 +533,13 @@ def _adapters(runs: list[dict]) -> str:
     return "; ".join(seen.values())
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
 def _extractors(runs: list[dict]) -> str:
-    """` English NER: spacy_wikiann `3f2e...` (ar, ja; 8 runs); not recorded for 18 runs.`: which NER model each
-    run used, by its folder's fingerprint (evidence built before the field existed has none)."""
+    """` English NER: spacy_wikiann `3f2e...` (ar, ja; 6 runs).`: which NER model each run used, by its model
+    folder's fingerprint (a run with no NER has None; evidence kept before the field existed has no key)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         e = r.get("extractor")
@@ -545,10 +549,12 @@ def _extractors(runs: list[dict]) -> str:
     if not groups:
         return ""
     parts = [
-        f"{k} ({', '.join(sorted({r['language'] for r in rs}))}; {len(rs)} runs)" for k, rs in groups.items()
+        f"{k} ({', '.join(sorted({r['language'] for r in rs}))}; {_runs(len(rs))})"
+        for k, rs in groups.items()
     ]
-    missing = sum(not r.get("extractor") for r in runs)
-    return f" English NER: {'; '.join(parts)}" + (f"; not recorded for {missing} runs." if missing else ".")
+    missing = sum("extractor" not in r for r in runs)  # None: a run with no NER (direct_llm)
+    tail = f"; not recorded for the {_runs(missing)} kept before this field." if missing else "."
+    return f" English NER: {'; '.join(parts)}{tail}"
 
 
 def _attribution(runs: list[dict], label: dict[str, str]) -> list[str]:
