@@ -3,14 +3,15 @@
 No weights can reach a lent GPU machine, so every model here is built on the spot (the tiny Qwen2 chat model,
 a tiny T5 with the byte tokenizer). Checks:
 - hf backend on CUDA, fp32 and bf16: batched vs one at a time vs batched with prefix reuse, replies compared;
-- the Lightning evaluation (`eatlab`) on one GPU;
+- the Lightning evaluation (`eatlab`) on one GPU (English NER by the run's own LLM: spaCy's wheels are too large
+  to carry to a lent machine, and the check is about the LLM on the GPU);
 - Flan-T5 extractor training in bf16-mixed (a tiny T5 on the in-repo English sample);
 - the QLoRA fine-tuning path (4-bit base, paged 8-bit AdamW) when bitsandbytes imports, else skipped.
 Without CUDA every check says `skipped`; the command still exits 0, so CI can run it on a CPU. The machine needs
-the project installed (`pip install -e .`; a lent GPU machine without the package registries needs a wheelhouse
-of the pure-Python dependencies carried with the call).
+the project importable (`pip install -e .`, or, on a lent machine without the package registries, the wheelhouse
+that `experiments/gpu_check/wheelhouse.sh` builds and `experiments/gpu_check/device.sh` installs).
 
-    python -m eatlab.cli.gpu_check [--out DIR]
+    python -m eatlab.cli.gpu_check [--out DIR] [--device cpu]
 """
 
 from __future__ import annotations
@@ -21,23 +22,46 @@ import time
 import traceback
 from pathlib import Path
 
-from eatlab.paths import CONF_DIR
-
 SENTENCES = ["北京是中国的首都。", "Angela Merkel besuchte Paris.", "Путин посетил Берлин.", "서울의 날씨",
              "東京タワーは港区にある。", "نيويورك مدينة كبيرة", "Barack Obama", "नई दिल्ली"]  # fmt: skip
 
 
-def _compose(name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+_ACCEL = {"cuda": "gpu", "cpu": "cpu"}  # torch device -> Lightning accelerator
+
+
+def check_overrides(out: Path, device: str) -> dict[str, tuple[str, list[str]]]:
+    """Each Lightning check's entry point (its file under conf/) and overrides: tiny models, a few steps."""
+    acc = _ACCEL[device]
+    common = [f"paths.output_dir={out}", f"paths.models_dir={out}", "tracking=none"]
+    return {
+        "eval": ("config", [*common, "extractor=llm", "data.limit=8", f"eval.accelerator={acc}", "eval.devices=1",
+                            f"cache.path={out / 'eval-cache.sqlite'}"]),
+        "t5": ("train_extractor", [*common, "extractor=flan_t5_small", f"extractor.train.model={out / 'tiny-t5'}",
+                                   "trainer.max_epochs=1", "extractor.train.train_limit=64",
+                                   "extractor.train.batch_size=8",
+                                   "extractor.train.dev_limit=16", "extractor.train.max_new_tokens=16",
+                                   "trainer.precision=bf16-mixed", f"trainer.accelerator={acc}"]),
+        "qlora": ("finetune", [*common, "language=zh", "model=tiny", "finetune.filters.max_pairs_per_language=40",
+                               "finetune.batch_size=4", "trainer.max_steps=6", "trainer.accumulate_grad_batches=1",
+                               "trainer.enable_progress_bar=false", f"trainer.accelerator={acc}"]),
+    }  # fmt: skip
+
+
+def compose_check(key: str, out: Path, device: str):
+    """A check's real config, composed outside a Hydra app (`paths.run_dir` given: out/<key>), resolved and
+    validated the way its entry point validates it, before any model is built."""
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
+    from eatlab.cli.config_check import compose_config, validate_for
+
+    name, overrides = check_overrides(out, device)[key]
+    cfg = compose_config(name, [f"paths.run_dir={out / key}", *overrides])
     OmegaConf.resolve(cfg)
+    validate_for(name, cfg)
     return cfg
 
 
-def check_hf_backend(out: Path) -> str:
+def check_hf_backend(out: Path, device: str) -> str:
     from eatlab.llm.cache import ResponseCache
     from eatlab.llm.client import LLMClient
     from eatlab.llm.conversation import run_conversations
@@ -54,7 +78,7 @@ def check_hf_backend(out: Path) -> str:
     for dtype in ("float32", "bfloat16"):
         texts, secs = {}, {}
         for name, batch, reuse in (("single", 1, False), ("batched", 8, False), ("reuse", 8, True)):
-            backend = HFBackend(model, batch_size=batch, prefix_reuse=reuse, dtype=dtype, device="cuda")
+            backend = HFBackend(model, batch_size=batch, prefix_reuse=reuse, dtype=dtype, device=device)
             client = LLMClient(backend, ResponseCache(mode="off"))
             t0 = time.perf_counter()
             res = run_conversations(client, starts, ps.forward, values, {"max_new_tokens_cap": 16}, "forward")
@@ -68,17 +92,14 @@ def check_hf_backend(out: Path) -> str:
     return "; ".join(parts)
 
 
-def check_lightning_eval(out: Path) -> str:
+def check_lightning_eval(out: Path, device: str) -> str:
     from eatlab.cli.run import run_eat
 
-    cfg = _compose("config", [f"paths.output_dir={out}", f"paths.models_dir={out}", "tracking=none",
-                              "extractor=spacy", "data.limit=8", "eval.accelerator=gpu", "eval.devices=1",
-                              f"cache.path={out / 'eval-cache.sqlite'}"])  # fmt: skip
-    m = run_eat(cfg, out / "eval-run")
+    m = run_eat(compose_check("eval", out, device), out / "eval")
     return f"{m['n_sentences']} sentences, {m['llm_calls']} LLM calls, {m['seconds']['total']:.1f} s"
 
 
-def check_t5_bf16(out: Path) -> str:
+def check_t5_bf16(out: Path, device: str) -> str:
     import torch
     from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
@@ -92,56 +113,53 @@ def check_t5_bf16(out: Path) -> str:
     torch.manual_seed(0)
     T5ForConditionalGeneration(config).save_pretrained(str(path))
     tok.save_pretrained(str(path))
-    cfg = _compose("train_extractor", [f"paths.output_dir={out}", "tracking=none", "extractor=flan_t5_small",
-                                       f"extractor.train.model={path}", "extractor.train.max_steps=20",
-                                       "extractor.train.train_limit=64", "extractor.train.dev_limit=16",
-                                       "extractor.train.max_new_tokens=16", "trainer.precision=bf16-mixed",
-                                       "trainer.accelerator=gpu"])  # fmt: skip
-    s = train_extractor(cfg, out / "t5-run")
+    s = train_extractor(compose_check("t5", out, device), out / "t5")
     return f"{s['global_step']} steps in bf16-mixed, best dev F1 {s['best_val_f1']}"
 
 
-def check_qlora(out: Path) -> str:
+def check_qlora(out: Path, device: str) -> str:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - not installable on every machine
         return f"skipped: bitsandbytes does not import ({type(exc).__name__})"
     from eatlab.cli.finetune import run_finetune
 
-    cfg = _compose("finetune", [f"paths.output_dir={out}", f"paths.models_dir={out}", "tracking=none",
-                                "language=zh", "model=tiny", "finetune.filters.max_pairs_per_language=40",
-                                "finetune.batch_size=4", "trainer.max_steps=6", "trainer.accumulate_grad_batches=1",
-                                "trainer.enable_progress_bar=false"])  # fmt: skip
-    s = run_finetune(cfg, out / "qlora-run")
+    s = run_finetune(compose_check("qlora", out, device), out / "qlora")
     t = s["training"]
     return (f"{s['metrics']['optimizer_steps']} steps, optimizer {t['optimizer']}, precision {t['precision']}, "
             f"{t['quantized_linear_layers']} 4-bit layers")  # fmt: skip
 
 
-CHECKS = (("hf backend on CUDA", check_hf_backend), ("Lightning evaluation on 1 GPU", check_lightning_eval),
-          ("Flan-T5 training bf16-mixed", check_t5_bf16), ("QLoRA (paged 8-bit AdamW)", check_qlora))  # fmt: skip
+CHECKS = (("hf backend", check_hf_backend), ("Lightning evaluation on 1 device", check_lightning_eval),
+          ("Flan-T5 training bf16-mixed", check_t5_bf16), ("QLoRA", check_qlora))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: the same checks on the CPU, up to the CUDA boundary (the test suite runs this)")  # fmt: skip
     args = p.parse_args(argv)
     import torch
 
-    cuda = torch.cuda.is_available()
-    name = torch.cuda.get_device_name(0) if cuda else "no CUDA device"
+    run = args.device == "cpu" or torch.cuda.is_available()
+    name = (
+        torch.cuda.get_device_name(0)
+        if args.device == "cuda" and run
+        else f"no CUDA device, device {args.device}"
+    )
     print(f"gpu-check: torch {torch.__version__}, {name}")
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         for label, fn in CHECKS:
-            if not cuda:
+            if not run:
                 print(f"{label}: skipped (no CUDA device)")
                 continue
             t0 = time.perf_counter()
             try:
-                print(f"{label}: ok, {fn(out)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(f"{label}: ok, {fn(out, args.device)} ({time.perf_counter() - t0:.0f} s)", flush=True)
             except Exception as exc:  # noqa: BLE001 - one line per check, the rest still runs
                 failed += 1
                 print(f"{label}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", flush=True)
