@@ -525,3 +525,18 @@ def test_batch_invariant_enters_the_key_only_in_half_precision():
     assert make_model_key("m", dtype="float32", batch_invariant=True) == "m"
     assert make_model_key("m", dtype="bfloat16", batch_invariant=True) == "m+dtype:bfloat16+batch_invariant"
     assert make_model_key("m", dtype="bfloat16") == "m+dtype:bfloat16"
+
+
+def test_causal_lms_load_without_hub_kernels(tiny):
+    """transformers 5 kernelizes with code fetched from the Hub whenever `kernels` is installed (offline: a load
+    error on CUDA, seen on a lent H200); eatlab's loads switch that off, transformers' default is the control."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from eatlab.llm.hf_load import load_model
+
+    assert load_model(str(tiny), device="cpu", dtype=torch.float32).model.use_kernels is False
+    if importlib.util.find_spec("kernels") is not None:
+        assert AutoModelForCausalLM.from_pretrained(str(tiny)).use_kernels is True

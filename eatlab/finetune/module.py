@@ -98,8 +98,10 @@ def load_base_model(s: QLoRASettings, device):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from eatlab.llm.hf_load import PRETRAINED_KWARGS
+
     dtype = _torch_dtype(s.compute_dtype, device.type)
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": s.trust_remote_code}
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": s.trust_remote_code, **PRETRAINED_KWARGS}
     if s.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 

@@ -47,6 +47,12 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+# transformers 5 kernelizes a model at load time with code fetched from the Hub whenever the `kernels` package is
+# installed (`use_kernels` defaults to on): a run would depend on a download its config does not name, and fails
+# offline (seen on a lent H200: 'kernels-community/rotary' for a 4-bit load). eatlab's causal LMs load without.
+PRETRAINED_KWARGS = {"use_kernels": False}
+
+
 def load_model(
     source: str,
     *,
@@ -69,7 +75,7 @@ def load_model(
     kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        mkw = dict(kwargs, dtype=dtype)
+        mkw = dict(kwargs, dtype=dtype, **PRETRAINED_KWARGS)
         if batch_invariant:
             from eatlab.llm.hf_attention import register
 
