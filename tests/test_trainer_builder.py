@@ -145,3 +145,36 @@ def test_epoch_sampler_resumes_mid_epoch():
     assert list(s) == epoch1[6:] and list(s) == epoch1  # the skip applies to one pass only
     s.resume(0, batches=4)  # a checkpoint at the end of epoch 0 (4 batches of 3 cover 10)
     assert list(s) == epoch1
+
+
+def test_step_progress_logs_each_optimizer_step_once_and_counts_from_a_resume(tmp_path, caplog):
+    """A real Trainer (Lightning's BoringModel, 8 batches, accumulation 2: 4 optimizer steps): one line per step
+    with every_s=0, none repeated for the batches inside a step; a run resumed from its step-2 checkpoint counts
+    the 2 steps still to run. Every training entry point's callbacks carry it."""
+    import logging
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    from eatlab.paths import CONF_DIR
+    from eatlab.utils.lightning import StepProgress
+
+    def fit(max_steps, ckpt=None):
+        trainer = pl.Trainer(max_steps=max_steps, accumulate_grad_batches=2, limit_train_batches=8, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                             callbacks=[StepProgress(every_s=0)], limit_val_batches=0)  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="eatlab.training"):
+            trainer.fit(BoringModel(), ckpt_path=ckpt)
+        return trainer, [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records if r.name == "eatlab.training"]
+
+    _, lines = fit(4)
+    assert lines == [f"training: {k}/4 steps" for k in (1, 2, 3, 4)]
+    two, _ = fit(2)
+    ckpt = tmp_path / "two.ckpt"
+    two.save_checkpoint(ckpt)
+    _, resumed = fit(4, str(ckpt))
+    assert resumed == ["training (resumed at step 2): 1/2 steps", "training (resumed at step 2): 2/2 steps"]
+    for name in ("finetune", "extractor", "baseline"):
+        node = OmegaConf.load(CONF_DIR / "callbacks" / f"{name}.yaml").step_progress
+        assert node._target_ == "eatlab.utils.lightning.StepProgress"

@@ -7,6 +7,8 @@
 - `PretrainedCheckpoint`: Lightning's ModelCheckpoint that keeps Hugging Face folders (`save_pretrained`), not .ckpt.
 - `EpochSampler`: a shuffle that is a function of (seed, epoch) and resumes mid-epoch after a checkpoint.
 - `SignalSafeSteps`: SIGTERM/SIGINT stop training between two batches, never inside an optimizer step.
+- `StepProgress`: a log line every few seconds with the optimizer step, elapsed time and ETA (the progress bar
+  shows nothing in a log file under nohup or a scheduler).
 
 The Trainer itself is built from its config node by `eatlab.cli.trainer.build_trainer`.
 """
@@ -156,6 +158,36 @@ class SignalSafeSteps(Callback):
         block, self._block = self._block, None
         if block is not None:
             block.__exit__(type(exception), exception, exception.__traceback__)
+
+
+class StepProgress(Callback):
+    """`training: step/total steps (elapsed, eta)` through eatlab.utils.progress at most every `every_s` seconds
+    and at the last step: a run writing to a file (nohup, Slurm) says how far it is. A resumed run counts from
+    the step it resumed at, so the ETA is that of the steps still to run."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = float(every_s)
+        self._report = None
+        self._start = self._last = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import logging
+
+        from eatlab.utils.progress import progress_logger
+
+        if not trainer.is_global_zero:
+            return
+        self._start = trainer.global_step
+        total = int(trainer.estimated_stepping_batches)
+        what = f"training (resumed at step {self._start})" if self._start else "training"
+        self._report = progress_logger(total - self._start, what, unit="steps", every_s=self.every_s,
+                                       logger=logging.getLogger("eatlab.training"))  # fmt: skip
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = trainer.global_step - self._start
+        if self._report is not None and done != self._last:  # with accumulation a step spans several batches
+            self._last = done
+            self._report(done)
 
 
 class EpochSampler:
