@@ -166,7 +166,9 @@ def test_step_progress_logs_each_optimizer_step_once_and_counts_from_a_resume(tm
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="eatlab.training"):
             trainer.fit(BoringModel(), ckpt_path=ckpt)
-        return trainer, [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records if r.name == "eatlab.training"]
+        return trainer, [
+            r.getMessage().rsplit(" (", 1)[0] for r in caplog.records if r.name == "eatlab.training"
+        ]
 
     _, lines = fit(4)
     assert lines == [f"training: {k}/4 steps" for k in (1, 2, 3, 4)]
