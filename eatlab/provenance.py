@@ -64,6 +64,25 @@ def git_info() -> dict:
     }
 
 
+def cpu_info() -> dict:
+    """The CPU a run's timings and bf16 speed depend on: its model name, torch's vector capability (AVX2, AVX512,
+    ...) and whether it has bf16 matrix units (AVX512-BF16 or AMX). Without them torch's bf16 matmuls take a
+    slow path (experiments/real_model/cpu_bf16_speed.py on an AVX2-only AMD EPYC, 2026-12-04: 6-7x slower
+    forward and 100-200x slower backward than fp32, two runs)."""
+    import torch
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or None
+    units = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(), "bf16_units": units}
+
+
 def write_provenance(run_dir: Path, cfg, extra: dict | None = None) -> dict:
     """Write resolved_config.yaml, git.diff and provenance.json into the run dir; return the provenance dict."""
     run_dir = Path(run_dir)
@@ -82,6 +101,7 @@ def write_provenance(run_dir: Path, cfg, extra: dict | None = None) -> dict:
         "git": git_info(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "packages": package_versions(),
         **(extra or {}),
     }

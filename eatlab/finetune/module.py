@@ -99,8 +99,10 @@ def load_base_model(s: QLoRASettings, device):
     from transformers import AutoModelForCausalLM
 
     from eatlab.llm.hf_load import PRETRAINED_KWARGS
+    from eatlab.llm.identity import warn_if_slow_bf16
 
     dtype = _torch_dtype(s.compute_dtype, device.type)
+    warn_if_slow_bf16(str(dtype), device.type)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": s.trust_remote_code, **PRETRAINED_KWARGS}
     if s.quantization == "nf4":
         from transformers import BitsAndBytesConfig

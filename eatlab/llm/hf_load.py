@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from eatlab.errors import ConfigError
+from eatlab.llm.identity import warn_if_slow_bf16
 
 
 def tune_cpu_malloc() -> bool:
@@ -72,6 +73,7 @@ def load_model(
 
     if device == "cpu" and cpu_malloc_tuning:
         tune_cpu_malloc()
+    warn_if_slow_bf16(str(dtype), device)
     kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)

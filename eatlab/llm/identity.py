@@ -64,6 +64,24 @@ def resolve_dtype(dtype: str = "auto", device: str = "auto") -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
+def warn_if_slow_bf16(dtype: str, device: str) -> str | None:
+    """A bf16 model on a CPU without bf16 matrix units (no AVX512-BF16, no AMX) runs many times slower than fp32
+    (eatlab.provenance.cpu_info); say so once in the log, with the CPU, and return the line (None: no warning)."""
+    import logging
+
+    from eatlab.provenance import cpu_info
+
+    if not (str(device).startswith("cpu") and "bfloat16" in str(dtype)):
+        return None
+    cpu = cpu_info()
+    if cpu["bf16_units"]:
+        return None
+    line = (f"bfloat16 on a CPU without bf16 matrix units ({cpu['model']}, torch capability {cpu['capability']}): "
+            "bf16 matmuls take a slow path here, float32 is faster and exact")  # fmt: skip
+    logging.getLogger("eatlab").warning(line)
+    return line
+
+
 def gguf_sha256(path: str | Path) -> str | None:
     """The sha256 of the GGUF file that the folder `path` was converted from, or None (not a converted folder)."""
     source = Path(path) / GGUF_SOURCE
