@@ -66,7 +66,8 @@ def resolve_dtype(dtype: str = "auto", device: str = "auto") -> str:
 
 def warn_if_slow_bf16(dtype: str, device: str) -> str | None:
     """A bf16 model on a CPU without bf16 matrix units (no AVX512-BF16, no AMX) runs many times slower than fp32
-    (eatlab.provenance.cpu_info); say so once in the log, with the CPU, and return the line (None: no warning)."""
+    (eatlab.provenance.cpu_info); say so in the log at each such load, naming the CPU, and return the line
+    (None: no warning)."""
     import logging
 
     from eatlab.provenance import cpu_info
