@@ -143,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     run = args.device == "cpu" or torch.cuda.is_available()
-    name = (
-        torch.cuda.get_device_name(0)
-        if args.device == "cuda" and run
-        else f"no CUDA device, device {args.device}"
-    )
+    if args.device == "cpu":
+        name = "device cpu"  # also where CUDA is present: the checks then run on the CPU
+    else:
+        name = torch.cuda.get_device_name(0) if run else "no CUDA device, device cuda"
     print(f"gpu-check: torch {torch.__version__}, {name}")
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
